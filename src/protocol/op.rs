@@ -1,0 +1,394 @@
+//! The conditional writes of PROTOCOL.md ("Operations") and their reference
+//! semantics. Every store performs each [`LockOp`] as exactly one conditional write;
+//! [`LockOp::apply`] is the executable definition stores are tested against (the
+//! memory and file stores call it directly).
+
+use super::{FencingToken, HolderInfo, LeaseId, LockKey, LockRecord, RecordVersion, WallTime};
+use serde::{Deserialize, Serialize};
+
+/// One conditional write on the record of `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockOp {
+    /// The key written.
+    pub key: LockKey,
+    /// The record version this write installs (random, chosen by the writer).
+    pub new_rvn: RecordVersion,
+    /// The writer's wall clock when it built the op (informational).
+    pub at: WallTime,
+    /// What the write does and under which condition.
+    pub kind: OpKind,
+}
+
+/// The operation and its condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OpKind {
+    /// Grant if the record is absent or released.
+    Acquire {
+        /// The new lease.
+        owner: LeaseId,
+        /// Lease duration promised, in milliseconds.
+        lease_ms: u64,
+        /// Who asks.
+        holder: HolderInfo,
+    },
+    /// Grant if the record's version is still the one the waiter timed.
+    Takeover {
+        /// The version the waiter observed for a whole lease.
+        observed: RecordVersion,
+        /// The new lease.
+        owner: LeaseId,
+        /// Lease duration promised, in milliseconds.
+        lease_ms: u64,
+        /// Who asks.
+        holder: HolderInfo,
+    },
+    /// Renew: only the current owner at its current version.
+    Heartbeat {
+        /// The holder's lease.
+        owner: LeaseId,
+        /// The version the holder last wrote.
+        current: RecordVersion,
+    },
+    /// Release: only the current owner at its current version. Keeps the token.
+    Release {
+        /// The holder's lease.
+        owner: LeaseId,
+        /// The version the holder last wrote.
+        current: RecordVersion,
+    },
+    /// Administrative release, conditional on the version the operator saw.
+    ForceUnlock {
+        /// The version the operator was shown.
+        observed: RecordVersion,
+        /// Who forces it (audit).
+        by: String,
+    },
+}
+
+impl OpKind {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OpKind::Acquire { .. } => "acquire",
+            OpKind::Takeover { .. } => "takeover",
+            OpKind::Heartbeat { .. } => "heartbeat",
+            OpKind::Release { .. } => "release",
+            OpKind::ForceUnlock { .. } => "force_unlock",
+        }
+    }
+}
+
+/// Why [`LockOp::apply`] did not write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// The condition does not hold for the current record.
+    ConditionFailed,
+    /// The key has used up every fencing token (u64::MAX grants): it can never be
+    /// granted again. Reported like a failed condition by stores.
+    TokensExhausted,
+}
+
+impl LockOp {
+    /// True if this op's condition holds on `current` (`None` = no record).
+    pub fn condition_holds(&self, current: Option<&LockRecord>) -> bool {
+        match (&self.kind, current) {
+            (OpKind::Acquire { .. }, None) => true,
+            (OpKind::Acquire { .. }, Some(r)) => r.released,
+            (OpKind::Takeover { observed, .. }, Some(r)) => r.rvn == *observed,
+            (OpKind::Heartbeat { owner, current: v }, Some(r))
+            | (OpKind::Release { owner, current: v }, Some(r)) => {
+                !r.released && r.owner == *owner && r.rvn == *v
+            }
+            (OpKind::ForceUnlock { observed, .. }, Some(r)) => r.rvn == *observed,
+            (_, None) => false,
+        }
+    }
+
+    /// The record after this write, or why it must not be written.
+    /// This is the reference semantics every store implements.
+    pub fn apply(&self, current: Option<&LockRecord>) -> Result<LockRecord, Rejected> {
+        if let Some(r) = current {
+            if r.key != self.key {
+                return Err(Rejected::ConditionFailed);
+            }
+        }
+        if !self.condition_holds(current) {
+            return Err(Rejected::ConditionFailed);
+        }
+        match (&self.kind, current) {
+            (
+                OpKind::Acquire {
+                    owner,
+                    lease_ms,
+                    holder,
+                }
+                | OpKind::Takeover {
+                    owner,
+                    lease_ms,
+                    holder,
+                    ..
+                },
+                _,
+            ) => {
+                let token = match current {
+                    None => FencingToken::FIRST,
+                    Some(r) => r.token.next().ok_or(Rejected::TokensExhausted)?,
+                };
+                Ok(LockRecord {
+                    key: self.key.clone(),
+                    owner: *owner,
+                    token,
+                    rvn: self.new_rvn,
+                    lease_ms: *lease_ms,
+                    released: false,
+                    holder: holder.clone(),
+                    acquired_at: self.at,
+                    heartbeat_at: self.at,
+                    forced_by: None,
+                })
+            }
+            (OpKind::Heartbeat { .. }, Some(r)) => Ok(LockRecord {
+                rvn: self.new_rvn,
+                heartbeat_at: self.at,
+                ..r.clone()
+            }),
+            (OpKind::Release { .. }, Some(r)) => Ok(LockRecord {
+                rvn: self.new_rvn,
+                released: true,
+                heartbeat_at: self.at,
+                ..r.clone()
+            }),
+            (OpKind::ForceUnlock { by, .. }, Some(r)) => Ok(LockRecord {
+                rvn: self.new_rvn,
+                released: true,
+                heartbeat_at: self.at,
+                forced_by: Some(by.clone()),
+                ..r.clone()
+            }),
+            (_, None) => Err(Rejected::ConditionFailed),
+        }
+    }
+
+    /// True if `current` is this very write (its response was lost, but it landed).
+    pub fn is_own_write(&self, current: &LockRecord) -> bool {
+        current.rvn == self.new_rvn && current.key == self.key
+    }
+
+    /// True for operations that grant a lease (acquire, takeover).
+    pub fn is_grant(&self) -> bool {
+        matches!(self.kind, OpKind::Acquire { .. } | OpKind::Takeover { .. })
+    }
+}
+
+/// The result of sending one [`LockOp`], as the core needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The write landed; this is the record it wrote.
+    Applied(LockRecord),
+    /// The condition failed; this is the current record (`None`: no record).
+    Conflict(Option<LockRecord>),
+    /// No answer (timeout, connection lost, 5xx): the write may or may not have
+    /// landed. The core resends the same op, which recognises its own write.
+    Unknown,
+}
+
+impl Outcome {
+    /// Resolves a lost response: a conflict whose current record is `op`'s own
+    /// write means `op` landed.
+    pub fn resolve(self, op: &LockOp) -> Outcome {
+        match self {
+            Outcome::Conflict(Some(r)) if op.is_own_write(&r) => Outcome::Applied(r),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> LockKey {
+        LockKey::new("k").unwrap()
+    }
+
+    fn rec(owner: LeaseId, token: u64, rvn: u128, released: bool) -> LockRecord {
+        LockRecord {
+            key: key(),
+            owner,
+            token: FencingToken(token),
+            rvn: RecordVersion(rvn),
+            lease_ms: 1000,
+            released,
+            holder: HolderInfo::named("h"),
+            acquired_at: WallTime(0),
+            heartbeat_at: WallTime(0),
+            forced_by: None,
+        }
+    }
+
+    fn op(kind: OpKind, new_rvn: u128) -> LockOp {
+        LockOp {
+            key: key(),
+            new_rvn: RecordVersion(new_rvn),
+            at: WallTime(5),
+            kind,
+        }
+    }
+
+    #[test]
+    fn condition_table() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let other = LeaseId(uuid::Uuid::from_u128(2));
+        let acquire = OpKind::Acquire {
+            owner: me,
+            lease_ms: 1000,
+            holder: HolderInfo::named("me"),
+        };
+        let takeover = |v| OpKind::Takeover {
+            observed: RecordVersion(v),
+            owner: me,
+            lease_ms: 1000,
+            holder: HolderInfo::named("me"),
+        };
+        let hb = |v| OpKind::Heartbeat {
+            owner: me,
+            current: RecordVersion(v),
+        };
+        let rel = |v| OpKind::Release {
+            owner: me,
+            current: RecordVersion(v),
+        };
+        let force = |v| OpKind::ForceUnlock {
+            observed: RecordVersion(v),
+            by: "admin".into(),
+        };
+        let held_by_other = rec(other, 4, 7, false);
+        let held_by_me = rec(me, 4, 7, false);
+        let released = rec(other, 4, 7, true);
+        let released_mine = rec(me, 4, 7, true);
+        // (op, current, condition holds?)
+        let table: Vec<(OpKind, Option<&LockRecord>, bool)> = vec![
+            (acquire.clone(), None, true),
+            (acquire.clone(), Some(&released), true),
+            (acquire.clone(), Some(&held_by_other), false),
+            (acquire.clone(), Some(&held_by_me), false),
+            (takeover(7), Some(&held_by_other), true),
+            (takeover(8), Some(&held_by_other), false),
+            (takeover(7), Some(&released), true),
+            (takeover(7), None, false),
+            (hb(7), Some(&held_by_me), true),
+            (hb(8), Some(&held_by_me), false),
+            (hb(7), Some(&held_by_other), false),
+            (hb(7), Some(&released_mine), false),
+            (hb(7), None, false),
+            (rel(7), Some(&held_by_me), true),
+            (rel(7), Some(&held_by_other), false),
+            (rel(7), Some(&released_mine), false),
+            (rel(6), Some(&held_by_me), false),
+            (force(7), Some(&held_by_other), true),
+            (force(6), Some(&held_by_other), false),
+            (force(7), None, false),
+        ];
+        for (kind, current, want) in table {
+            let o = op(kind.clone(), 99);
+            assert_eq!(o.condition_holds(current), want, "{kind:?} on {current:?}");
+            assert_eq!(o.apply(current).is_ok(), want, "{kind:?} on {current:?}");
+        }
+    }
+
+    #[test]
+    fn grants_increment_tokens_and_release_keeps_them() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let acquire = op(
+            OpKind::Acquire {
+                owner: me,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+            },
+            10,
+        );
+        let first = acquire.apply(None).unwrap();
+        assert_eq!(first.token, FencingToken(1));
+        assert_eq!(first.rvn, RecordVersion(10));
+        assert!(!first.released);
+        let released = op(
+            OpKind::Release {
+                owner: me,
+                current: RecordVersion(10),
+            },
+            11,
+        )
+        .apply(Some(&first))
+        .unwrap();
+        assert!(released.released);
+        assert_eq!(released.token, FencingToken(1));
+        let second = op(acquire.kind.clone(), 12).apply(Some(&released)).unwrap();
+        assert_eq!(second.token, FencingToken(2));
+        let hb = op(
+            OpKind::Heartbeat {
+                owner: me,
+                current: RecordVersion(12),
+            },
+            13,
+        )
+        .apply(Some(&second))
+        .unwrap();
+        assert_eq!((hb.token, hb.rvn, hb.heartbeat_at), (FencingToken(2), RecordVersion(13), WallTime(5)));
+        let forced = op(
+            OpKind::ForceUnlock {
+                observed: RecordVersion(13),
+                by: "ops".into(),
+            },
+            14,
+        )
+        .apply(Some(&hb))
+        .unwrap();
+        assert!(forced.released);
+        assert_eq!(forced.forced_by.as_deref(), Some("ops"));
+        assert_eq!(forced.token, FencingToken(2));
+    }
+
+    #[test]
+    fn exhausted_tokens_are_rejected() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let mut last = rec(me, u64::MAX, 1, true);
+        last.released = true;
+        let acquire = op(
+            OpKind::Acquire {
+                owner: me,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+            },
+            2,
+        );
+        assert_eq!(acquire.apply(Some(&last)), Err(Rejected::TokensExhausted));
+    }
+
+    #[test]
+    fn wrong_key_is_rejected_and_lost_responses_resolve() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let mut other_key = rec(me, 1, 1, true);
+        other_key.key = LockKey::new("other").unwrap();
+        let acquire = op(
+            OpKind::Acquire {
+                owner: me,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+            },
+            2,
+        );
+        assert_eq!(acquire.apply(Some(&other_key)), Err(Rejected::ConditionFailed));
+        let landed = acquire.apply(None).unwrap();
+        assert_eq!(
+            Outcome::Conflict(Some(landed.clone())).resolve(&acquire),
+            Outcome::Applied(landed.clone())
+        );
+        let someone_else = rec(LeaseId(uuid::Uuid::from_u128(3)), 2, 3, false);
+        assert_eq!(
+            Outcome::Conflict(Some(someone_else.clone())).resolve(&acquire),
+            Outcome::Conflict(Some(someone_else))
+        );
+        assert_eq!(Outcome::Unknown.resolve(&acquire), Outcome::Unknown);
+    }
+}

@@ -1,0 +1,1 @@
+//! The local directory store (the embedded default). Implemented in full below.
