@@ -25,15 +25,18 @@
 #   when Terraform is installed.
 # Only that file goes to stdout; progress messages go to stderr.
 #
-# How scripts/test.sh uses it:
+# How scripts/test.sh uses it (from the repository root):
 #
 #   eval "$(scripts/services.sh start)"; trap 'scripts/services.sh stop' EXIT
 #
-# Note that `eval "$(...)"` returns 0 even when the command inside fails, so under
-# `set -e` prefer the form that stops on a failed start and never leaks processes:
+# Two caveats. `eval "$(...)"` returns 0 even when the command inside fails, so
+# `set -e` does not catch a failed start (a failed start stops whatever it started
+# itself, so nothing leaks, but the tests would run without endpoints). And the trap
+# runs in whatever directory the script is in at exit. Sturdier form:
 #
-#   trap 'scripts/services.sh stop' EXIT
-#   services_env=$(scripts/services.sh start)
+#   services="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/services.sh"
+#   trap '"$services" stop' EXIT
+#   services_env=$("$services" start)   # exits here under set -e if start fails
 #   eval "$services_env"
 #
 # Two concurrent runs from the same checkout share one set of services (and the first
@@ -117,7 +120,7 @@ def main(argv):
         s.bind(("127.0.0.1", 0))
         print(s.getsockname()[1])
         s.close()
-    elif cmd == "spawn":  # spawn LOG CWD CMD... -> prints pid; child in its own session
+    elif cmd == "spawn":  # spawn LOG CWD CMD... -> prints pid; child detached from our terminal
         log, cwd, args = argv[1], argv[2], argv[3:]
         with open(log, "ab") as out:
             p = subprocess.Popen(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
@@ -417,58 +420,59 @@ ensure_installed() {
   esac
 }
 
-start_service() {
-  local name=$1 running pid port attempt rc logf
+# Succeeds when the recorded service is alive and answering (it is then reused).
+service_reusable() {
+  local name=$1 running pid port
+  running=$(service_running "$name") || return 1
+  read -r pid port <<<"$running"
+  if py wait "$name" "$port" "$pid" 5; then
+    log "$(label "$name"): already running (pid $pid, http://127.0.0.1:$port)"
+    return 0
+  fi
+  log "$(label "$name"): pid $pid is not answering; restarting it"
+  return 1
+}
+
+# Starts the service in the background on a free port; records pid and port.
+spawn_service() {
+  local name=$1 port pid logf
   logf=$(log_file "$name")
-  if running=$(service_running "$name"); then
-    read -r pid port <<<"$running"
-    if py wait "$name" "$port" "$pid" 5; then
-      log "$(label "$name"): already running (pid $pid, port $port)"
-      return 0
-    fi
-    log "$(label "$name"): pid $pid is not answering; restarting it"
-  fi
-  stop_service "$name"
-  ensure_installed "$name"
+  port=$(py freeport)
+  log "$(label "$name"): starting on 127.0.0.1:$port"
   if [[ $name == ddb ]]; then
-    need java "to run DynamoDB Local"
-    ddb_locate || die "DynamoDB Local is not installed correctly (run: scripts/services.sh install ddb)"
+    pid=$(py spawn "$logf" "$RUN_DIR" java "-Djava.library.path=$DDB_LIB" -jar "$DDB_JAR" \
+      -inMemory -sharedDb -disableTelemetry -port "$port")
+  else
+    pid=$(py spawn "$logf" "$RUN_DIR" "$VENV_DIR/bin/moto_server" -H 127.0.0.1 -p "$port")
   fi
-  : >"$logf"
+  printf '%s\n' "$pid" >"$(pid_file "$name")"
+  printf '%s\n' "$port" >"$(port_file "$name")"
+  STARTED_NOW+=("$name")
+}
+
+# Waits until a freshly spawned service answers; retries on a lost port race.
+await_service() {
+  local name=$1 attempt pid port rc logf
+  logf=$(log_file "$name")
   for attempt in 1 2 3; do
-    port=$(py freeport)
-    log "$(label "$name"): starting on 127.0.0.1:$port"
-    case $name in
-      ddb)
-        pid=$(py spawn "$logf" "$RUN_DIR" java "-Djava.library.path=$DDB_LIB" -jar "$DDB_JAR" \
-          -inMemory -sharedDb -disableTelemetry -port "$port")
-        ;;
-      *)
-        pid=$(py spawn "$logf" "$RUN_DIR" "$VENV_DIR/bin/moto_server" -H 127.0.0.1 -p "$port")
-        ;;
-    esac
-    printf '%s\n' "$pid" >"$(pid_file "$name")"
-    printf '%s\n' "$port" >"$(port_file "$name")"
-    STARTED_NOW+=("$name")
+    pid=$(read_file "$(pid_file "$name")")
+    port=$(read_file "$(port_file "$name")")
     rc=0
     py wait "$name" "$port" "$pid" "$START_TIMEOUT" || rc=$?
-    case $rc in
-      0)
-        log "$(label "$name"): ready (pid $pid, http://127.0.0.1:$port)"
-        return 0
-        ;;
-      2)
-        if [[ $attempt -lt 3 ]] && grep -qiE 'address already in use|in use by another' "$logf"; then
-          log "$(label "$name"): port $port was taken meanwhile; retrying"
-          rm -f -- "$(pid_file "$name")" "$(port_file "$name")"
-          continue
-        fi
-        log "$(label "$name"): exited during start-up; last lines of ${logf#"$ROOT/"}:"
-        ;;
-      *)
-        log "$(label "$name"): not answering after ${START_TIMEOUT}s; last lines of ${logf#"$ROOT/"}:"
-        ;;
-    esac
+    if [[ $rc -eq 0 ]]; then
+      log "$(label "$name"): ready (pid $pid, http://127.0.0.1:$port)"
+      return 0
+    fi
+    if [[ $rc -eq 2 && $attempt -lt 3 ]] && grep -qiE 'address already in use|in use by another' "$logf"; then
+      log "$(label "$name"): port $port was taken meanwhile; retrying on another port"
+      spawn_service "$name"
+      continue
+    fi
+    if [[ $rc -eq 2 ]]; then
+      log "$(label "$name"): exited during start-up; last lines of $logf:"
+    else
+      log "$(label "$name"): not answering after ${START_TIMEOUT}s; last lines of $logf:"
+    fi
     tail -n 40 "$logf" >&2 || true
     return 1
   done
@@ -522,20 +526,29 @@ parse_services() {
 }
 
 cmd_start() {
-  local SERVICES name start_ts
+  local SERVICES name start_ts pending=() started
   parse_services "$@"
   take_lock
   start_ts=$(now)
   mkdir -p "$RUN_DIR"
-  if [[ $# -eq 0 ]]; then
-    if terraform_supported; then
-      terraform_installed || install_terraform
-    fi
+  if [[ $# -eq 0 ]] && terraform_supported; then
+    terraform_installed || install_terraform
   fi
   for name in "${SERVICES[@]}"; do
-    if ! start_service "$name"; then
-      # Do not leave half a set running when the caller never gets to its stop trap.
-      local started
+    service_reusable "$name" && continue
+    stop_service "$name"
+    ensure_installed "$name"
+    if [[ $name == ddb ]]; then
+      need java "to run DynamoDB Local"
+      ddb_locate || die "DynamoDB Local is not installed correctly (run: scripts/services.sh install ddb)"
+    fi
+    : >"$(log_file "$name")"
+    spawn_service "$name"
+    pending+=("$name")
+  done
+  for name in "${pending[@]+"${pending[@]}"}"; do
+    if ! await_service "$name"; then
+      # Do not leave half a set running: the caller may never reach its stop trap.
       for started in "${STARTED_NOW[@]+"${STARTED_NOW[@]}"}"; do
         stop_service "$started"
       done
@@ -544,7 +557,7 @@ cmd_start() {
     fi
   done
   write_env
-  log "services ready in $(($(now) - start_ts))s (env: ${RUN_DIR#"$ROOT/"}/env)"
+  log "services ready in $(($(now) - start_ts))s (env: $RUN_DIR/env)"
   cat "$RUN_DIR/env"
 }
 

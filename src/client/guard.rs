@@ -1,0 +1,314 @@
+//! [`LockGuard`]: one held lease. It runs the heartbeat task, fires
+//! [`LockGuard::lost`] the moment the core says the lease is lost, and releases
+//! the lock on [`LockGuard::release`] (or, best effort, on drop).
+
+use super::cell::{AfterHeartbeat, GuardCell};
+use super::{outcome_of, Inner, LockError};
+use crate::observe;
+use crate::protocol::{
+    FencingToken, LeaseId, LeaseState, LockKey, LockOp, LockRecord, MonoTime, Outcome, ReleaseStep,
+};
+use crate::store::StoreError;
+use crate::sync::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+struct Shared {
+    inner: Arc<Inner>,
+    cell: Mutex<GuardCell>,
+    key: LockKey,
+    token: FencingToken,
+    owner: LeaseId,
+    granted: LockRecord,
+    /// Fires when the lease is lost.
+    lost: CancellationToken,
+    /// Stops the heartbeat task.
+    stop: CancellationToken,
+    /// Test hook: heartbeats are not sent while set (a paused process).
+    frozen: std::sync::atomic::AtomicBool,
+}
+
+/// A held lock. Check [`LockGuard::is_valid`] (or watch [`LockGuard::lost`])
+/// before acting as the holder, and pass [`LockGuard::token`] with every write
+/// to fenced state.
+pub struct LockGuard {
+    shared: Arc<Shared>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.shared.key)
+            .field("token", &self.shared.token)
+            .field("owner", &self.shared.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    pub(crate) fn start(inner: Arc<Inner>, lease: crate::protocol::Lease, granted: LockRecord) -> LockGuard {
+        let shared = Arc::new(Shared {
+            key: granted.key.clone(),
+            token: granted.token,
+            owner: granted.owner,
+            granted,
+            cell: Mutex::new(GuardCell::new(lease)),
+            inner,
+            lost: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+        });
+        let task = tokio::spawn(heartbeat_loop(shared.clone()));
+        LockGuard {
+            shared,
+            task: Some(task),
+        }
+    }
+
+    /// The key held.
+    pub fn key(&self) -> &LockKey {
+        &self.shared.key
+    }
+
+    /// The fencing token of this grant: pass it with every state write.
+    pub fn token(&self) -> FencingToken {
+        self.shared.token
+    }
+
+    /// This lease's id (the record's `owner`).
+    pub fn lease_id(&self) -> LeaseId {
+        self.shared.owner
+    }
+
+    /// The record as granted.
+    pub fn granted_record(&self) -> &LockRecord {
+        &self.shared.granted
+    }
+
+    /// Until when (this client's monotonic clock) the lease is valid unless renewed.
+    pub fn deadline(&self) -> MonoTime {
+        self.shared.cell.lock().lease.deadline()
+    }
+
+    /// True if this client may act as the holder now. Also notices an expired
+    /// deadline at once (firing [`LockGuard::lost`]).
+    pub fn is_valid(&self) -> bool {
+        let now = self.shared.inner.clock.now();
+        let mut cell = self.shared.cell.lock();
+        if cell.finish_heartbeat(now, None) == AfterHeartbeat::SignalLost {
+            signal_lost(&self.shared, &cell);
+        }
+        cell.lease.is_valid(now)
+    }
+
+    /// Returns the token if the lease is valid now, else why not.
+    pub fn check(&self) -> Result<FencingToken, LockError> {
+        if self.is_valid() {
+            return Ok(self.shared.token);
+        }
+        let cell = self.shared.cell.lock();
+        match cell.lease.state() {
+            LeaseState::Lost(reason) => Err(LockError::LeaseLost(reason.clone())),
+            _ => Err(LockError::LeaseLost(crate::protocol::LostReason::Expired)),
+        }
+    }
+
+    /// A token cancelled the moment the lease is lost (not on release).
+    pub fn lost_token(&self) -> CancellationToken {
+        self.shared.lost.clone()
+    }
+
+    /// Completes when the lease is lost.
+    pub async fn lost(&self) {
+        self.shared.lost.cancelled().await
+    }
+
+    /// Stops renewing, as if this process were paused: the lease will expire.
+    #[cfg(feature = "testkit")]
+    pub fn freeze_heartbeats(&self) {
+        self.shared.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Releases the lock. The lease ends at once for this client; the release
+    /// write is retried a few times if the store does not answer (the lock then
+    /// frees itself after one lease).
+    pub async fn release(mut self) -> Result<(), LockError> {
+        let shared = self.shared.clone();
+        let (op, _) = {
+            let mut cell = shared.cell.lock();
+            cell.claim_release(shared.inner.rng.rvn(), shared.inner.clock.wall())
+        };
+        shared.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        match op {
+            Some(op) => send_release(&shared, op).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.shared.stop.cancel();
+        let (op, first) = {
+            let mut cell = self.shared.cell.lock();
+            cell.claim_release(self.shared.inner.rng.rvn(), self.shared.inner.clock.wall())
+        };
+        if !first {
+            return;
+        }
+        let Some(op) = op else { return };
+        // Best effort: needs a running tokio runtime.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let shared = self.shared.clone();
+            handle.spawn(async move {
+                if let Err(e) = send_release(&shared, op).await {
+                    tracing::warn!(lock_key = %shared.key, error = %e, "release on drop failed");
+                }
+            });
+        }
+    }
+}
+
+async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> {
+    let inner = &shared.inner;
+    let mut attempts: u32 = 0;
+    loop {
+        attempts += 1;
+        let outcome = outcome_of(inner.store.apply(&op).await)?;
+        let step = {
+            let mut cell = shared.cell.lock();
+            cell.lease.handle_release(outcome, inner.rng.rvn(), inner.clock.wall())
+        };
+        match step {
+            ReleaseStep::Done(record) => {
+                metrics::counter!(observe::LOCK_RELEASED).increment(1);
+                let held = record.heartbeat_at.saturating_since(shared.granted.acquired_at);
+                metrics::histogram!(observe::LOCK_HELD_SECONDS).record(held.as_secs_f64());
+                tracing::info!(
+                    target: observe::AUDIT_TARGET,
+                    event = "lock.released",
+                    lock_key = %shared.key,
+                    lock_id = %shared.owner,
+                    token = shared.token.0,
+                    held_ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX),
+                    "lock released"
+                );
+                return Ok(());
+            }
+            ReleaseStep::NotHeld(_) => return Ok(()),
+            ReleaseStep::Retry(next) if attempts < 6 => {
+                if next == op {
+                    inner.clock.sleep(Duration::from_millis(50u64 << attempts.min(6))).await;
+                }
+                op = next;
+            }
+            ReleaseStep::Retry(_) => {
+                return Err(LockError::Store(StoreError::Unavailable(
+                    "no answer to the release; the lock frees itself after one lease".into(),
+                )))
+            }
+        }
+    }
+}
+
+fn signal_lost(shared: &Shared, cell: &GuardCell) {
+    let reason = match cell.lease.state() {
+        LeaseState::Lost(crate::protocol::LostReason::Expired) => "expired",
+        _ => "superseded",
+    };
+    metrics::counter!(observe::LOCK_LOST, "reason" => reason).increment(1);
+    tracing::warn!(
+        target: observe::AUDIT_TARGET,
+        event = "lock.lost",
+        lock_key = %shared.key,
+        lock_id = %shared.owner,
+        token = shared.token.0,
+        reason,
+        "lease lost: stop writing"
+    );
+    shared.lost.cancel();
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let inner = shared.inner.clone();
+    let clock = &inner.clock;
+    loop {
+        let wake = {
+            let cell = shared.cell.lock();
+            if cell.release_claimed() {
+                return;
+            }
+            match cell.lease.poll_timeout() {
+                Some(t) => t,
+                None => return,
+            }
+        };
+        let sleep = clock.sleep(wake.saturating_since(clock.now()));
+        tokio::select! {
+            _ = sleep => {}
+            _ = shared.stop.cancelled() => return,
+        }
+        let now = clock.now();
+        let frozen = shared.frozen.load(std::sync::atomic::Ordering::SeqCst);
+        let (op, deadline) = {
+            let mut cell = shared.cell.lock();
+            if cell.finish_heartbeat(now, None) == AfterHeartbeat::SignalLost {
+                signal_lost(&shared, &cell);
+                return;
+            }
+            let op = if frozen {
+                None
+            } else {
+                cell.begin_heartbeat(now, inner.rng.rvn(), clock.wall())
+            };
+            (op, cell.lease.deadline())
+        };
+        let Some(op) = op else { continue };
+        // Race the answer against the deadline: the lost signal must fire on
+        // time even if the store hangs.
+        let until_deadline = clock.sleep(deadline.saturating_since(clock.now()));
+        let answer = tokio::select! {
+            r = inner.store.apply(&op) => Some(r),
+            _ = until_deadline => None,
+            _ = shared.stop.cancelled() => return,
+        };
+        let outcome = match answer {
+            Some(r) => match outcome_of(r) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    tracing::warn!(lock_key = %shared.key, error = %e, "heartbeat failed");
+                    Some(Outcome::Unknown)
+                }
+            },
+            None => None,
+        };
+        let now = clock.now();
+        let label = match &outcome {
+            Some(Outcome::Applied(_)) | Some(Outcome::Conflict(_)) => "answered",
+            _ => "retry",
+        };
+        let mut cell = shared.cell.lock();
+        let after = match outcome {
+            Some(o) => cell.finish_heartbeat(now, Some(o)),
+            None => cell.finish_heartbeat(now, None),
+        };
+        metrics::counter!(observe::LOCK_HEARTBEAT, "result" => match after {
+            AfterHeartbeat::Continue => if label == "retry" { "retry" } else { "ok" },
+            _ => "lost",
+        })
+        .increment(1);
+        match after {
+            AfterHeartbeat::Continue => {}
+            AfterHeartbeat::SignalLost => {
+                signal_lost(&shared, &cell);
+                return;
+            }
+            AfterHeartbeat::Stop => return,
+        }
+    }
+}
