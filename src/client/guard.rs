@@ -244,6 +244,11 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
                 return;
             }
             match cell.lease.poll_timeout() {
+                // A frozen (paused) holder sends nothing: it only notices the
+                // deadline, like a process that wakes up too late.
+                Some(_) if shared.frozen.load(std::sync::atomic::Ordering::SeqCst) => {
+                    cell.lease.deadline()
+                }
                 Some(t) => t,
                 None => return,
             }

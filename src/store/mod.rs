@@ -7,9 +7,16 @@
 //! DynamoDB and S3 adapters behind their features. Every store must pass the
 //! conformance suite in `testkit`.
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod file;
 pub mod memory;
+pub mod open;
+#[cfg(feature = "dynamodb")]
+pub mod terraform;
 pub mod url;
+
+pub use open::open_lock_store;
 
 use crate::protocol::{LockKey, LockOp, LockRecord};
 use async_trait::async_trait;
