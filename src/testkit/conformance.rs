@@ -1,0 +1,1122 @@
+//! The conformance suite every [`LockStore`] must pass: the guarantees of the
+//! trait's docs and of PROTOCOL.md ("Operations"), checked through the public
+//! API only, so the same cases run against the memory, file, DynamoDB and S3
+//! stores and the simulator's remote store.
+//!
+//! Each case is a `pub async fn case(store: SharedStore, prefix: &str)` that
+//! panics (with `assert!`) naming the operation that misbehaved. Cases only
+//! touch keys that start with `prefix/` and never assume the store is empty,
+//! so any number of them can share one real table or bucket at once.
+//! Mount them all with [`lock_store_conformance!`](crate::lock_store_conformance),
+//! which makes one named `#[test]` per case.
+//!
+//! Nothing here may weaken a check to suit one store: where a store may
+//! legitimately differ from the reference semantics ([`LockOp::apply`]), the
+//! difference must be written down here, for every store.
+
+use super::faults::LoseResponses;
+use crate::protocol::{
+    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, Outcome, RecordVersion,
+    WallTime, MAX_KEY_BYTES,
+};
+use crate::store::{LockStore, StoreError};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// The store handle every case takes.
+pub type SharedStore = Arc<dyn LockStore>;
+
+/// The names of every case, in the order [`run_all`] runs them (the same
+/// names as the tests [`lock_store_conformance!`](crate::lock_store_conformance)
+/// generates).
+pub const CASES: &[&str] = &[
+    "acquire_absent_grants_first_token",
+    "acquire_held_conflicts_with_current_record",
+    "acquire_released_increments_token",
+    "token_monotonic_across_grants",
+    "takeover_requires_observed_rvn",
+    "conditional_heartbeat",
+    "owner_only_release",
+    "force_unlock_needs_seen_version",
+    "records_are_never_deleted",
+    "conflict_returns_current_record",
+    "lost_response_recognised_by_rvn",
+    "list_and_get_agree",
+    "keys_are_independent",
+    "written_record_matches_reference_semantics",
+    "concurrent_acquirers_exactly_one_wins",
+];
+
+/// Mounts the conformance suite on a store: expands to one `#[test]` per case
+/// (named after the case), each running on its own multi-threaded tokio
+/// runtime (4 workers) with a fresh unique key prefix. The argument is an
+/// expression evaluating to a future that yields the store (anything that
+/// implements [`LockStore`](crate::store::LockStore) and is `'static`); it is
+/// evaluated once per test. Wrap the store in
+/// [`WithGuard`](crate::testkit::WithGuard) to keep, say, its temporary
+/// directory alive for the test. Invoke it at most once per module.
+///
+/// ```ignore
+/// statelock::lock_store_conformance!(async { statelock::store::memory::MemoryStore::new() });
+/// ```
+#[macro_export]
+macro_rules! lock_store_conformance {
+    (@cases ($make_store:expr) $($case:ident)*) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::testkit::conformance::runtime().block_on(async {
+                    let store: $crate::testkit::conformance::SharedStore =
+                        ::std::sync::Arc::new($make_store.await);
+                    let prefix =
+                        $crate::testkit::conformance::unique_prefix(::core::stringify!($case));
+                    $crate::testkit::conformance::$case(store, &prefix).await;
+                });
+            }
+        )*
+    };
+    ($make_store:expr $(,)?) => {
+        $crate::lock_store_conformance!(@cases ($make_store)
+            acquire_absent_grants_first_token
+            acquire_held_conflicts_with_current_record
+            acquire_released_increments_token
+            token_monotonic_across_grants
+            takeover_requires_observed_rvn
+            conditional_heartbeat
+            owner_only_release
+            force_unlock_needs_seen_version
+            records_are_never_deleted
+            conflict_returns_current_record
+            lost_response_recognised_by_rvn
+            list_and_get_agree
+            keys_are_independent
+            written_record_matches_reference_semantics
+            concurrent_acquirers_exactly_one_wins
+        );
+    };
+}
+
+/// A key prefix no other test run uses: `conformance/<case>/<random>`.
+pub fn unique_prefix(case: &str) -> String {
+    format!("conformance/{case}/{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The runtime each generated test runs on: multi-threaded, 4 workers, time
+/// and I/O enabled. Panics if the operating system refuses the threads.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start a tokio runtime for the conformance suite: {e}"))
+}
+
+/// Runs every case in turn against `store`, each under `prefix/<case>`.
+pub async fn run_all(store: SharedStore, prefix: &str) {
+    let p = |case: &str| format!("{prefix}/{case}");
+    acquire_absent_grants_first_token(store.clone(), &p(CASES[0])).await;
+    acquire_held_conflicts_with_current_record(store.clone(), &p(CASES[1])).await;
+    acquire_released_increments_token(store.clone(), &p(CASES[2])).await;
+    token_monotonic_across_grants(store.clone(), &p(CASES[3])).await;
+    takeover_requires_observed_rvn(store.clone(), &p(CASES[4])).await;
+    conditional_heartbeat(store.clone(), &p(CASES[5])).await;
+    owner_only_release(store.clone(), &p(CASES[6])).await;
+    force_unlock_needs_seen_version(store.clone(), &p(CASES[7])).await;
+    records_are_never_deleted(store.clone(), &p(CASES[8])).await;
+    conflict_returns_current_record(store.clone(), &p(CASES[9])).await;
+    lost_response_recognised_by_rvn(store.clone(), &p(CASES[10])).await;
+    list_and_get_agree(store.clone(), &p(CASES[11])).await;
+    keys_are_independent(store.clone(), &p(CASES[12])).await;
+    written_record_matches_reference_semantics(store.clone(), &p(CASES[13])).await;
+    concurrent_acquirers_exactly_one_wins(store, &p(CASES[14])).await;
+}
+
+/// A store together with something that must live as long as it (a temporary
+/// directory, a table that is dropped afterwards, a server process). Every
+/// call goes to the store; the guard is only kept.
+pub struct WithGuard<S, G> {
+    store: S,
+    _guard: G,
+}
+
+impl<S, G> WithGuard<S, G> {
+    /// Keeps `guard` alive as long as `store`.
+    pub fn new(store: S, guard: G) -> Self {
+        WithGuard {
+            store,
+            _guard: guard,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+}
+
+impl<S: fmt::Debug, G> fmt::Debug for WithGuard<S, G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WithGuard")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: LockStore, G: Send + Sync> LockStore for WithGuard<S, G> {
+    async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+        self.store.apply(op).await
+    }
+    async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
+        self.store.get(key).await
+    }
+    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+        self.store.list().await
+    }
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Building ops and checking answers.
+
+/// Wall-clock values for ops: informational only, but distinct so a store
+/// that drops or mixes them up is caught.
+static WALL: AtomicI64 = AtomicI64::new(1_700_000_000_000);
+
+fn key(prefix: &str, name: &str) -> LockKey {
+    LockKey::new(format!("{prefix}/{name}"))
+        .unwrap_or_else(|e| panic!("the prefix {prefix:?} makes an invalid key: {e}"))
+}
+
+fn holder(name: &str) -> HolderInfo {
+    HolderInfo {
+        locked_by: name.to_string(),
+        operation: Some("conformance".to_string()),
+        host: Some("test-host".to_string()),
+        pid: Some(4242),
+        metadata: BTreeMap::from([
+            ("ci_run".to_string(), "12345".to_string()),
+            (
+                "note".to_string(),
+                "ünïcödé \"quoted\" {braces}".to_string(),
+            ),
+        ]),
+    }
+}
+
+fn op(key: &LockKey, kind: OpKind) -> LockOp {
+    LockOp {
+        key: key.clone(),
+        new_rvn: RecordVersion::random(),
+        at: WallTime(WALL.fetch_add(1, Ordering::Relaxed)),
+        kind,
+    }
+}
+
+fn acquire(key: &LockKey, owner: LeaseId) -> LockOp {
+    op(
+        key,
+        OpKind::Acquire {
+            owner,
+            lease_ms: 20_000,
+            holder: holder("acquirer"),
+        },
+    )
+}
+
+fn takeover(key: &LockKey, observed: RecordVersion, owner: LeaseId) -> LockOp {
+    op(
+        key,
+        OpKind::Takeover {
+            observed,
+            owner,
+            lease_ms: 15_000,
+            holder: holder("taker"),
+        },
+    )
+}
+
+fn heartbeat(key: &LockKey, owner: LeaseId, current: RecordVersion) -> LockOp {
+    op(key, OpKind::Heartbeat { owner, current })
+}
+
+fn release(key: &LockKey, owner: LeaseId, current: RecordVersion) -> LockOp {
+    op(key, OpKind::Release { owner, current })
+}
+
+fn force(key: &LockKey, observed: RecordVersion) -> LockOp {
+    op(
+        key,
+        OpKind::ForceUnlock {
+            observed,
+            by: "operator@admin-host".to_string(),
+        },
+    )
+}
+
+/// The holder's heartbeat of `record`.
+fn heartbeat_of(record: &LockRecord) -> LockOp {
+    heartbeat(&record.key, record.owner, record.rvn)
+}
+
+/// The holder's release of `record`.
+fn release_of(record: &LockRecord) -> LockOp {
+    release(&record.key, record.owner, record.rvn)
+}
+
+fn describe_op(op: &LockOp) -> String {
+    format!("{} on {:?}", op.kind.name(), op.key.as_str())
+}
+
+async fn get(store: &dyn LockStore, key: &LockKey) -> Option<LockRecord> {
+    store
+        .get(key)
+        .await
+        .unwrap_or_else(|e| panic!("get {:?} failed: {e:?}", key.as_str()))
+}
+
+/// The records under `prefix/`, as `list` returns them (checking its order).
+async fn list_under(store: &dyn LockStore, prefix: &str) -> Vec<LockRecord> {
+    let all = store
+        .list()
+        .await
+        .unwrap_or_else(|e| panic!("list failed: {e:?}"));
+    for pair in all.windows(2) {
+        assert!(
+            pair[0].key < pair[1].key,
+            "list is not in strictly increasing key order: {:?} then {:?}",
+            pair[0].key.as_str(),
+            pair[1].key.as_str()
+        );
+    }
+    let mine = format!("{prefix}/");
+    all.into_iter()
+        .filter(|r| r.key.as_str().starts_with(&mine))
+        .collect()
+}
+
+/// Sends `op`, which must apply to `previous`: the answer and the stored
+/// record must both equal the reference result.
+async fn applied(store: &dyn LockStore, op: &LockOp, previous: Option<&LockRecord>) -> LockRecord {
+    let want = op.apply(previous).unwrap_or_else(|why| {
+        panic!(
+            "suite bug: {} does not apply to {previous:?} ({why:?})",
+            describe_op(op)
+        )
+    });
+    let got = store.apply(op).await.unwrap_or_else(|e| {
+        panic!(
+            "{} should have been applied to {previous:?}, but the store answered {e:?}",
+            describe_op(op)
+        )
+    });
+    assert_eq!(
+        got,
+        want,
+        "{}: the record returned differs from the reference semantics",
+        describe_op(op)
+    );
+    assert_eq!(
+        get(store, &op.key).await.as_ref(),
+        Some(&want),
+        "{}: the record stored differs from the one returned",
+        describe_op(op)
+    );
+    got
+}
+
+/// Sends `op`, which must fail its condition against `current`: the store
+/// must answer `Conflict` carrying exactly `current`, and change nothing.
+async fn conflicts(store: &dyn LockStore, op: &LockOp, current: Option<&LockRecord>) {
+    assert!(
+        op.apply(current).is_err(),
+        "suite bug: {} applies to {current:?}",
+        describe_op(op)
+    );
+    match store.apply(op).await {
+        Err(StoreError::Conflict { current: answered }) => assert_eq!(
+            answered.as_deref(),
+            current,
+            "{}: the conflict must carry the exact current record",
+            describe_op(op)
+        ),
+        other => panic!(
+            "{} must conflict with {current:?}, but the store answered {other:?}",
+            describe_op(op)
+        ),
+    }
+    assert_eq!(
+        get(store, &op.key).await.as_ref(),
+        current,
+        "{}: a failed condition changed the record",
+        describe_op(op)
+    );
+}
+
+/// What the protocol core learns from one answer.
+fn outcome_of(op: &LockOp, answer: Result<LockRecord, StoreError>) -> Outcome {
+    match answer {
+        Ok(record) => Outcome::Applied(record),
+        Err(StoreError::Conflict { current }) => Outcome::Conflict(current.map(|r| *r)),
+        Err(StoreError::Unavailable(_)) => Outcome::Unknown,
+        Err(other) => panic!("{}: unexpected error {other:?}", describe_op(op)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cases.
+
+/// An acquire on a key with no record grants token 1 and writes exactly the
+/// reference record; `get` sees it.
+pub async fn acquire_absent_grants_first_token(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    assert_eq!(get(s, &k).await, None, "a fresh key must have no record");
+    let op = acquire(&k, LeaseId::random());
+    let record = applied(s, &op, None).await;
+    assert_eq!(record.token, FencingToken::FIRST);
+    assert_eq!(record.rvn, op.new_rvn);
+    assert!(!record.released);
+}
+
+/// An acquire of a held key, by anyone (even the holder), conflicts and
+/// returns the holder's record.
+pub async fn acquire_held_conflicts_with_current_record(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let holder = LeaseId::random();
+    let held = applied(s, &acquire(&k, holder), None).await;
+    conflicts(s, &acquire(&k, LeaseId::random()), Some(&held)).await;
+    conflicts(s, &acquire(&k, holder), Some(&held)).await;
+    let renewed = applied(s, &heartbeat_of(&held), Some(&held)).await;
+    conflicts(s, &acquire(&k, LeaseId::random()), Some(&renewed)).await;
+}
+
+/// An acquire of a released key succeeds at once with the next token.
+pub async fn acquire_released_increments_token(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let first = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let released = applied(s, &release_of(&first), Some(&first)).await;
+    let second_owner = LeaseId::random();
+    let second = applied(s, &acquire(&k, second_owner), Some(&released)).await;
+    assert_eq!(second.token, FencingToken(2));
+    assert_eq!(second.owner, second_owner);
+    assert_ne!(second.rvn, released.rvn);
+}
+
+/// `TokenMonotonic`: over many grants by acquire-after-release, takeover and
+/// acquire-after-force-unlock, every grant's token is larger than the last.
+pub async fn token_monotonic_across_grants(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let mut current = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let mut tokens = vec![current.token];
+    for cycle in 0..24 {
+        current = match cycle % 3 {
+            0 => {
+                let released = applied(s, &release_of(&current), Some(&current)).await;
+                applied(s, &acquire(&k, LeaseId::random()), Some(&released)).await
+            }
+            1 => {
+                let taken = takeover(&k, current.rvn, LeaseId::random());
+                applied(s, &taken, Some(&current)).await
+            }
+            _ => {
+                let forced = applied(s, &force(&k, current.rvn), Some(&current)).await;
+                applied(s, &acquire(&k, LeaseId::random()), Some(&forced)).await
+            }
+        };
+        tokens.push(current.token);
+    }
+    for pair in tokens.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "tokens must strictly increase: {tokens:?}"
+        );
+    }
+}
+
+/// A takeover succeeds only against the record version the waiter observed;
+/// the old holder's later heartbeat then fails.
+pub async fn takeover_requires_observed_rvn(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let never = key(prefix, "never-written");
+    conflicts(
+        s,
+        &takeover(&never, RecordVersion::random(), LeaseId::random()),
+        None,
+    )
+    .await;
+
+    let first = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let renewed = applied(s, &heartbeat_of(&first), Some(&first)).await;
+    // The waiter observed the version before the heartbeat: too old.
+    conflicts(
+        s,
+        &takeover(&k, first.rvn, LeaseId::random()),
+        Some(&renewed),
+    )
+    .await;
+    conflicts(
+        s,
+        &takeover(&k, RecordVersion::random(), LeaseId::random()),
+        Some(&renewed),
+    )
+    .await;
+    let taker = LeaseId::random();
+    let taken = applied(s, &takeover(&k, renewed.rvn, taker), Some(&renewed)).await;
+    assert_eq!(taken.owner, taker);
+    assert_eq!(taken.token, FencingToken(2));
+    // The old holder has lost the lock: its heartbeat and release fail.
+    conflicts(s, &heartbeat_of(&renewed), Some(&taken)).await;
+    conflicts(s, &release_of(&renewed), Some(&taken)).await;
+    // A takeover of a released record at its version is also a grant.
+    let released = applied(s, &release_of(&taken), Some(&taken)).await;
+    let again = applied(
+        s,
+        &takeover(&k, released.rvn, LeaseId::random()),
+        Some(&released),
+    )
+    .await;
+    assert_eq!(again.token, FencingToken(3));
+}
+
+/// A heartbeat needs both the owner and its current version; it installs the
+/// new version and keeps the token and owner.
+pub async fn conditional_heartbeat(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    conflicts(
+        s,
+        &heartbeat(
+            &key(prefix, "absent"),
+            LeaseId::random(),
+            RecordVersion::random(),
+        ),
+        None,
+    )
+    .await;
+
+    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    conflicts(s, &heartbeat(&k, LeaseId::random(), held.rvn), Some(&held)).await;
+    conflicts(
+        s,
+        &heartbeat(&k, held.owner, RecordVersion::random()),
+        Some(&held),
+    )
+    .await;
+    let beat = heartbeat_of(&held);
+    let renewed = applied(s, &beat, Some(&held)).await;
+    assert_eq!(renewed.rvn, beat.new_rvn);
+    assert_eq!((renewed.token, renewed.owner), (held.token, held.owner));
+    assert!(!renewed.released);
+    // The version before the heartbeat is no longer good.
+    conflicts(s, &heartbeat_of(&held), Some(&renewed)).await;
+    let renewed_again = applied(s, &heartbeat_of(&renewed), Some(&renewed)).await;
+    assert_eq!(renewed_again.token, held.token);
+}
+
+/// `OwnerOnlyRelease`: a release needs the owner at its current version; it
+/// keeps the token; a released record cannot be renewed or released again.
+pub async fn owner_only_release(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    conflicts(
+        s,
+        &release(
+            &key(prefix, "absent"),
+            LeaseId::random(),
+            RecordVersion::random(),
+        ),
+        None,
+    )
+    .await;
+
+    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    conflicts(s, &release(&k, LeaseId::random(), held.rvn), Some(&held)).await;
+    conflicts(
+        s,
+        &release(&k, held.owner, RecordVersion::random()),
+        Some(&held),
+    )
+    .await;
+    let released = applied(s, &release_of(&held), Some(&held)).await;
+    assert!(released.released);
+    assert_eq!(released.token, held.token, "a release keeps the token");
+    assert_eq!(released.forced_by, None);
+    // Neither the old version nor the released record's own version renews it.
+    conflicts(s, &heartbeat_of(&held), Some(&released)).await;
+    conflicts(s, &heartbeat(&k, held.owner, released.rvn), Some(&released)).await;
+    conflicts(s, &release(&k, held.owner, released.rvn), Some(&released)).await;
+    conflicts(s, &release_of(&held), Some(&released)).await;
+}
+
+/// A force-unlock succeeds only against the version the operator saw; it
+/// releases, records who forced it and keeps the token.
+pub async fn force_unlock_needs_seen_version(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    conflicts(
+        s,
+        &force(&key(prefix, "absent"), RecordVersion::random()),
+        None,
+    )
+    .await;
+
+    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let renewed = applied(s, &heartbeat_of(&held), Some(&held)).await;
+    // The operator was shown the record before the heartbeat: refused.
+    conflicts(s, &force(&k, held.rvn), Some(&renewed)).await;
+    let forced = applied(s, &force(&k, renewed.rvn), Some(&renewed)).await;
+    assert!(forced.released);
+    assert_eq!(forced.forced_by.as_deref(), Some("operator@admin-host"));
+    assert_eq!(forced.token, held.token);
+    // The forced-out holder cannot renew or release any more.
+    conflicts(s, &heartbeat_of(&renewed), Some(&forced)).await;
+    conflicts(s, &release_of(&renewed), Some(&forced)).await;
+    let next = applied(s, &acquire(&k, LeaseId::random()), Some(&forced)).await;
+    assert_eq!(next.token, FencingToken(2));
+    assert_eq!(next.forced_by, None, "a new grant clears forced_by");
+}
+
+/// No operation deletes a record: released and forced records stay readable
+/// and listed, keeping their tokens.
+pub async fn records_are_never_deleted(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let released = applied(s, &release_of(&held), Some(&held)).await;
+    assert_eq!(get(s, &k).await, Some(released.clone()));
+    assert_eq!(list_under(s, prefix).await, vec![released.clone()]);
+    conflicts(s, &release_of(&held), Some(&released)).await;
+    let again = applied(s, &acquire(&k, LeaseId::random()), Some(&released)).await;
+    let forced = applied(s, &force(&k, again.rvn), Some(&again)).await;
+    assert_eq!(get(s, &k).await, Some(forced.clone()));
+    assert_eq!(list_under(s, prefix).await, vec![forced]);
+}
+
+/// Every failed condition — on an absent, a held and a released record —
+/// answers `Conflict` with exactly the current record.
+pub async fn conflict_returns_current_record(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let absent = key(prefix, "absent");
+    for failing in [
+        takeover(&absent, RecordVersion::random(), LeaseId::random()),
+        heartbeat(&absent, LeaseId::random(), RecordVersion::random()),
+        release(&absent, LeaseId::random(), RecordVersion::random()),
+        force(&absent, RecordVersion::random()),
+    ] {
+        conflicts(s, &failing, None).await;
+    }
+
+    let k = key(prefix, "lock");
+    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let stranger = LeaseId::random();
+    for failing in [
+        acquire(&k, stranger),
+        acquire(&k, held.owner),
+        takeover(&k, RecordVersion::random(), stranger),
+        heartbeat(&k, stranger, held.rvn),
+        heartbeat(&k, held.owner, RecordVersion::random()),
+        release(&k, stranger, held.rvn),
+        release(&k, held.owner, RecordVersion::random()),
+        force(&k, RecordVersion::random()),
+    ] {
+        conflicts(s, &failing, Some(&held)).await;
+    }
+
+    let released = applied(s, &release_of(&held), Some(&held)).await;
+    for failing in [
+        takeover(&k, held.rvn, stranger),
+        heartbeat(&k, held.owner, released.rvn),
+        heartbeat_of(&held),
+        release(&k, held.owner, released.rvn),
+        force(&k, held.rvn),
+    ] {
+        conflicts(s, &failing, Some(&released)).await;
+    }
+}
+
+/// A write whose answer is lost has landed; resending the same op conflicts
+/// with a record carrying the op's own `new_rvn`, which
+/// [`Outcome::resolve`] turns into `Applied`. A failed request applies
+/// nothing, and a lost *conflict* is never mistaken for an own write.
+pub async fn lost_response_recognised_by_rvn(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let faulty = LoseResponses::new(store.clone());
+    let switch = faulty.switch().clone();
+    let k = key(prefix, "lock");
+
+    // Each of these ops lands, its answer is lost, and the resend recognises it.
+    let mut current: Option<LockRecord> = None;
+    for step in ["acquire", "heartbeat", "heartbeat", "release"] {
+        let sent = match (&current, step) {
+            (None, _) => acquire(&k, LeaseId::random()),
+            (Some(r), "heartbeat") => heartbeat_of(r),
+            (Some(r), _) => release_of(r),
+        };
+        let landed = sent
+            .apply(current.as_ref())
+            .unwrap_or_else(|why| panic!("suite bug: {step} does not apply ({why:?})"));
+        switch.lose_next_responses(1);
+        let first = outcome_of(&sent, faulty.apply(&sent).await);
+        assert_eq!(
+            first,
+            Outcome::Unknown,
+            "{step}: the answer should have been lost"
+        );
+        assert_eq!(
+            get(s, &k).await.as_ref(),
+            Some(&landed),
+            "{step}: an op whose answer was lost must have landed"
+        );
+        let resent = outcome_of(&sent, faulty.apply(&sent).await);
+        assert_eq!(
+            resent,
+            Outcome::Conflict(Some(landed.clone())),
+            "{step}: resending a landed op must conflict with the record it wrote"
+        );
+        assert_eq!(
+            resent.resolve(&sent),
+            Outcome::Applied(landed.clone()),
+            "{step}: the resend must be recognised by its record version"
+        );
+        current = Some(landed);
+    }
+    let released = current.unwrap_or_else(|| panic!("suite bug: no record"));
+
+    // A competitor's conflicting op whose answer is lost: the resend is a real
+    // conflict, and must not resolve to Applied.
+    let held = applied(s, &acquire(&k, LeaseId::random()), Some(&released)).await;
+    let rival = acquire(&k, LeaseId::random());
+    switch.lose_next_responses(1);
+    assert_eq!(
+        outcome_of(&rival, faulty.apply(&rival).await),
+        Outcome::Unknown
+    );
+    let resent = outcome_of(&rival, faulty.apply(&rival).await);
+    assert_eq!(resent, Outcome::Conflict(Some(held.clone())));
+    assert_eq!(resent.clone().resolve(&rival), resent);
+
+    // A request that never arrived applies nothing; its resend applies.
+    let released = applied(s, &release_of(&held), Some(&held)).await;
+    let next = acquire(&k, LeaseId::random());
+    switch.fail_next_requests(1);
+    assert_eq!(
+        outcome_of(&next, faulty.apply(&next).await),
+        Outcome::Unknown
+    );
+    assert_eq!(
+        get(s, &k).await,
+        Some(released.clone()),
+        "a failed request changed the record"
+    );
+    let granted = outcome_of(&next, faulty.apply(&next).await);
+    assert_eq!(
+        granted,
+        Outcome::Applied(
+            next.apply(Some(&released))
+                .unwrap_or_else(|why| panic!("suite bug: {why:?}"))
+        )
+    );
+    assert_eq!(switch.injected(), 6);
+}
+
+/// `list` returns, in key order, exactly the records `get` returns, for keys
+/// in every state; never-written keys appear in neither.
+pub async fn list_and_get_agree(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let held = applied(s, &acquire(&key(prefix, "d-held"), LeaseId::random()), None).await;
+    let released = {
+        let r = applied(
+            s,
+            &acquire(&key(prefix, "b-released"), LeaseId::random()),
+            None,
+        )
+        .await;
+        applied(s, &release_of(&r), Some(&r)).await
+    };
+    let forced = {
+        let r = applied(
+            s,
+            &acquire(&key(prefix, "c-forced"), LeaseId::random()),
+            None,
+        )
+        .await;
+        applied(s, &force(&r.key, r.rvn), Some(&r)).await
+    };
+    let renewed = {
+        let r = applied(
+            s,
+            &acquire(&key(prefix, "a-renewed"), LeaseId::random()),
+            None,
+        )
+        .await;
+        applied(s, &heartbeat_of(&r), Some(&r)).await
+    };
+    let never = key(prefix, "e-never-written");
+    assert_eq!(get(s, &never).await, None);
+
+    let listed = list_under(s, prefix).await;
+    let expected = vec![renewed, released, forced, held];
+    assert_eq!(
+        listed, expected,
+        "list must return every record, in key order"
+    );
+    for record in &listed {
+        assert_eq!(get(s, &record.key).await.as_ref(), Some(record));
+    }
+}
+
+/// Records of different keys — including keys that share a prefix, contain
+/// unusual characters, or have the maximum length — never affect each other,
+/// and tokens count per key.
+pub async fn keys_are_independent(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let long_head = format!("{prefix}/long-");
+    let long = LockKey::new(format!(
+        "{long_head}{}",
+        "x".repeat(MAX_KEY_BYTES.saturating_sub(long_head.len()))
+    ))
+    .unwrap_or_else(|e| panic!("suite bug: {e}"));
+    assert_eq!(long.as_str().len(), MAX_KEY_BYTES);
+    let keys = [
+        key(prefix, "a"),
+        key(prefix, "a2"),
+        key(prefix, "a/b c:ü€ \"q\""),
+        long,
+    ];
+    let mut records = Vec::new();
+    for k in &keys {
+        let record = applied(s, &acquire(k, LeaseId::random()), None).await;
+        assert_eq!(record.token, FencingToken::FIRST, "tokens count per key");
+        records.push(record);
+    }
+    // Ops carrying another key's owner and version fail.
+    conflicts(
+        s,
+        &heartbeat(&keys[1], records[0].owner, records[0].rvn),
+        Some(&records[1]),
+    )
+    .await;
+    conflicts(
+        s,
+        &release(&keys[2], records[1].owner, records[1].rvn),
+        Some(&records[2]),
+    )
+    .await;
+    conflicts(
+        s,
+        &takeover(&keys[3], records[2].rvn, LeaseId::random()),
+        Some(&records[3]),
+    )
+    .await;
+    conflicts(s, &force(&keys[0], records[3].rvn), Some(&records[0])).await;
+    // Releasing and re-granting one key leaves the others as they were.
+    let released = applied(s, &release_of(&records[0]), Some(&records[0])).await;
+    let regranted = applied(s, &acquire(&keys[0], LeaseId::random()), Some(&released)).await;
+    assert_eq!(regranted.token, FencingToken(2));
+    for (k, record) in keys.iter().zip(&records).skip(1) {
+        assert_eq!(
+            get(s, k).await.as_ref(),
+            Some(record),
+            "{:?} changed",
+            k.as_str()
+        );
+    }
+    let mut expected = records;
+    expected[0] = regranted;
+    expected.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(list_under(s, prefix).await, expected);
+}
+
+/// A small deterministic generator (SplitMix64), so a failing sequence can be
+/// replayed exactly.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next() % n.max(1) as u64).unwrap_or(0)
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A long pseudo-random sequence of ops — valid and invalid, on three keys,
+/// from three owners, with current, stale and unknown versions — gives
+/// exactly the answers and records of the reference semantics
+/// ([`LockOp::apply`]). No store may differ from it.
+pub async fn written_record_matches_reference_semantics(store: SharedStore, prefix: &str) {
+    const STEPS: usize = 300;
+    let s = &*store;
+    let keys = [key(prefix, "x"), key(prefix, "y"), key(prefix, "z")];
+    let owners = [LeaseId::random(), LeaseId::random(), LeaseId::random()];
+    let mut rng = SplitMix64(0x5EED_0FC0_FFEE);
+    let mut model: BTreeMap<LockKey, LockRecord> = BTreeMap::new();
+    let mut seen: Vec<RecordVersion> = Vec::new();
+    let (mut writes, mut refusals) = (0, 0);
+    for step in 0..STEPS {
+        let k = &keys[rng.below(keys.len())];
+        let current = model.get(k).cloned();
+        let version = match &current {
+            Some(r) if rng.chance(60) => r.rvn,
+            _ if !seen.is_empty() && rng.chance(50) => seen[rng.below(seen.len())],
+            _ => RecordVersion::random(),
+        };
+        let owner = match &current {
+            Some(r) if rng.chance(60) => r.owner,
+            _ => owners[rng.below(owners.len())],
+        };
+        let sent = match rng.below(5) {
+            0 => acquire(k, owner),
+            1 => takeover(k, version, owner),
+            2 => heartbeat(k, owner, version),
+            3 => release(k, owner, version),
+            _ => force(k, version),
+        };
+        let answer = store.apply(&sent).await;
+        match (sent.apply(current.as_ref()), answer) {
+            (Ok(want), Ok(got)) => {
+                assert_eq!(got, want, "step {step}: {}", describe_op(&sent));
+                seen.push(got.rvn);
+                model.insert(k.clone(), got);
+                writes += 1;
+            }
+            (Err(_), Err(StoreError::Conflict { current: answered })) => {
+                assert_eq!(
+                    answered.as_deref(),
+                    current.as_ref(),
+                    "step {step}: {} conflicted with the wrong record",
+                    describe_op(&sent)
+                );
+                refusals += 1;
+            }
+            (want, got) => panic!(
+                "step {step}: {} on {current:?}: the reference says {want:?}, the store answered {got:?}",
+                describe_op(&sent)
+            ),
+        }
+    }
+    assert!(
+        writes >= STEPS / 5 && refusals >= STEPS / 5,
+        "suite bug: the sequence is lopsided ({writes} writes, {refusals} refusals)"
+    );
+    for k in &keys {
+        assert_eq!(get(s, k).await.as_ref(), model.get(k), "{:?}", k.as_str());
+    }
+    let expected: Vec<LockRecord> = model.into_values().collect();
+    assert_eq!(list_under(s, prefix).await, expected);
+}
+
+/// 16 tasks race to acquire one key, round after round: exactly one wins
+/// each round, every loser's conflict carries the winner's record, and the
+/// winners' tokens strictly increase.
+pub async fn concurrent_acquirers_exactly_one_wins(store: SharedStore, prefix: &str) {
+    const TASKS: usize = 16;
+    const ROUNDS: usize = 5;
+    let s = &*store;
+    let k = key(prefix, "contended");
+    let mut previous: Option<LockRecord> = None;
+    for round in 0..ROUNDS {
+        let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let racers: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (store, start) = (store.clone(), start.clone());
+                let sent = acquire(&k, LeaseId::random());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let answer = store.apply(&sent).await;
+                    (sent, answer)
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for racer in racers {
+            answers.push(
+                racer
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round}: an acquiring task failed: {e}")),
+            );
+        }
+        let winners: Vec<(&LockOp, &LockRecord)> = answers
+            .iter()
+            .filter_map(|(sent, answer)| answer.as_ref().ok().map(|r| (sent, r)))
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one acquirer must win; answers: {answers:?}"
+        );
+        let (winning_op, winner) = winners[0];
+        assert_eq!(
+            Ok(winner),
+            winning_op.apply(previous.as_ref()).as_ref(),
+            "round {round}: the winner's record differs from the reference"
+        );
+        if let Some(prev) = &previous {
+            assert!(
+                winner.token > prev.token,
+                "round {round}: the token did not increase"
+            );
+        }
+        for (sent, answer) in &answers {
+            if let Err(e) = answer {
+                assert_eq!(
+                    e,
+                    &StoreError::conflict(Some(winner.clone())),
+                    "round {round}: {} lost but did not get the winner's record",
+                    describe_op(sent)
+                );
+            }
+        }
+        previous = Some(applied(s, &release_of(winner), Some(winner)).await);
+    }
+    let last = previous.unwrap_or_else(|| panic!("suite bug: no rounds"));
+    assert_eq!(last.token, FencingToken(ROUNDS as u64));
+}
+
+#[cfg(test)]
+mod tests {
+    //! The suite must pass the reference store and fail stores with typical bugs.
+
+    use super::*;
+    use crate::store::apply_reference;
+    use crate::store::memory::MemoryStore;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Bug {
+        ConflictWithoutRecord,
+        TokenKeptOnRegrant,
+        HeartbeatIgnoresOwner,
+        DeletesOnRelease,
+        ReadThenWriteNotAtomic,
+        ListUnsorted,
+        OwnRecordVersion,
+    }
+
+    /// A store with one deliberate bug.
+    #[derive(Debug)]
+    struct Buggy {
+        bug: Bug,
+        records: Mutex<BTreeMap<LockKey, LockRecord>>,
+    }
+
+    impl Buggy {
+        fn current(&self, key: &LockKey) -> Option<LockRecord> {
+            self.records.lock().unwrap().get(key).cloned()
+        }
+    }
+
+    #[async_trait]
+    impl LockStore for Buggy {
+        async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+            if self.bug == Bug::ReadThenWriteNotAtomic {
+                let current = self.current(&op.key);
+                let next = apply_reference(op, current.as_ref())?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                self.records
+                    .lock()
+                    .unwrap()
+                    .insert(op.key.clone(), next.clone());
+                return Ok(next);
+            }
+            let mut records = self.records.lock().unwrap();
+            let current = records.get(&op.key).cloned();
+            let mut lenient = op.clone();
+            if let (Bug::HeartbeatIgnoresOwner, OpKind::Heartbeat { owner, .. }, Some(r)) =
+                (self.bug, &mut lenient.kind, &current)
+            {
+                *owner = r.owner;
+            }
+            let mut next = match apply_reference(&lenient, current.as_ref()) {
+                Err(_) if self.bug == Bug::ConflictWithoutRecord => {
+                    return Err(StoreError::conflict(None))
+                }
+                other => other?,
+            };
+            match (self.bug, &current) {
+                (Bug::TokenKeptOnRegrant, Some(r)) => next.token = r.token,
+                (Bug::OwnRecordVersion, _) => next.rvn = RecordVersion::random(),
+                _ => {}
+            }
+            if self.bug == Bug::DeletesOnRelease && next.released {
+                records.remove(&op.key);
+            } else {
+                records.insert(op.key.clone(), next.clone());
+            }
+            Ok(next)
+        }
+        async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
+            Ok(self.current(key))
+        }
+        async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+            let mut all: Vec<LockRecord> = self.records.lock().unwrap().values().cloned().collect();
+            if self.bug == Bug::ListUnsorted {
+                all.reverse();
+            }
+            Ok(all)
+        }
+        fn describe(&self) -> String {
+            format!("buggy://{:?}", self.bug)
+        }
+    }
+
+    fn passes(store: SharedStore) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime().block_on(run_all(store, &unique_prefix("meta")));
+        }))
+        .is_ok()
+    }
+
+    #[test]
+    fn the_reference_store_passes() {
+        assert!(passes(Arc::new(MemoryStore::new())));
+    }
+
+    #[test]
+    fn every_planted_bug_is_caught() {
+        for bug in [
+            Bug::ConflictWithoutRecord,
+            Bug::TokenKeptOnRegrant,
+            Bug::HeartbeatIgnoresOwner,
+            Bug::DeletesOnRelease,
+            Bug::ReadThenWriteNotAtomic,
+            Bug::ListUnsorted,
+            Bug::OwnRecordVersion,
+        ] {
+            let store = Arc::new(Buggy {
+                bug,
+                records: Mutex::new(BTreeMap::new()),
+            });
+            assert!(!passes(store), "the suite passed a store with bug {bug:?}");
+        }
+    }
+
+    #[test]
+    fn cases_lists_every_case_once() {
+        let mut names = CASES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CASES.len());
+        assert_eq!(CASES.len(), 15);
+    }
+}
