@@ -19,7 +19,8 @@ use std::time::Duration;
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
 fn fresh_key() -> LockKey {
-    LockKey::new(format!("bench:{}", NEXT.fetch_add(1, Ordering::Relaxed))).unwrap_or_else(|e| panic!("{e}"))
+    LockKey::new(format!("bench:{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn acquire_op(key: &LockKey, owner: LeaseId) -> LockOp {
@@ -39,14 +40,25 @@ fn acquire_op(key: &LockKey, owner: LeaseId) -> LockOp {
 async fn raw_round_trip(store: &dyn LockStore) {
     let key = fresh_key();
     let owner = LeaseId::random();
-    let rec = store.apply(&acquire_op(&key, owner)).await.unwrap_or_else(|e| panic!("{e}"));
+    let rec = store
+        .apply(&acquire_op(&key, owner))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let release = LockOp {
         key,
         new_rvn: RecordVersion::random(),
         at: WallTime(0),
-        kind: OpKind::Release { owner, current: rec.rvn },
+        kind: OpKind::Release {
+            owner,
+            current: rec.rvn,
+        },
     };
-    black_box(store.apply(&release).await.unwrap_or_else(|e| panic!("{e}")));
+    black_box(
+        store
+            .apply(&release)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
 }
 
 async fn client_round_trip(client: &LockClient) {
@@ -55,7 +67,10 @@ async fn client_round_trip(client: &LockClient) {
         wait: Some(Duration::ZERO),
         ..AcquireOptions::default()
     };
-    let guard = client.acquire(&key, opts).await.unwrap_or_else(|e| panic!("{e}"));
+    let guard = client
+        .acquire(&key, opts)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     black_box(guard.token());
     guard.release().await.unwrap_or_else(|e| panic!("{e}"));
 }
@@ -67,7 +82,8 @@ fn stores(c: &mut Criterion) {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let file: Arc<dyn LockStore> = Arc::new(FileStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
+    let file: Arc<dyn LockStore> =
+        Arc::new(FileStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")));
     let memory: Arc<dyn LockStore> = Arc::new(MemoryStore::new());
     let mut group = c.benchmark_group("acquire_release");
     for (name, store) in [("memory", memory), ("file", file)] {
@@ -85,7 +101,9 @@ fn stores(c: &mut Criterion) {
 fn core(c: &mut Criterion) {
     let key = LockKey::new("bench").unwrap_or_else(|e| panic!("{e}"));
     let owner = LeaseId::random();
-    let record = acquire_op(&key, owner).apply(None).unwrap_or_else(|_| panic!("grant"));
+    let record = acquire_op(&key, owner)
+        .apply(None)
+        .unwrap_or_else(|_| panic!("grant"));
     c.bench_function("core/lease_heartbeat_cycle", |b| {
         b.iter(|| {
             let mut lease = Lease::granted(&record, MonoTime::ZERO, ProtocolConfig::default());
@@ -93,7 +111,9 @@ fn core(c: &mut Criterion) {
             let op = lease
                 .poll_heartbeat(now, RecordVersion(1), WallTime(0))
                 .unwrap_or_else(|| panic!("due"));
-            let after = op.apply(Some(&record)).unwrap_or_else(|_| panic!("applies"));
+            let after = op
+                .apply(Some(&record))
+                .unwrap_or_else(|_| panic!("applies"));
             black_box(lease.handle_heartbeat(now, Outcome::Applied(after)))
         })
     });

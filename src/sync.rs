@@ -4,11 +4,6 @@
 //! critical section of this crate is a bug, and the data stays consistent
 //! because every critical section is a single assignment.
 
-#[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
-#[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
-
 /// A mutex whose `lock` never fails (poisoning is ignored).
 #[derive(Debug, Default)]
 pub(crate) struct Mutex<T> {

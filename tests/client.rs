@@ -48,13 +48,19 @@ fn opts(name: &str, wait: Option<Duration>) -> AcquireOptions {
 async fn acquire_release_and_tokens_increase() {
     let store = Arc::new(MemoryStore::new());
     let a = client(&store, 1, 1.0);
-    let g1 = a.acquire(&key(), opts("a", Some(Duration::ZERO))).await.unwrap();
+    let g1 = a
+        .acquire(&key(), opts("a", Some(Duration::ZERO)))
+        .await
+        .unwrap();
     assert_eq!(g1.token(), FencingToken(1));
     assert!(g1.is_valid());
     g1.release().await.unwrap();
     let rec = store.get_now(&key()).unwrap();
     assert!(rec.released);
-    let g2 = a.acquire(&key(), opts("a", Some(Duration::ZERO))).await.unwrap();
+    let g2 = a
+        .acquire(&key(), opts("a", Some(Duration::ZERO)))
+        .await
+        .unwrap();
     assert_eq!(g2.token(), FencingToken(2));
     g2.release().await.unwrap();
 }
@@ -62,14 +68,20 @@ async fn acquire_release_and_tokens_increase() {
 #[tokio::test(start_paused = true)]
 async fn heartbeats_keep_a_live_holder_and_waiter_times_out() {
     let store = Arc::new(MemoryStore::new());
-    let holder = client(&store, 1, 1.0).acquire(&key(), opts("a", None)).await.unwrap();
+    let holder = client(&store, 1, 1.0)
+        .acquire(&key(), opts("a", None))
+        .await
+        .unwrap();
     let start = Instant::now();
     let err = client(&store, 2, 1.0)
         .acquire(&key(), opts("b", Some(Duration::from_secs(30))))
         .await
         .unwrap_err();
     match err {
-        LockError::Timeout { waited, holder: Some(h) } => {
+        LockError::Timeout {
+            waited,
+            holder: Some(h),
+        } => {
             assert!(waited >= Duration::from_secs(30), "{waited:?}");
             assert_eq!(h.holder.locked_by, "a");
         }
@@ -85,7 +97,10 @@ async fn heartbeats_keep_a_live_holder_and_waiter_times_out() {
 #[tokio::test(start_paused = true)]
 async fn zero_wait_on_held_lock_names_the_holder() {
     let store = Arc::new(MemoryStore::new());
-    let _holder = client(&store, 1, 1.0).acquire(&key(), opts("alice", None)).await.unwrap();
+    let _holder = client(&store, 1, 1.0)
+        .acquire(&key(), opts("alice", None))
+        .await
+        .unwrap();
     let err = client(&store, 2, 1.0)
         .acquire(&key(), opts("bob", Some(Duration::ZERO)))
         .await
@@ -99,16 +114,27 @@ async fn zero_wait_on_held_lock_names_the_holder() {
 #[tokio::test(start_paused = true)]
 async fn waiter_gets_released_lock_promptly() {
     let store = Arc::new(MemoryStore::new());
-    let holder = client(&store, 1, 1.0).acquire(&key(), opts("a", None)).await.unwrap();
+    let holder = client(&store, 1, 1.0)
+        .acquire(&key(), opts("a", None))
+        .await
+        .unwrap();
     let waiter = client(&store, 2, 1.0);
-    let waiting = tokio::spawn(async move { waiter.acquire(&key(), opts("b", Some(Duration::from_secs(60)))).await });
+    let waiting = tokio::spawn(async move {
+        waiter
+            .acquire(&key(), opts("b", Some(Duration::from_secs(60))))
+            .await
+    });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let released_at = Instant::now();
     holder.release().await.unwrap();
     let g = waiting.await.unwrap().unwrap();
     assert_eq!(g.token(), FencingToken(2));
     // Bounded by one backoff cap, far less than a takeover wait.
-    assert!(released_at.elapsed() <= Duration::from_millis(500), "{:?}", released_at.elapsed());
+    assert!(
+        released_at.elapsed() <= Duration::from_millis(500),
+        "{:?}",
+        released_at.elapsed()
+    );
 }
 
 /// A paused holder is taken over only after its lease has run out in real
@@ -121,7 +147,10 @@ async fn takeover_of_a_paused_holder_is_safe_under_drift() {
     // Holder's clock runs slow (its lease looks longer to it in real time),
     // the waiter's runs fast (its wait looks shorter in real time).
     let holder_client = client(&store, 1, 1.0 - rho);
-    let holder = holder_client.acquire(&key(), opts("a", None)).await.unwrap();
+    let holder = holder_client
+        .acquire(&key(), opts("a", None))
+        .await
+        .unwrap();
     let granted_at = Instant::now();
     holder.freeze_heartbeats();
     let lost = holder.lost_token();
@@ -135,9 +164,16 @@ async fn takeover_of_a_paused_holder_is_safe_under_drift() {
         .unwrap();
     let taken_at = Instant::now();
     let lost_at = lost_at.await.unwrap();
-    assert!(lost_at < taken_at, "old holder lost at {lost_at:?}, new holder granted at {taken_at:?}");
+    assert!(
+        lost_at < taken_at,
+        "old holder lost at {lost_at:?}, new holder granted at {taken_at:?}"
+    );
     assert!(!holder.is_valid());
-    assert!(taken_at.duration_since(granted_at) >= LEASE, "{:?}", taken_at.duration_since(granted_at));
+    assert!(
+        taken_at.duration_since(granted_at) >= LEASE,
+        "{:?}",
+        taken_at.duration_since(granted_at)
+    );
     assert_eq!(taker.token(), FencingToken(2));
     assert!(matches!(holder.check(), Err(LockError::LeaseLost(_))));
     // The old holder's release does not touch the new holder's record.
@@ -151,22 +187,37 @@ async fn takeover_of_a_paused_holder_is_safe_under_drift() {
 async fn force_unlock_makes_the_holder_lose_its_lease() {
     let store = Arc::new(MemoryStore::new());
     let admin = client(&store, 3, 1.0);
-    let holder = client(&store, 1, 1.0).acquire(&key(), opts("a", None)).await.unwrap();
+    let holder = client(&store, 1, 1.0)
+        .acquire(&key(), opts("a", None))
+        .await
+        .unwrap();
     let seen = admin.status(&key()).await.unwrap().unwrap();
     assert!(seen.held && !seen.stale);
     // A stale view is refused.
     let wrong = statelock::protocol::RecordVersion(seen.record.rvn.0 ^ 1);
-    assert!(matches!(admin.force_unlock(&key(), wrong, "ops").await, Err(LockError::Changed { .. })));
-    let forced = admin.force_unlock(&key(), seen.record.rvn, "ops").await.unwrap();
+    assert!(matches!(
+        admin.force_unlock(&key(), wrong, "ops").await,
+        Err(LockError::Changed { .. })
+    ));
+    let forced = admin
+        .force_unlock(&key(), seen.record.rvn, "ops")
+        .await
+        .unwrap();
     assert!(forced.released);
     assert_eq!(forced.forced_by.as_deref(), Some("ops"));
     // The holder notices at its next heartbeat, within a third of a lease.
     let t0 = Instant::now();
     holder.lost().await;
-    assert!(t0.elapsed() <= LEASE / 3 + Duration::from_millis(1), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() <= LEASE / 3 + Duration::from_millis(1),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(!holder.is_valid());
     assert!(matches!(
-        admin.force_unlock(&LockKey::new("never").unwrap(), seen.record.rvn, "ops").await,
+        admin
+            .force_unlock(&LockKey::new("never").unwrap(), seen.record.rvn, "ops")
+            .await,
         Err(LockError::NotFound(_))
     ));
 }
@@ -174,7 +225,10 @@ async fn force_unlock_makes_the_holder_lose_its_lease() {
 #[tokio::test(start_paused = true)]
 async fn cancellation_stops_the_wait() {
     let store = Arc::new(MemoryStore::new());
-    let _holder = client(&store, 1, 1.0).acquire(&key(), opts("a", None)).await.unwrap();
+    let _holder = client(&store, 1, 1.0)
+        .acquire(&key(), opts("a", None))
+        .await
+        .unwrap();
     let cancel = CancellationToken::new();
     let mut o = opts("b", None);
     o.cancel = Some(cancel.clone());
@@ -188,11 +242,18 @@ async fn cancellation_stops_the_wait() {
 #[tokio::test(start_paused = true)]
 async fn progress_reports_the_holder_and_takeover_time() {
     let store = Arc::new(MemoryStore::new());
-    let _holder = client(&store, 1, 1.0).acquire(&key(), opts("alice", None)).await.unwrap();
+    let _holder = client(&store, 1, 1.0)
+        .acquire(&key(), opts("alice", None))
+        .await
+        .unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut o = opts("bob", Some(Duration::from_secs(2)));
     let sink = seen.clone();
-    o.on_wait = Some(Arc::new(move |p| sink.lock().unwrap().push((p.holder.holder.locked_by.clone(), p.takeover_in))));
+    o.on_wait = Some(Arc::new(move |p| {
+        sink.lock()
+            .unwrap()
+            .push((p.holder.holder.locked_by.clone(), p.takeover_in))
+    }));
     let _ = client(&store, 2, 1.0).acquire(&key(), o).await;
     let seen = seen.lock().unwrap();
     assert!(!seen.is_empty());
@@ -218,7 +279,12 @@ async fn locks_lists_stale_records() {
     g.freeze_heartbeats();
     std::mem::forget(g);
     let other = LockKey::new("other").unwrap();
-    c.acquire(&other, opts("a", None)).await.unwrap().release().await.unwrap();
+    c.acquire(&other, opts("a", None))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     tokio::time::sleep(LEASE * 2).await;
     let locks = c.locks().await.unwrap();
     assert_eq!(locks.len(), 2);

@@ -19,8 +19,8 @@ use statelock::state::{StateError, StateStore};
 use statelock::store::memory::MemoryStore;
 use statelock::store::{LockStore, StoreError};
 use statelock::testkit::invariants::{
-    check_fencing_monotonic, check_mutual_exclusion, check_no_lost_update, check_owner_only_release,
-    check_token_monotonic, AcceptedWrite, BeliefInterval, TruePoint,
+    check_fencing_monotonic, check_mutual_exclusion, check_no_lost_update,
+    check_owner_only_release, check_token_monotonic, AcceptedWrite, BeliefInterval, TruePoint,
 };
 use statelock::{FencingToken, HolderInfo, LockKey};
 use std::sync::{Arc, Mutex};
@@ -117,7 +117,10 @@ impl ReferenceStateMachine for ModelMachine {
             Step::Acquire(c) => {
                 if state.record.is_none() {
                     state.record = Some(c);
-                    state.clients[c] = Holding::Holding { token: state.next_token, frozen: false };
+                    state.clients[c] = Holding::Holding {
+                        token: state.next_token,
+                        frozen: false,
+                    };
                     state.next_token += 1;
                 }
             }
@@ -128,7 +131,10 @@ impl ReferenceStateMachine for ModelMachine {
                 };
                 if !holder_alive {
                     state.record = Some(c);
-                    state.clients[c] = Holding::Holding { token: state.next_token, frozen: false };
+                    state.clients[c] = Holding::Holding {
+                        token: state.next_token,
+                        frozen: false,
+                    };
                     state.next_token += 1;
                 }
             }
@@ -152,7 +158,10 @@ impl ReferenceStateMachine for ModelMachine {
                     }
                 }
             }
-            Step::CheckedWrite(_) | Step::UncheckedWrite(_) | Step::SetDrift(..) | Step::Advance(_) => {}
+            Step::CheckedWrite(_)
+            | Step::UncheckedWrite(_)
+            | Step::SetDrift(..)
+            | Step::Advance(_) => {}
         }
         state
     }
@@ -231,7 +240,10 @@ impl Sut {
             match (valid, self.open[c]) {
                 (true, Some(i)) => self.beliefs[i].end = now,
                 (true, None) => {
-                    let token = self.guards[c].as_ref().map(|g| g.token()).unwrap_or_default();
+                    let token = self.guards[c]
+                        .as_ref()
+                        .map(|g| g.token())
+                        .unwrap_or_default();
                     self.beliefs.push(BeliefInterval {
                         client: format!("c{c}"),
                         key: key(),
@@ -282,11 +294,18 @@ impl Sut {
             let current = state.load(&key()).await?;
             let expected = current.map(|s| s.version);
             let body = format!("c{c} token {token}");
-            let written = state.save(&key(), token, expected.as_ref(), body.as_bytes()).await?;
+            let written = state
+                .save(&key(), token, expected.as_ref(), body.as_bytes())
+                .await?;
             Ok::<_, StateError>((expected, written))
         });
         Some(result.map(|(expected, written)| {
-            self.accepted.push(AcceptedWrite { key: key(), token, expected, written });
+            self.accepted.push(AcceptedWrite {
+                key: key(),
+                token,
+                expected,
+                written,
+            });
         }))
     }
 }
@@ -307,7 +326,13 @@ impl StateMachineTest for ClientUnderTest {
         let origin = tokio::time::Instant::now();
         let store = Arc::new(LoggedStore::default());
         let clocks: Vec<SkewedClock> = (0..CLIENTS)
-            .map(|c| SkewedClock::new(Duration::from_secs(1000 * c as u64), 1.0, WallTime(1_700_000_000_000)))
+            .map(|c| {
+                SkewedClock::new(
+                    Duration::from_secs(1000 * c as u64),
+                    1.0,
+                    WallTime(1_700_000_000_000),
+                )
+            })
             .collect();
         let clients = clocks
             .iter()
@@ -344,7 +369,11 @@ impl StateMachineTest for ClientUnderTest {
     fn apply(mut sut: Sut, model: &Model, step: Step) -> Sut {
         match step {
             Step::Acquire(c) | Step::AcquireWaiting(c) => {
-                let wait = if matches!(step, Step::Acquire(_)) { Duration::ZERO } else { LEASE * 5 / 2 };
+                let wait = if matches!(step, Step::Acquire(_)) {
+                    Duration::ZERO
+                } else {
+                    LEASE * 5 / 2
+                };
                 let opts = sut.opts(c, wait);
                 let client = sut.clients[c].clone();
                 // Run the acquire while sampling beliefs of the others.
@@ -358,7 +387,11 @@ impl StateMachineTest for ClientUnderTest {
                 let result = sut.rt.block_on(task).unwrap();
                 match (&model.clients[c], result) {
                     (Holding::Holding { token, .. }, Ok(guard)) => {
-                        assert_eq!(guard.token(), FencingToken(*token), "model predicts the token");
+                        assert_eq!(
+                            guard.token(),
+                            FencingToken(*token),
+                            "model predicts the token"
+                        );
                         sut.grants.push((key(), guard.token()));
                         sut.guards[c] = Some(guard);
                         sut.forced[c] = false;
@@ -388,10 +421,16 @@ impl StateMachineTest for ClientUnderTest {
                 let admin = sut.clients[0].clone();
                 let forced = sut.rt.block_on(async {
                     let seen = admin.status(&key()).await.unwrap().unwrap();
-                    admin.force_unlock(&key(), seen.record.rvn, "prop").await.unwrap()
+                    admin
+                        .force_unlock(&key(), seen.record.rvn, "prop")
+                        .await
+                        .unwrap()
                 });
                 for c in 0..CLIENTS {
-                    if sut.guards[c].as_ref().is_some_and(|g| g.lease_id() == forced.owner) {
+                    if sut.guards[c]
+                        .as_ref()
+                        .is_some_and(|g| g.lease_id() == forced.owner)
+                    {
                         sut.forced[c] = true;
                     }
                 }

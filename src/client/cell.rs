@@ -46,7 +46,11 @@ impl GuardCell {
     }
 
     /// Feeds a heartbeat answer (or a timeout, with `outcome = None`).
-    pub(crate) fn finish_heartbeat(&mut self, now: MonoTime, outcome: Option<Outcome>) -> AfterHeartbeat {
+    pub(crate) fn finish_heartbeat(
+        &mut self,
+        now: MonoTime,
+        outcome: Option<Outcome>,
+    ) -> AfterHeartbeat {
         if let Some(outcome) = outcome {
             if let HeartbeatEvent::Ignored = self.lease.handle_heartbeat(now, outcome) {
                 return AfterHeartbeat::Stop;
@@ -71,7 +75,11 @@ impl GuardCell {
     /// Claims the release: only the first caller gets the op to send (or
     /// `None` and `true` if the lease was superseded, nothing to release).
     /// Returns `(op, first_claim)`.
-    pub(crate) fn claim_release(&mut self, new_rvn: RecordVersion, wall: WallTime) -> (Option<LockOp>, bool) {
+    pub(crate) fn claim_release(
+        &mut self,
+        new_rvn: RecordVersion,
+        wall: WallTime,
+    ) -> (Option<LockOp>, bool) {
         if self.release_claimed {
             return (None, false);
         }
@@ -91,8 +99,8 @@ mod loom_tests {
     use crate::protocol::{HolderInfo, LeaseId, LockKey, OpKind, ProtocolConfig};
     use crate::store::memory::MemoryStore;
     use crate::sync::Mutex;
-    use loom::sync::Arc;
     use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::Arc;
     use std::time::Duration;
 
     fn setup() -> (Arc<MemoryStore>, Arc<Mutex<GuardCell>>) {
@@ -116,7 +124,9 @@ mod loom_tests {
     fn outcome(r: Result<crate::LockRecord, crate::store::StoreError>) -> Outcome {
         match r {
             Ok(rec) => Outcome::Applied(rec),
-            Err(crate::store::StoreError::Conflict { current }) => Outcome::Conflict(current.map(|b| *b)),
+            Err(crate::store::StoreError::Conflict { current }) => {
+                Outcome::Conflict(current.map(|b| *b))
+            }
             Err(_) => Outcome::Unknown,
         }
     }
@@ -136,7 +146,9 @@ mod loom_tests {
             let hb = {
                 let (store, cell) = (store.clone(), cell.clone());
                 loom::thread::spawn(move || {
-                    let op = cell.lock().begin_heartbeat(now, RecordVersion(10), WallTime(0));
+                    let op = cell
+                        .lock()
+                        .begin_heartbeat(now, RecordVersion(10), WallTime(0));
                     if let Some(op) = op {
                         let out = outcome(store.apply_now(&op));
                         let _ = cell.lock().finish_heartbeat(now, Some(out));
@@ -153,7 +165,11 @@ mod loom_tests {
                         sent.fetch_add(1, Ordering::SeqCst);
                         n += 1;
                         let out = outcome(store.apply_now(&op));
-                        let step = cell.lock().lease.handle_release(out, RecordVersion(rvn + 1), WallTime(0));
+                        let step = cell.lock().lease.handle_release(
+                            out,
+                            RecordVersion(rvn + 1),
+                            WallTime(0),
+                        );
                         if let crate::protocol::ReleaseStep::Retry(op) = step {
                             assert!(n < 3, "release retried too often");
                             next = Some(op);
@@ -170,7 +186,10 @@ mod loom_tests {
             let record = store.get_now(&LockKey::new("k").unwrap()).unwrap();
             assert!(record.released, "the lock must end released: {record:?}");
             let sent = releases_sent.load(Ordering::SeqCst);
-            assert!((1..=2).contains(&sent), "one release (plus one retry at most), got {sent}");
+            assert!(
+                (1..=2).contains(&sent),
+                "one release (plus one retry at most), got {sent}"
+            );
             let cell = cell.lock();
             assert!(!cell.lease.is_valid(now));
             assert!(cell.release_claimed());

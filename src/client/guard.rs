@@ -48,7 +48,11 @@ impl std::fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
-    pub(crate) fn start(inner: Arc<Inner>, lease: crate::protocol::Lease, granted: LockRecord) -> LockGuard {
+    pub(crate) fn start(
+        inner: Arc<Inner>,
+        lease: crate::protocol::Lease,
+        granted: LockRecord,
+    ) -> LockGuard {
         let shared = Arc::new(Shared {
             key: granted.key.clone(),
             token: granted.token,
@@ -128,7 +132,9 @@ impl LockGuard {
     /// Stops renewing, as if this process were paused: the lease will expire.
     #[cfg(feature = "testkit")]
     pub fn freeze_heartbeats(&self) {
-        self.shared.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .frozen
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Releases the lock. The lease ends at once for this client; the release
@@ -182,12 +188,15 @@ async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> 
         let outcome = outcome_of(inner.store.apply(&op).await)?;
         let step = {
             let mut cell = shared.cell.lock();
-            cell.lease.handle_release(outcome, inner.rng.rvn(), inner.clock.wall())
+            cell.lease
+                .handle_release(outcome, inner.rng.rvn(), inner.clock.wall())
         };
         match step {
             ReleaseStep::Done(record) => {
                 metrics::counter!(observe::LOCK_RELEASED).increment(1);
-                let held = record.heartbeat_at.saturating_since(shared.granted.acquired_at);
+                let held = record
+                    .heartbeat_at
+                    .saturating_since(shared.granted.acquired_at);
                 metrics::histogram!(observe::LOCK_HELD_SECONDS).record(held.as_secs_f64());
                 tracing::info!(
                     target: observe::AUDIT_TARGET,
@@ -203,7 +212,10 @@ async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> 
             ReleaseStep::NotHeld(_) => return Ok(()),
             ReleaseStep::Retry(next) if attempts < 6 => {
                 if next == op {
-                    inner.clock.sleep(Duration::from_millis(50u64 << attempts.min(6))).await;
+                    inner
+                        .clock
+                        .sleep(Duration::from_millis(50u64 << attempts.min(6)))
+                        .await;
                 }
                 op = next;
             }

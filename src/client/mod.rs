@@ -44,7 +44,7 @@ pub struct AcquireOptions {
     /// Who is asking (shown to others).
     pub holder: HolderInfo,
     /// Called each time the waiter learns who holds the lock.
-    pub on_wait: Option<Arc<dyn Fn(&WaitProgress) + Send + Sync>>,
+    pub on_wait: Option<WaitCallback>,
 }
 
 impl std::fmt::Debug for AcquireOptions {
@@ -76,6 +76,9 @@ fn default_holder_name() -> String {
         .or_else(|_| std::env::var("USERNAME"))
         .unwrap_or_else(|_| "statelock".to_string())
 }
+
+/// A callback receiving [`WaitProgress`] while an acquirer waits.
+pub type WaitCallback = Arc<dyn Fn(&WaitProgress) + Send + Sync>;
 
 /// What a waiting acquirer knows, for progress output.
 #[derive(Debug, Clone)]
@@ -203,7 +206,11 @@ impl LockClient {
     /// Acquires `key`: at once if it is free, else waits (polling with backoff)
     /// until the holder releases it or stays silent for a whole lease, then
     /// takes it over. Returns a guard holding the lease.
-    pub async fn acquire(&self, key: &LockKey, opts: AcquireOptions) -> Result<LockGuard, LockError> {
+    pub async fn acquire(
+        &self,
+        key: &LockKey,
+        opts: AcquireOptions,
+    ) -> Result<LockGuard, LockError> {
         let inner = &self.inner;
         let clock = &inner.clock;
         let started = clock.now();
@@ -217,7 +224,9 @@ impl LockClient {
                 inner.protocol,
                 opts.backoff,
             )?;
-            let (record, t_send, how) = self.wait_for_grant(&mut waiter, started, deadline, &opts).await?;
+            let (record, t_send, how) = self
+                .wait_for_grant(&mut waiter, started, deadline, &opts)
+                .await?;
             let lease = Lease::granted(&record, t_send, inner.protocol);
             let now = clock.now();
             if lease.is_valid(now) {
@@ -266,7 +275,7 @@ impl LockClient {
             let outcome = outcome_of(answer)?;
             let now = clock.now();
             match waiter.handle_outcome(now, outcome, inner.rng.jitter()) {
-                WaiterStep::Granted { record, t_send } => return Ok((record, t_send, how)),
+                WaiterStep::Granted { record, t_send } => return Ok((*record, t_send, how)),
                 WaiterStep::SendNow => {}
                 WaiterStep::Wait { until } => {
                     if let Some(obs) = waiter.observation() {
@@ -281,7 +290,9 @@ impl LockClient {
                     let wake = match deadline {
                         Some(d) if now >= d => {
                             let zero_wait = opts.wait == Some(Duration::ZERO);
-                            return Err(self.give_up(waiter, now, started, zero_wait, last_unavailable).await);
+                            return Err(self
+                                .give_up(waiter, now, started, zero_wait, last_unavailable)
+                                .await);
                         }
                         Some(d) => until.min(d),
                         None => until,
@@ -332,7 +343,9 @@ impl LockClient {
 
     /// If a grant we sent may have landed unheard, release it (best effort).
     async fn abandon(&self, waiter: &Waiter) {
-        let Some(op) = waiter.unresolved() else { return };
+        let Some(op) = waiter.unresolved() else {
+            return;
+        };
         if !op.is_grant() {
             return;
         }
@@ -418,7 +431,10 @@ impl LockClient {
                     })
                 }
                 Outcome::Unknown if attempts < 5 => {
-                    self.inner.clock.sleep(Duration::from_millis(100 * attempts)).await;
+                    self.inner
+                        .clock
+                        .sleep(Duration::from_millis(100 * attempts))
+                        .await;
                 }
                 Outcome::Unknown => {
                     return Err(LockError::Store(StoreError::Unavailable(

@@ -27,7 +27,11 @@ const PPM: u128 = 1_000_000;
 
 fn scale(d: Duration, num: u128, round_up: bool) -> Duration {
     let nanos = d.as_nanos() * num;
-    let scaled = if round_up { nanos.div_ceil(PPM) } else { nanos / PPM };
+    let scaled = if round_up {
+        nanos.div_ceil(PPM)
+    } else {
+        nanos / PPM
+    };
     Duration::from_nanos(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
@@ -88,7 +92,10 @@ mod tests {
         let lease = Duration::from_secs(20);
         assert_eq!(cfg.holder_validity(lease), Duration::from_millis(19_880));
         assert_eq!(cfg.takeover_wait(lease), Duration::from_millis(20_120));
-        assert_eq!(cfg.heartbeat_interval(lease), Duration::from_millis(6_666) + Duration::from_nanos(666_666));
+        assert_eq!(
+            cfg.heartbeat_interval(lease),
+            Duration::from_millis(6_666) + Duration::from_nanos(666_666)
+        );
         // The holder's real validity ends before the waiter's real wait does,
         // whatever the two clocks' rates within ρ.
         let holder_real_max = cfg.holder_validity(lease).as_secs_f64() / (1.0 - 0.001);

@@ -12,8 +12,8 @@
 //! Once lost, a lease stays lost: the application must stop writing.
 
 use super::{
-    FencingToken, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind, Outcome,
-    ProtocolConfig, RecordVersion, WallTime,
+    FencingToken, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind, Outcome, ProtocolConfig,
+    RecordVersion, WallTime,
 };
 use std::time::Duration;
 
@@ -212,8 +212,7 @@ impl Lease {
                 self.deadline = self
                     .deadline
                     .max(pending.first_sent + self.cfg.holder_validity(self.lease));
-                self.next_heartbeat =
-                    pending.first_sent + self.cfg.heartbeat_interval(self.lease);
+                self.next_heartbeat = pending.first_sent + self.cfg.heartbeat_interval(self.lease);
                 if now >= self.deadline {
                     self.state = LeaseState::Lost(LostReason::Expired);
                     return HeartbeatEvent::Lost(LostReason::Expired);
@@ -351,20 +350,31 @@ mod tests {
             Landed,
             LandedButLost,
             TakenOver,
-            NoAnswer,
+            Silent,
         }
         let cases: &[(u64, Answer, u64, &str)] = &[
             (2000, Answer::Landed, 2010, "renewed to 2000+2897"),
             (2000, Answer::LandedButLost, 2300, "renewed to 2000+2897"),
             (2000, Answer::TakenOver, 2010, "lost superseded"),
-            (2000, Answer::NoAnswer, 2010, "retry"),
+            (2000, Answer::Silent, 2010, "retry"),
             (2000, Answer::Landed, 3897, "lost expired"),
         ];
         for &(send, answer, at, want) in cases {
             let mut l = lease();
-            assert_eq!(l.poll_heartbeat(ms(send - 1), RecordVersion(7), WallTime(0)), None);
-            let op = l.poll_heartbeat(ms(send), RecordVersion(200), WallTime(5)).unwrap();
-            assert_eq!(op.kind, OpKind::Heartbeat { owner: me(), current: RecordVersion(100) });
+            assert_eq!(
+                l.poll_heartbeat(ms(send - 1), RecordVersion(7), WallTime(0)),
+                None
+            );
+            let op = l
+                .poll_heartbeat(ms(send), RecordVersion(200), WallTime(5))
+                .unwrap();
+            assert_eq!(
+                op.kind,
+                OpKind::Heartbeat {
+                    owner: me(),
+                    current: RecordVersion(100)
+                }
+            );
             let after = landed(&op, &granted_record());
             let outcome = match answer {
                 Answer::Landed => Outcome::Applied(after),
@@ -375,7 +385,7 @@ mod tests {
                     other.rvn = RecordVersion(300);
                     Outcome::Conflict(Some(other))
                 }
-                Answer::NoAnswer => Outcome::Unknown,
+                Answer::Silent => Outcome::Unknown,
             };
             let event = l.handle_heartbeat(ms(at), outcome);
             match want {
@@ -385,14 +395,19 @@ mod tests {
                     assert_eq!(l.poll_timeout(), Some(ms(3000)));
                 }
                 "lost superseded" => {
-                    assert!(matches!(event, HeartbeatEvent::Lost(LostReason::Superseded(Some(_)))));
+                    assert!(matches!(
+                        event,
+                        HeartbeatEvent::Lost(LostReason::Superseded(Some(_)))
+                    ));
                     assert!(!l.is_valid(ms(at)));
                     assert_eq!(l.poll_timeout(), None);
                 }
                 "retry" => {
                     assert_eq!(event, HeartbeatEvent::Retry);
                     // Resends the very same op (same new_rvn), not a new one.
-                    let again = l.poll_heartbeat(ms(2150), RecordVersion(999), WallTime(0)).unwrap();
+                    let again = l
+                        .poll_heartbeat(ms(2150), RecordVersion(999), WallTime(0))
+                        .unwrap();
                     assert_eq!(again, op);
                     assert!(l.is_valid(ms(2150)));
                 }
@@ -408,12 +423,20 @@ mod tests {
     #[test]
     fn silent_store_expires_lease() {
         let mut l = lease();
-        let _ = l.poll_heartbeat(ms(2000), RecordVersion(200), WallTime(0)).unwrap();
-        assert_eq!(l.handle_heartbeat(ms(2500), Outcome::Unknown), HeartbeatEvent::Retry);
+        let _ = l
+            .poll_heartbeat(ms(2000), RecordVersion(200), WallTime(0))
+            .unwrap();
+        assert_eq!(
+            l.handle_heartbeat(ms(2500), Outcome::Unknown),
+            HeartbeatEvent::Retry
+        );
         assert_eq!(l.handle_timeout(ms(3896)), None);
         assert_eq!(l.handle_timeout(ms(3897)), Some(LostReason::Expired));
         assert_eq!(l.handle_timeout(ms(3898)), None, "lost only once");
-        assert_eq!(l.poll_heartbeat(ms(4000), RecordVersion(1), WallTime(0)), None);
+        assert_eq!(
+            l.poll_heartbeat(ms(4000), RecordVersion(1), WallTime(0)),
+            None
+        );
         // A late answer does not resurrect the lease.
         assert_eq!(
             l.handle_heartbeat(ms(4000), Outcome::Applied(granted_record())),
@@ -430,7 +453,11 @@ mod tests {
         assert!(!l.is_valid(ms(1001)), "belief ends when release starts");
         let rec = landed(&op, &granted_record());
         assert_eq!(
-            l.handle_release(Outcome::Applied(rec.clone()), RecordVersion(501), WallTime(0)),
+            l.handle_release(
+                Outcome::Applied(rec.clone()),
+                RecordVersion(501),
+                WallTime(0)
+            ),
             ReleaseStep::Done(rec.clone())
         );
         // Lost answer to the release itself.
@@ -442,21 +469,38 @@ mod tests {
         );
         let rec = landed(&op, &granted_record());
         assert_eq!(
-            l.handle_release(Outcome::Conflict(Some(rec.clone())), RecordVersion(501), WallTime(0)),
+            l.handle_release(
+                Outcome::Conflict(Some(rec.clone())),
+                RecordVersion(501),
+                WallTime(0)
+            ),
             ReleaseStep::Done(rec)
         );
         // A heartbeat landed unheard: release retries at the heartbeat's version.
         let mut l = lease();
-        let hb = l.poll_heartbeat(ms(2000), RecordVersion(200), WallTime(0)).unwrap();
+        let hb = l
+            .poll_heartbeat(ms(2000), RecordVersion(200), WallTime(0))
+            .unwrap();
         let after_hb = landed(&hb, &granted_record());
-        assert_eq!(l.handle_heartbeat(ms(2001), Outcome::Unknown), HeartbeatEvent::Retry);
+        assert_eq!(
+            l.handle_heartbeat(ms(2001), Outcome::Unknown),
+            HeartbeatEvent::Retry
+        );
         let _ = l.release(RecordVersion(500), WallTime(0)).unwrap();
-        let ReleaseStep::Retry(second) =
-            l.handle_release(Outcome::Conflict(Some(after_hb.clone())), RecordVersion(501), WallTime(0))
-        else {
+        let ReleaseStep::Retry(second) = l.handle_release(
+            Outcome::Conflict(Some(after_hb.clone())),
+            RecordVersion(501),
+            WallTime(0),
+        ) else {
             panic!("expected a second release");
         };
-        assert_eq!(second.kind, OpKind::Release { owner: me(), current: RecordVersion(200) });
+        assert_eq!(
+            second.kind,
+            OpKind::Release {
+                owner: me(),
+                current: RecordVersion(200)
+            }
+        );
         assert!(landed(&second, &after_hb).released);
         // Taken over: nothing to release.
         let mut l = lease();
@@ -464,7 +508,11 @@ mod tests {
         other.owner = LeaseId(uuid::Uuid::from_u128(9));
         let _ = l.release(RecordVersion(500), WallTime(0)).unwrap();
         assert_eq!(
-            l.handle_release(Outcome::Conflict(Some(other.clone())), RecordVersion(501), WallTime(0)),
+            l.handle_release(
+                Outcome::Conflict(Some(other.clone())),
+                RecordVersion(501),
+                WallTime(0)
+            ),
             ReleaseStep::NotHeld(Some(other))
         );
     }
@@ -479,7 +527,17 @@ mod tests {
         let mut l = lease();
         l.handle_timeout(ms(10_000));
         let op = l.release(RecordVersion(5), WallTime(0)).unwrap();
-        assert_eq!(op.kind, OpKind::Release { owner: me(), current: RecordVersion(100) });
-        assert_eq!(l.release(RecordVersion(6), WallTime(0)), Some(op), "idempotent");
+        assert_eq!(
+            op.kind,
+            OpKind::Release {
+                owner: me(),
+                current: RecordVersion(100)
+            }
+        );
+        assert_eq!(
+            l.release(RecordVersion(6), WallTime(0)),
+            Some(op),
+            "idempotent"
+        );
     }
 }

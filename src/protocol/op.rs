@@ -334,7 +334,10 @@ mod tests {
         )
         .apply(Some(&second))
         .unwrap();
-        assert_eq!((hb.token, hb.rvn, hb.heartbeat_at), (FencingToken(2), RecordVersion(13), WallTime(5)));
+        assert_eq!(
+            (hb.token, hb.rvn, hb.heartbeat_at),
+            (FencingToken(2), RecordVersion(13), WallTime(5))
+        );
         let forced = op(
             OpKind::ForceUnlock {
                 observed: RecordVersion(13),
@@ -378,7 +381,10 @@ mod tests {
             },
             2,
         );
-        assert_eq!(acquire.apply(Some(&other_key)), Err(Rejected::ConditionFailed));
+        assert_eq!(
+            acquire.apply(Some(&other_key)),
+            Err(Rejected::ConditionFailed)
+        );
         let landed = acquire.apply(None).unwrap();
         assert_eq!(
             Outcome::Conflict(Some(landed.clone())).resolve(&acquire),

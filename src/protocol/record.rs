@@ -10,7 +10,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// A fencing token: strictly increasing over every grant of a key, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(transparent)]
 pub struct FencingToken(pub u64);
 

@@ -47,7 +47,9 @@ impl Sub<Duration> for MonoTime {
 }
 
 /// A wall-clock reading in milliseconds since the Unix epoch. Informational only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct WallTime(pub i64);
 
@@ -98,8 +100,14 @@ mod tests {
     #[test]
     fn mono_arithmetic_saturates() {
         let t = MonoTime::from_duration(Duration::from_secs(5));
-        assert_eq!(t.saturating_since(t + Duration::from_secs(1)), Duration::ZERO);
-        assert_eq!((t + Duration::from_secs(1)).saturating_since(t), Duration::from_secs(1));
+        assert_eq!(
+            t.saturating_since(t + Duration::from_secs(1)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            (t + Duration::from_secs(1)).saturating_since(t),
+            Duration::from_secs(1)
+        );
         assert_eq!(MonoTime::ZERO - Duration::from_secs(1), MonoTime::ZERO);
     }
 

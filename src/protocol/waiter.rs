@@ -8,8 +8,8 @@
 //! attempt, so each round trip both tries and learns the current holder.
 
 use super::{
-    HolderInfo, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind, Outcome,
-    ProtocolConfig, ProtocolError, RecordVersion, WallTime,
+    HolderInfo, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind, Outcome, ProtocolConfig,
+    ProtocolError, RecordVersion, WallTime,
 };
 use std::time::Duration;
 
@@ -41,7 +41,11 @@ impl Backoff {
     /// Full jitter: a delay uniformly in the window, `jitter` in `[0, 1)`;
     /// never under a millisecond.
     pub fn delay(&self, attempts: u32, jitter: f64) -> Duration {
-        let j = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.5 };
+        let j = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.5
+        };
         self.window(attempts)
             .mul_f64(j)
             .max(Duration::from_millis(1))
@@ -66,7 +70,7 @@ pub enum WaiterStep {
     /// the granting op was first sent — start the [`super::Lease`] from it.
     Granted {
         /// The record written by the grant.
-        record: LockRecord,
+        record: Box<LockRecord>,
         /// When the granting op was first sent.
         t_send: MonoTime,
     },
@@ -112,7 +116,8 @@ impl Waiter {
         backoff: Backoff,
     ) -> Result<Waiter, ProtocolError> {
         cfg.check_lease(lease)?;
-        let lease_ms = u64::try_from(lease.as_millis()).map_err(|_| ProtocolError::LeaseTooLong(lease))?;
+        let lease_ms =
+            u64::try_from(lease.as_millis()).map_err(|_| ProtocolError::LeaseTooLong(lease))?;
         Ok(Waiter {
             key,
             owner,
@@ -185,7 +190,7 @@ impl Waiter {
             Outcome::Applied(record) => {
                 self.pending = None;
                 WaiterStep::Granted {
-                    record,
+                    record: Box::new(record),
                     t_send: pending.first_sent,
                 }
             }
@@ -303,7 +308,10 @@ mod tests {
         let rec = op.apply(None).unwrap();
         assert_eq!(
             w.handle_outcome(ms(20), Outcome::Applied(rec.clone()), 0.5),
-            WaiterStep::Granted { record: rec, t_send: ms(10) }
+            WaiterStep::Granted {
+                record: Box::new(rec),
+                t_send: ms(10)
+            }
         );
     }
 
@@ -320,7 +328,10 @@ mod tests {
         let landed = op.apply(None).unwrap();
         assert_eq!(
             w.handle_outcome(until, Outcome::Conflict(Some(landed.clone())), 0.5),
-            WaiterStep::Granted { record: landed, t_send: ms(10) }
+            WaiterStep::Granted {
+                record: Box::new(landed),
+                t_send: ms(10)
+            }
         );
     }
 
@@ -330,7 +341,9 @@ mod tests {
         let mut w = waiter();
         let _ = w.poll_send(ms(0), RecordVersion(1), WallTime(0));
         let step = w.handle_outcome(ms(5), Outcome::Conflict(Some(held(7, 1000))), 0.99);
-        let WaiterStep::Wait { until } = step else { panic!("{step:?}") };
+        let WaiterStep::Wait { until } = step else {
+            panic!("{step:?}")
+        };
         assert!(until <= ms(5 + 1101));
         assert_eq!(w.observation().unwrap().takeover_at, ms(1106));
         // Polls before the deadline are acquire attempts, not takeovers.
@@ -372,7 +385,9 @@ mod tests {
         assert_eq!((obs.since, obs.takeover_at), (ms(900), ms(2001)));
         // A takeover whose condition fails (holder renewed meanwhile) resets too.
         let op = w.poll_send(ms(2001), RecordVersion(3), WallTime(0));
-        assert!(matches!(op.kind, OpKind::Takeover { observed, .. } if observed == RecordVersion(8)));
+        assert!(
+            matches!(op.kind, OpKind::Takeover { observed, .. } if observed == RecordVersion(8))
+        );
         let _ = w.handle_outcome(ms(2002), Outcome::Conflict(Some(held(9, 1000))), 0.5);
         assert_eq!(w.observation().unwrap().since, ms(2002));
     }

@@ -162,13 +162,21 @@ pub fn check_owner_only_release(applied: &[(Option<LockRecord>, LockOp)]) -> Res
                 r.owner == *owner && r.rvn == *current && !r.released
             }
             (OpKind::ForceUnlock { observed, .. }, Some(r)) => r.rvn == *observed,
-            (OpKind::Heartbeat { .. } | OpKind::Release { .. } | OpKind::ForceUnlock { .. }, None) => false,
+            (
+                OpKind::Heartbeat { .. } | OpKind::Release { .. } | OpKind::ForceUnlock { .. },
+                None,
+            ) => false,
             (OpKind::Acquire { .. } | OpKind::Takeover { .. }, _) => true,
         };
         if !ok {
             return Err(Violation {
                 invariant: "OwnerOnlyRelease",
-                detail: format!("{} on {} was applied to {:?}", op.kind.name(), op.key, before),
+                detail: format!(
+                    "{} on {} was applied to {:?}",
+                    op.kind.name(),
+                    op.key,
+                    before
+                ),
             });
         }
     }
@@ -184,7 +192,10 @@ mod tests {
         LockKey::new("k").unwrap()
     }
     fn belief(client: &str, start: u64, end: u64) -> BeliefInterval {
-        let point = |ms| TruePoint { at: Duration::from_millis(ms), seq: 0 };
+        let point = |ms| TruePoint {
+            at: Duration::from_millis(ms),
+            seq: 0,
+        };
         BeliefInterval {
             client: client.into(),
             key: key(),
@@ -206,17 +217,27 @@ mod tests {
     fn each_checker_can_fail_and_pass() {
         assert!(check_mutual_exclusion(&[belief("a", 0, 10), belief("b", 11, 20)]).is_ok());
         assert_eq!(
-            check_mutual_exclusion(&[belief("a", 0, 10), belief("b", 10, 20)]).unwrap_err().invariant,
+            check_mutual_exclusion(&[belief("a", 0, 10), belief("b", 10, 20)])
+                .unwrap_err()
+                .invariant,
             "MutualExclusion"
         );
         // Same instant, ordered by the recorder: no overlap.
         let mut later = belief("b", 10, 20);
         later.start.seq = 1;
         assert!(check_mutual_exclusion(&[belief("a", 0, 10), later]).is_ok());
-        assert!(check_token_monotonic(&[(key(), FencingToken(1)), (key(), FencingToken(2))]).is_ok());
-        assert!(check_token_monotonic(&[(key(), FencingToken(2)), (key(), FencingToken(2))]).is_err());
-        assert!(check_fencing_monotonic(&[write(1, None, "v1"), write(1, Some("v1"), "v2")]).is_ok());
-        assert!(check_fencing_monotonic(&[write(2, None, "v1"), write(1, Some("v1"), "v2")]).is_err());
+        assert!(
+            check_token_monotonic(&[(key(), FencingToken(1)), (key(), FencingToken(2))]).is_ok()
+        );
+        assert!(
+            check_token_monotonic(&[(key(), FencingToken(2)), (key(), FencingToken(2))]).is_err()
+        );
+        assert!(
+            check_fencing_monotonic(&[write(1, None, "v1"), write(1, Some("v1"), "v2")]).is_ok()
+        );
+        assert!(
+            check_fencing_monotonic(&[write(2, None, "v1"), write(1, Some("v1"), "v2")]).is_err()
+        );
         assert!(check_no_lost_update(&[write(1, None, "v1"), write(2, Some("v1"), "v2")]).is_ok());
         assert!(check_no_lost_update(&[write(1, None, "v1"), write(2, None, "v2")]).is_err());
 
@@ -237,7 +258,10 @@ mod tests {
             key: key(),
             new_rvn: RecordVersion(6),
             at: WallTime(0),
-            kind: OpKind::Release { owner, current: RecordVersion(current) },
+            kind: OpKind::Release {
+                owner,
+                current: RecordVersion(current),
+            },
         };
         assert!(check_owner_only_release(&[(Some(rec.clone()), release(me, 5))]).is_ok());
         assert!(check_owner_only_release(&[(Some(rec.clone()), release(me, 4))]).is_err());
