@@ -34,6 +34,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(not(loom))]
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod observe;

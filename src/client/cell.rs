@@ -93,7 +93,7 @@ impl GuardCell {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
     use crate::protocol::{HolderInfo, LeaseId, LockKey, OpKind, ProtocolConfig};
@@ -141,6 +141,7 @@ mod loom_tests {
         builder.check(|| {
             let (store, cell) = setup();
             let releases_sent = Arc::new(AtomicUsize::new(0));
+            let claims = Arc::new(AtomicUsize::new(0));
             let now = MonoTime::from_duration(Duration::from_millis(1500));
 
             let hb = {
@@ -157,8 +158,12 @@ mod loom_tests {
             };
             let releaser = |rvn: u128| {
                 let (store, cell, sent) = (store.clone(), cell.clone(), releases_sent.clone());
+                let claims = claims.clone();
                 loom::thread::spawn(move || {
                     let (op, _) = cell.lock().claim_release(RecordVersion(rvn), WallTime(0));
+                    if op.is_some() {
+                        claims.fetch_add(1, Ordering::SeqCst);
+                    }
                     let mut next = op;
                     let mut n = 0;
                     while let Some(op) = next.take() {
@@ -185,6 +190,7 @@ mod loom_tests {
 
             let record = store.get_now(&LockKey::new("k").unwrap()).unwrap();
             assert!(record.released, "the lock must end released: {record:?}");
+            assert_eq!(claims.load(Ordering::SeqCst), 1, "release and drop must not both send");
             let sent = releases_sent.load(Ordering::SeqCst);
             assert!(
                 (1..=2).contains(&sent),
