@@ -7,11 +7,11 @@
 //! paused runtime and the simulator's virtual time drive them.
 
 use crate::protocol::{MonoTime, WallTime};
-use std::sync::{Mutex, MutexGuard};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 /// A boxed sleep future.
@@ -177,7 +177,12 @@ impl Clock for SkewedClock {
         let mono = self.now().as_duration();
         let st = lock(&self.state);
         let ms = i64::try_from(mono.as_millis()).unwrap_or(i64::MAX);
-        WallTime(st.wall_epoch.0.saturating_add(ms).saturating_add(st.wall_offset_ms))
+        WallTime(
+            st.wall_epoch
+                .0
+                .saturating_add(ms)
+                .saturating_add(st.wall_offset_ms),
+        )
     }
     fn sleep(&self, d: Duration) -> Sleep {
         let rate = self.rate();
@@ -208,7 +213,10 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         c.sleep(Duration::from_secs(1)).await;
         let real = t0.elapsed();
-        assert!(real >= Duration::from_secs(2) && real < Duration::from_millis(2010), "{real:?}");
+        assert!(
+            real >= Duration::from_secs(2) && real < Duration::from_millis(2010),
+            "{real:?}"
+        );
         assert!(c.now() >= before + Duration::from_secs(1));
     }
 

@@ -99,10 +99,16 @@ mod tests {
         ));
         assert_eq!(
             s.save_now(&k, FencingToken(2), Some(&v1), b"b"),
-            Err(StateError::Stale { fence: FencingToken(3), token: FencingToken(2) })
+            Err(StateError::Stale {
+                fence: FencingToken(3),
+                token: FencingToken(2)
+            })
         );
         let v2 = s.save_now(&k, FencingToken(5), Some(&v1), b"c").unwrap();
         let snap = s.load_now(&k).unwrap();
-        assert_eq!((snap.version, snap.fence, snap.body), (v2, FencingToken(5), b"c".to_vec()));
+        assert_eq!(
+            (snap.version, snap.fence, snap.body),
+            (v2, FencingToken(5), b"c".to_vec())
+        );
     }
 }

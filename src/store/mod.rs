@@ -103,7 +103,10 @@ impl<S: LockStore + ?Sized> LockStore for std::sync::Arc<S> {
 
 /// Applies `op` to `current` with the reference semantics, mapping a rejection
 /// to the store error every store returns.
-pub fn apply_reference(op: &LockOp, current: Option<&LockRecord>) -> Result<LockRecord, StoreError> {
+pub fn apply_reference(
+    op: &LockOp,
+    current: Option<&LockRecord>,
+) -> Result<LockRecord, StoreError> {
     op.apply(current)
         .map_err(|_| StoreError::conflict(current.cloned()))
 }

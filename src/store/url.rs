@@ -64,9 +64,12 @@ fn query_params(url: &str, query: &str) -> Result<BTreeMap<String, String>, Stor
 impl StoreUrl {
     /// Parses a store URL; errors say what is wrong in one sentence.
     pub fn parse(url: &str) -> Result<StoreUrl, StoreError> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad(url, "expected SCHEME://..., e.g. file://.statelock or dynamodb://TABLE"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad(
+                url,
+                "expected SCHEME://..., e.g. file://.statelock or dynamodb://TABLE",
+            )
+        })?;
         match scheme {
             "file" => {
                 if rest.is_empty() {
@@ -97,13 +100,19 @@ impl StoreUrl {
                     None | Some("statelock") => LockFormat::Statelock,
                     Some("terraform") => LockFormat::Terraform,
                     Some(other) => {
-                        return Err(bad(url, format!("format must be statelock or terraform, not {other:?}")))
+                        return Err(bad(
+                            url,
+                            format!("format must be statelock or terraform, not {other:?}"),
+                        ))
                     }
                 };
                 let region = params.remove("region");
                 let endpoint = params.remove("endpoint");
                 if let Some(unknown) = params.keys().next() {
-                    return Err(bad(url, format!("unknown parameter {unknown:?} (known: region, endpoint, format)")));
+                    return Err(bad(
+                        url,
+                        format!("unknown parameter {unknown:?} (known: region, endpoint, format)"),
+                    ));
                 }
                 Ok(StoreUrl::DynamoDb {
                     table: table.to_string(),
@@ -126,11 +135,20 @@ mod tests {
 
     #[test]
     fn parse_table() {
-        assert_eq!(StoreUrl::parse("file://.statelock").unwrap(), StoreUrl::File(".statelock".into()));
-        assert_eq!(StoreUrl::parse("file:///srv/locks").unwrap(), StoreUrl::File("/srv/locks".into()));
+        assert_eq!(
+            StoreUrl::parse("file://.statelock").unwrap(),
+            StoreUrl::File(".statelock".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///srv/locks").unwrap(),
+            StoreUrl::File("/srv/locks".into())
+        );
         assert_eq!(StoreUrl::parse("mem://").unwrap(), StoreUrl::Memory);
         assert_eq!(
-            StoreUrl::parse("dynamodb://locks?region=eu-west-1&endpoint=http://127.0.0.1:8000&format=terraform").unwrap(),
+            StoreUrl::parse(
+                "dynamodb://locks?region=eu-west-1&endpoint=http://127.0.0.1:8000&format=terraform"
+            )
+            .unwrap(),
             StoreUrl::DynamoDb {
                 table: "locks".into(),
                 region: Some("eu-west-1".into()),
