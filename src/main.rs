@@ -1,8 +1,5 @@
-//! The `statelock` command-line tool.
+//! The `statelock` command-line tool (see `statelock --help`; the commands
+//! live in the library's `cli` module).
 fn main() {
-    std::process::exit(statelock_cli_main());
-}
-
-fn statelock_cli_main() -> i32 {
-    0
+    std::process::exit(statelock::cli::main());
 }

@@ -1,0 +1,424 @@
+//! The `statelock` command-line tool: clap commands, thin over the library.
+//!
+//! Each command validates its input, opens the store named by `--store` (or
+//! `STATELOCK_STORE`, default [`DEFAULT_STORE_URL`]), calls
+//! [`LockClient`], and turns the answer into text or JSON and an exit code.
+//! Nothing here decides anything about locking: waiting, takeover, heartbeats
+//! and fencing are the library's. Errors become one sentence on stderr that
+//! says what to do; no input or store answer can make the tool panic.
+//!
+//! # Exit codes
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success; `status` of a free, held or never-locked key; `unlock` of a lock that is not held |
+//! | 1 | `unlock`: the operator answered no at the prompt (nothing changed); or an unexpected error |
+//! | 2 | bad input: usage error, invalid key, bad duration, unknown store URL, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
+//! | 3 | `exec`: the lock is held and `--wait` ran out (immediately with `--wait 0s`) |
+//! | 4 | `unlock`: the lock record changed after it was shown; nothing was forced |
+//! | 5 | the lock store failed (unreachable, misconfigured or a damaged record) |
+//! | 75 | `exec`: the lease was lost while the command ran; the command was stopped |
+//! | 126 | `exec`: the command could not be executed |
+//! | 127 | `exec`: the command was not found |
+//! | 128+N | `exec`: the command was killed by signal N, or statelock was interrupted by signal N while waiting |
+//! | other | `exec`: the command's own exit code |
+
+// Output that never panics: a closed pipe (`statelock locks | head -1`) or a
+// closed stderr must not turn into a panic message.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, $($arg)*);
+        let _ = stdout.flush();
+    }};
+}
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(stderr, $($arg)*);
+        let _ = stderr.flush();
+    }};
+}
+
+mod duration;
+mod exec;
+mod progress;
+mod show;
+mod unlock;
+
+pub use exec::ExecArgs;
+pub use show::{LocksArgs, StatusArgs};
+pub use unlock::UnlockArgs;
+
+use crate::client::{LockClient, LockError};
+use crate::observe;
+use crate::store::url::{StoreUrl, DEFAULT_STORE_URL};
+use crate::store::{open_lock_store, StoreError};
+use clap::{ArgAction, Parser, Subcommand};
+use std::fs::OpenOptions;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The exit codes of the tool (see the module documentation).
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// Declined at a confirmation prompt, or an unexpected error.
+    pub const FAILURE: i32 = 1;
+    /// Bad input or usage (clap's usage errors use it too).
+    pub const USAGE: i32 = 2;
+    /// The lock is held: `--wait 0s` or the wait ran out.
+    pub const HELD: i32 = 3;
+    /// Force-unlock refused: the record changed since it was shown.
+    pub const CHANGED: i32 = 4;
+    /// The lock store failed.
+    pub const STORE: i32 = 5;
+    /// `exec`: the lease was lost and the command was stopped (`EX_TEMPFAIL`).
+    pub const LEASE_LOST: i32 = 75;
+    /// `exec`: the command exists but could not be executed.
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// `exec`: the command was not found.
+    pub const COMMAND_NOT_FOUND: i32 = 127;
+    /// Added to a signal number: killed (or interrupted) by that signal.
+    pub const SIGNAL_BASE: i32 = 128;
+}
+
+const LONG_ABOUT: &str = "\
+Safe distributed locks for deployment state: leases with heartbeats, takeover
+that is safe under clock skew, and a fencing token per grant.
+
+`statelock exec --key KEY -- CMD...` runs CMD while holding KEY, with
+STATELOCK_KEY, STATELOCK_TOKEN (the fencing token) and STATELOCK_LEASE_ID in
+its environment. If the lease is lost, CMD gets SIGTERM (SIGKILL after
+--grace). A crashed holder's lock is taken over about one lease after its last
+heartbeat.
+
+Store URLs (--store or STATELOCK_STORE; default file://.statelock):
+  file://DIR                   a directory on this machine (the default)
+  mem://                       in-process only (forgets on exit; for trials)
+  dynamodb://TABLE?region=R&endpoint=URL[&format=terraform]
+
+Exit codes:
+  0      success; status of a free, held or never-locked key; unlock of a
+         lock that is not held
+  1      unlock: answered no at the prompt (nothing changed); unexpected error
+  2      bad input: usage error, invalid key, bad duration, unknown store URL,
+         missing command after --, unlock without --force, or without --yes
+         when stdin is not a terminal
+  3      exec: the lock is held and --wait ran out (at once with --wait 0s)
+  4      unlock: the lock changed after it was shown; nothing was forced
+  5      the lock store failed (unreachable, misconfigured, damaged record)
+  75     exec: the lease was lost while the command ran; it was stopped
+  126    exec: the command could not be executed
+  127    exec: the command was not found
+  128+N  exec: the command was killed by signal N, or statelock was
+         interrupted by signal N while waiting (130 = SIGINT, 143 = SIGTERM)
+  other  exec: the command's own exit code";
+
+const EXEC_EXAMPLES: &str = "\
+Examples:
+  statelock exec --key stack:web:env:prod --operation apply -- terraform apply
+  statelock exec --key nightly-report --wait 0s -- ./report.sh   # skip if running
+  statelock exec --key db:migrate --lease 1m --wait forever -- ./migrate.sh";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "statelock",
+    version,
+    about = "Safe distributed locks for deployment state (leases, skew-safe takeover, fencing tokens)",
+    long_about = LONG_ABOUT
+)]
+pub struct Cli {
+    /// Where the locks live: file://DIR, mem:// or dynamodb://TABLE?region=R
+    #[arg(
+        long,
+        global = true,
+        env = "STATELOCK_STORE",
+        default_value = DEFAULT_STORE_URL,
+        value_name = "URL"
+    )]
+    pub store: String,
+    /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides the filter
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Append audit events (acquired, released, lost, force-unlocked) to FILE as JSON lines
+    #[arg(long, global = true, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command while holding a lock (waits for it, heartbeats, releases)
+    #[command(after_help = EXEC_EXAMPLES)]
+    Exec(ExecArgs),
+    /// List every lock in the store
+    Locks(LocksArgs),
+    /// Show one lock in detail (a never-locked key is reported as such, exit 0)
+    Status(StatusArgs),
+    /// Force-release a lock, after showing its holder and asking for confirmation
+    Unlock(UnlockArgs),
+}
+
+/// Output format of `locks` and `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Text for humans.
+    #[default]
+    Text,
+    /// JSON (the library's `LockStatus`).
+    Json,
+}
+
+/// A failure to report: one sentence for stderr and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CliError {
+    /// The exit code.
+    pub code: i32,
+    /// One sentence (without the `statelock: ` prefix).
+    pub message: String,
+}
+
+impl CliError {
+    /// A failure with `code` and `message`.
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        CliError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Bad input (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError::new(exit::USAGE, message)
+    }
+}
+
+/// Turns a store error into one sentence plus what to do (exit 5).
+pub(crate) fn store_failure(err: &StoreError, store: &str) -> CliError {
+    let advice = match err {
+        StoreError::Unavailable(_) => "check that the store is reachable, then try again",
+        StoreError::Corrupt { .. } => {
+            "inspect that record in the store and repair or remove it by hand (statelock never overwrites it)"
+        }
+        StoreError::Misconfigured(_) => {
+            "check --store / STATELOCK_STORE and the store's setup (directory permissions, table, credentials)"
+        }
+        _ => "try again; if it persists, run with -vv and report it",
+    };
+    CliError::new(exit::STORE, format!("{err} (store {store}); {advice}"))
+}
+
+/// The generic mapping of a [`LockError`]; commands handle the errors they
+/// expect (held, changed, ...) before falling back to this.
+pub(crate) fn lock_failure(err: LockError, store: &str) -> CliError {
+    match err {
+        LockError::Store(e) => store_failure(&e, store),
+        LockError::Protocol(e) => CliError::usage(e.to_string()),
+        other => CliError::new(exit::FAILURE, format!("unexpected error: {other}")),
+    }
+}
+
+/// What every command needs: the store it names.
+pub(crate) struct Context {
+    store_url: StoreUrl,
+    store_text: String,
+}
+
+impl Context {
+    /// The store as the user named it.
+    pub(crate) fn store_text(&self) -> &str {
+        &self.store_text
+    }
+
+    /// Opens the store and a client over it.
+    pub(crate) async fn client(&self) -> Result<LockClient, CliError> {
+        let store = open_lock_store(&self.store_url)
+            .await
+            .map_err(|e| store_failure(&e, &self.store_text))?;
+        Ok(LockClient::builder(store).build())
+    }
+}
+
+/// `$USER@hostname`: who is acting, for holder info and audit.
+pub(crate) fn default_who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".to_string());
+    format!("{user}@{}", hostname())
+}
+
+/// This machine's host name (no extra dependency: the kernel publishes it).
+pub(crate) fn hostname() -> String {
+    let from_proc = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    from_proc
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Sets up logging: `-v` logs to stderr, `--audit-log` appends the audit
+/// events (target [`observe::AUDIT_TARGET`]) to a file as JSON lines.
+fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError> {
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let stderr_layer = (verbose > 0 || from_env).then(|| {
+        let fallback = match verbose {
+            0 | 1 => "statelock=info",
+            2 => "statelock=debug",
+            _ => "statelock=trace,debug",
+        };
+        let filter = if from_env {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(fallback))
+        } else {
+            EnvFilter::new(fallback)
+        };
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+    });
+    let audit_layer = match audit_log {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| {
+                    CliError::usage(format!(
+                        "cannot open the audit log {}: {e}; check the path and its permissions",
+                        path.display()
+                    ))
+                })?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(Arc::new(file))
+                    .with_filter(
+                        Targets::new().with_target(observe::AUDIT_TARGET, LevelFilter::TRACE),
+                    ),
+            )
+        }
+        None => None,
+    };
+    // A subscriber already set (only possible when embedded) is not an error.
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer)
+        .with(audit_layer)
+        .try_init();
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<i32, CliError> {
+    let store_url = StoreUrl::parse(&cli.store).map_err(|e| match e {
+        StoreError::Misconfigured(why) => CliError::usage(format!(
+            "{why}; set --store or STATELOCK_STORE to e.g. {DEFAULT_STORE_URL}"
+        )),
+        other => CliError::usage(other.to_string()),
+    })?;
+    let ctx = Context {
+        store_url,
+        store_text: cli.store,
+    };
+    match cli.command {
+        Command::Exec(args) => exec::run(args, &ctx).await,
+        Command::Locks(args) => show::locks(args, &ctx).await,
+        Command::Status(args) => show::status(args, &ctx).await,
+        Command::Unlock(args) => unlock::run(args, &ctx).await,
+    }
+}
+
+/// Runs the tool with the process's arguments; returns the exit code.
+pub fn main() -> i32 {
+    main_from(std::env::args_os())
+}
+
+/// Runs the tool with `args` (the first is the program name); returns the
+/// exit code. Usage errors and `--help` are printed by clap.
+pub fn main_from<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    if let Err(e) = init_tracing(cli.verbose, cli.audit_log.as_ref()) {
+        errln!("statelock: {}.", e.message);
+        return e.code;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            errln!("statelock: cannot start the async runtime: {e}.");
+            return exit::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            errln!("statelock: {}.", e.message.trim_end_matches('.'));
+            e.code
+        }
+    };
+    // Do not hang on a task stuck in the store (e.g. a release on drop).
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_lists_every_exit_code() {
+        for code in [
+            "0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "75 ", "126 ", "127 ", "128+N ",
+        ] {
+            assert!(
+                LONG_ABOUT.contains(&format!("\n  {code}")),
+                "exit code {code} undocumented"
+            );
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `statelock unlock KEY --force`: release a lock someone else holds.
+//!
+//! The operator sees the holder first; the force-unlock is then conditional on
+//! the record version that was shown (`OwnerOnlyRelease`), so a lock that was
+//! renewed, released or taken over in the meantime is left alone (exit 4).
+//! Without `--yes` it asks on the terminal, and refuses when stdin is not one.
+
+use super::duration::{human, wall, wall_with_age};
+use super::exec::{parse_key, parse_label};
+use super::{default_who, exit, lock_failure, CliError, Context};
+use crate::client::LockError;
+use crate::protocol::{LockRecord, WallTime};
+use std::io::IsTerminal;
+
+/// Arguments of `statelock unlock`.
+#[derive(Debug, clap::Args)]
+pub struct UnlockArgs {
+    /// The lock key
+    #[arg(value_name = "KEY")]
+    pub key: String,
+    /// Required: release the lock although someone else holds it
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation (required when stdin is not a terminal)
+    #[arg(long, short)]
+    pub yes: bool,
+    /// Who is forcing it, recorded for audit [default: $USER@hostname]
+    #[arg(long, value_name = "NAME")]
+    pub who: Option<String>,
+}
+
+fn describe_current(current: Option<&LockRecord>, now: WallTime) -> String {
+    match current {
+        None => "gone".to_string(),
+        Some(r) if r.released => format!("released at {}", wall(r.heartbeat_at)),
+        Some(r) => format!(
+            "held by {} since {} with token {}",
+            r.holder,
+            wall_with_age(r.acquired_at, now),
+            r.token
+        ),
+    }
+}
+
+/// Asks on the terminal; true on `y` or `yes`.
+async fn confirm(question: String) -> bool {
+    let answer = tokio::task::spawn_blocking(move || {
+        err!("{question} [y/N] ");
+        let mut line = String::new();
+        match std::io::stdin().read_line(&mut line) {
+            Ok(_) => line,
+            Err(_) => String::new(),
+        }
+    })
+    .await
+    .unwrap_or_default();
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
+}
+
+/// Runs `statelock unlock`.
+pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError> {
+    let key = parse_key(&args.key)?;
+    if !args.force {
+        return Err(CliError::usage(format!(
+            "refusing to unlock {:?} without --force: releasing a lock that someone holds lets a second writer in; check `statelock status` first, then add --force",
+            key.as_str()
+        )));
+    }
+    let by = parse_label("who", args.who.unwrap_or_else(default_who))?;
+    let client = ctx.client().await?;
+    let status = client
+        .status(&key)
+        .await
+        .map_err(|e| lock_failure(e, ctx.store_text()))?;
+    let now = client.clock().wall();
+    let shown = match status {
+        None => {
+            outln!(
+                "{:?} has never been locked; nothing to unlock.",
+                key.as_str()
+            );
+            return Ok(exit::OK);
+        }
+        Some(s) if !s.held => {
+            outln!(
+                "{:?} is not held ({}); nothing to unlock.",
+                key.as_str(),
+                describe_current(Some(&s.record), now)
+            );
+            return Ok(exit::OK);
+        }
+        Some(s) => s,
+    };
+    let record = &shown.record;
+    let silent_for = human(now.saturating_since(record.heartbeat_at));
+    let staleness = if shown.stale {
+        format!("no heartbeat for {silent_for}, longer than a takeover wait, so the holder is probably gone")
+    } else {
+        format!(
+            "its last heartbeat was {silent_for} ago, within its {} lease, so the holder may still be running",
+            human(record.lease())
+        )
+    };
+    errln!(
+        "{:?} is {} (record version {}); {staleness}.",
+        key.as_str(),
+        describe_current(Some(record), now),
+        record.rvn
+    );
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(format!(
+                "refusing to force-unlock {:?} without confirmation because stdin is not a terminal; add --yes to confirm",
+                key.as_str()
+            )));
+        }
+        let question = format!(
+            "Force-unlock {:?} held by {} since {}?",
+            key.as_str(),
+            record.holder,
+            wall(record.acquired_at)
+        );
+        if !confirm(question).await {
+            errln!("statelock: not unlocked.");
+            return Ok(exit::FAILURE);
+        }
+    }
+    match client.force_unlock(&key, record.rvn, &by).await {
+        Ok(_) => {
+            outln!(
+                "Force-unlocked {:?} (was held by {} with token {}); if that holder is still running it loses the lock at its next heartbeat, and the next holder gets a larger token.",
+                key.as_str(),
+                record.holder,
+                record.token
+            );
+            Ok(exit::OK)
+        }
+        Err(LockError::Changed { current }) => {
+            let now = client.clock().wall();
+            let what = match current.as_deref() {
+                Some(c) if c.is_held() && c.owner == record.owner => {
+                    "the holder renewed its lease meanwhile, so it is alive".to_string()
+                }
+                other => format!("it is now {}", describe_current(other, now)),
+            };
+            Err(CliError::new(
+                exit::CHANGED,
+                format!(
+                    "{:?} changed after it was shown ({what}); nothing was forced: look again with `statelock status` before retrying",
+                    key.as_str()
+                ),
+            ))
+        }
+        Err(LockError::NotFound(_)) => {
+            outln!(
+                "{:?} has never been locked; nothing to unlock.",
+                key.as_str()
+            );
+            Ok(exit::OK)
+        }
+        Err(other) => Err(lock_failure(other, ctx.store_text())),
+    }
+}
