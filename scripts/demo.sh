@@ -8,7 +8,9 @@
 #   4. a lock left by a killed holder is force-unlocked, then acquired at once.
 # Exits non-zero if any check fails. About 15 s after the build.
 #
-# Usage: scripts/demo.sh            builds with `cargo build --release`
+# Usage: scripts/demo.sh            builds the embedded-only binary (the file
+#                                   store needs no AWS adapters, so it builds
+#                                   with --no-default-features in a minute or two)
 #        STATELOCK_BIN=path/to/statelock scripts/demo.sh   uses that binary
 set -euo pipefail
 
@@ -17,9 +19,9 @@ cd "$(dirname "$0")/.."
 if [[ -n "${STATELOCK_BIN:-}" ]]; then
     BIN="$STATELOCK_BIN"
 else
-    echo "== building statelock (cargo build --release)"
-    cargo build --release --quiet --bin statelock
-    BIN="${CARGO_TARGET_DIR:-target}/release/statelock"
+    echo "== building statelock (embedded default only: cargo build --release --no-default-features)"
+    cargo build --release --quiet --no-default-features --bin statelock --target-dir target/embedded
+    BIN="target/embedded/release/statelock"
 fi
 [[ -x "$BIN" ]] || { echo "demo: no statelock binary at $BIN" >&2; exit 1; }
 
