@@ -7,6 +7,8 @@
 //! holder whose lock was taken over can no longer write once the new holder has
 //! sealed the state (raised the fence to its token).
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod memory;
 
 use crate::protocol::{FencingToken, LockKey};
@@ -49,7 +51,9 @@ pub enum StateError {
         token: FencingToken,
     },
     /// The state changed since the writer read it.
-    #[error("the state changed since it was read (expected version {expected:?}, found {found:?})")]
+    #[error(
+        "the state changed since it was read (expected version {expected:?}, found {found:?})"
+    )]
     VersionMismatch {
         /// What the writer expected.
         expected: Option<StateVersion>,

@@ -1,0 +1,259 @@
+//! What a run simulates: the protocol variant, the workload's shape, which
+//! faults are on, and the timing constants (all in simulated time).
+
+use crate::faults::FaultSet;
+use statelock::protocol::{Backoff, ProtocolConfig};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Which lock protocol the clients run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ProtocolVariant {
+    /// The production client (`statelock::client::LockClient`) and fenced
+    /// state writes.
+    Statelock,
+    /// The seed design, kept only here as a counter-example: acquire if
+    /// `expiresAt < now` by the client's wall clock, unfenced state writes.
+    Naive,
+}
+
+impl fmt::Display for ProtocolVariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProtocolVariant::Statelock => "statelock",
+            ProtocolVariant::Naive => "naive",
+        })
+    }
+}
+
+impl FromStr for ProtocolVariant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "statelock" => Ok(ProtocolVariant::Statelock),
+            "naive" => Ok(ProtocolVariant::Naive),
+            other => Err(format!(
+                "unknown protocol {other:?}: use statelock or naive"
+            )),
+        }
+    }
+}
+
+/// How far client clocks may drift from real time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriftMode {
+    /// Rates within `[1 − ρ, 1 + ρ]`: the protocol's assumption (ρ is the
+    /// configuration's `drift_ppm`).
+    Within,
+    /// Rates in `[0.5, 2]`: the assumption is broken on purpose.
+    Beyond,
+}
+
+impl fmt::Display for DriftMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DriftMode::Within => "within",
+            DriftMode::Beyond => "beyond",
+        })
+    }
+}
+
+impl FromStr for DriftMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "within" => Ok(DriftMode::Within),
+            "beyond" => Ok(DriftMode::Beyond),
+            other => Err(format!(
+                "unknown drift mode {other:?}: use within or beyond"
+            )),
+        }
+    }
+}
+
+/// Timing constants, in simulated time. Chosen so that one run is a few
+/// simulated seconds: leases of half a second, links of a few milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Simulated time per turmoil step.
+    pub tick: Duration,
+    /// Fastest message delivery on a healthy link.
+    pub min_latency: Duration,
+    /// Slowest message delivery on a healthy link.
+    pub max_latency: Duration,
+    /// A client gives up on a store request after this long (outcome unknown).
+    pub request_timeout: Duration,
+    /// The lease every client asks for.
+    pub lease: Duration,
+    /// Waiters' polling backoff.
+    pub backoff: Backoff,
+    /// How long a client waits for a lock before giving up on that op.
+    pub acquire_wait: Duration,
+    /// Longest "work" between reading and writing the state.
+    pub work_max: Duration,
+    /// Longest pause between two ops of one client.
+    pub think_max: Duration,
+    /// Mean time between two injected network/host faults.
+    pub fault_interval: Duration,
+    /// Faults stop at the latest after this long.
+    pub fault_window_max: Duration,
+    /// A run that has not finished after this long is cut (and judged).
+    pub max_run: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            tick: Duration::from_millis(1),
+            min_latency: Duration::from_millis(1),
+            max_latency: Duration::from_millis(8),
+            request_timeout: Duration::from_millis(60),
+            lease: Duration::from_millis(400),
+            backoff: Backoff {
+                base: Duration::from_millis(10),
+                cap: Duration::from_millis(120),
+            },
+            acquire_wait: Duration::from_secs(30),
+            work_max: Duration::from_millis(8),
+            think_max: Duration::from_millis(20),
+            fault_interval: Duration::from_millis(250),
+            fault_window_max: Duration::from_secs(120),
+            max_run: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything a run depends on besides its seed.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The protocol under test.
+    pub protocol: ProtocolVariant,
+    /// Number of client hosts.
+    pub clients: usize,
+    /// Number of lock keys (each op picks one at random).
+    pub keys: usize,
+    /// Ops (acquire → read → write → release) per client.
+    pub ops_per_client: u32,
+    /// Faults switched on.
+    pub faults: FaultSet,
+    /// Clock drift mode (used when [`crate::Fault::Drift`] is on).
+    pub drift: DriftMode,
+    /// ρ and margin, shared by every client (the protocol's constants).
+    pub protocol_config: ProtocolConfig,
+    /// Timing constants.
+    pub timing: Timing,
+    /// Faults stop (and are healed) once this fraction of all ops is done,
+    /// so every run ends with a quiet phase where liveness is judged.
+    pub quiet_after: f64,
+    /// Probability that an op's work between read and write is long: from a
+    /// fifth of a lease to 1.2 leases, so the lease must be renewed, checking
+    /// the guard every 5–50 ms all along.
+    pub long_work: f64,
+    /// Probability that a client pauses right after an acquire.
+    pub pause_after_acquire: f64,
+    /// Probability that a client pauses right before a write.
+    pub pause_before_write: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            protocol: ProtocolVariant::Statelock,
+            clients: 5,
+            keys: 1,
+            ops_per_client: 40,
+            faults: FaultSet::all(),
+            drift: DriftMode::Within,
+            // ρ = 5 %: large enough that drift within ρ is tens of
+            // milliseconds per lease, well above the 1 ms step, so the
+            // holder-validity and takeover-wait formulas are really tested.
+            protocol_config: ProtocolConfig {
+                drift_ppm: 50_000,
+                margin: Duration::from_millis(20),
+            },
+            timing: Timing::default(),
+            quiet_after: 0.7,
+            long_work: 0.06,
+            pause_after_acquire: 0.02,
+            pause_before_write: 0.03,
+        }
+    }
+}
+
+impl SimConfig {
+    /// This configuration with another lease; the margin becomes a
+    /// twentieth of it.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.timing.lease = lease;
+        self.protocol_config.margin = lease / 20;
+        self
+    }
+
+    /// This configuration with another ρ, in parts per million.
+    pub fn with_rho_ppm(mut self, ppm: u32) -> Self {
+        self.protocol_config.drift_ppm = ppm;
+        self
+    }
+
+    /// This configuration with another margin (`None`: keep it).
+    pub fn with_margin(mut self, margin: Option<Duration>) -> Self {
+        if let Some(m) = margin {
+            self.protocol_config.margin = m;
+        }
+        self
+    }
+
+    /// This configuration with another simulation step.
+    pub fn with_tick(mut self, tick: Duration) -> Self {
+        self.timing.tick = tick;
+        self
+    }
+
+    /// ρ as a fraction.
+    pub fn rho(&self) -> f64 {
+        f64::from(self.protocol_config.drift_ppm) / 1e6
+    }
+
+    /// The range client clock rates are drawn from.
+    pub fn rate_range(&self) -> (f64, f64) {
+        if !self.faults.has(crate::Fault::Drift) {
+            return (1.0, 1.0);
+        }
+        match self.drift {
+            DriftMode::Within => (1.0 - self.rho(), 1.0 + self.rho()),
+            DriftMode::Beyond => (0.5, 2.0),
+        }
+    }
+
+    /// The lock keys of this run.
+    pub fn key_names(&self) -> Vec<String> {
+        (0..self.keys).map(key_name).collect()
+    }
+
+    /// Total ops of the run.
+    pub fn total_ops(&self) -> u64 {
+        self.clients as u64 * u64::from(self.ops_per_client)
+    }
+
+    /// One line describing the configuration, for summaries.
+    pub fn describe(&self) -> String {
+        format!(
+            "protocol={} clients={} keys={} ops/client={} lease={}ms rho={}ppm margin={}ms faults={} drift={}",
+            self.protocol,
+            self.clients,
+            self.keys,
+            self.ops_per_client,
+            self.timing.lease.as_millis(),
+            self.protocol_config.drift_ppm,
+            self.protocol_config.margin.as_millis(),
+            self.faults,
+            self.drift
+        )
+    }
+}
+
+/// The name of lock key `i`.
+pub fn key_name(i: usize) -> String {
+    format!("stack:sim:env:k{i}")
+}

@@ -1,0 +1,523 @@
+//! Faults: which can be switched on, and the injector that drives the
+//! network- and host-level ones between simulation steps.
+//!
+//! Network and host faults are injected here, from the run's `faults` random
+//! stream, at exponentially distributed intervals. Process pauses and clock
+//! faults happen inside the client hosts (see [`crate::workload`]), from each
+//! client's own stream. Once enough of the workload is done, [`Injector`]
+//! heals everything and declares the run quiet: no fault starts after that,
+//! which is when `EventualAcquire` is judged.
+
+use crate::config::SimConfig;
+use crate::history::{Actor, Recorder, What};
+use crate::rng::{stream, SimRng};
+use crate::wire::STORE_HOST;
+use crate::workload::Shared;
+use rand::Rng;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use turmoil::Sim;
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// Client ↔ store link cut both ways (in-flight messages dropped).
+    Partition,
+    /// Client → store or store → client cut (requests land, answers vanish,
+    /// or the reverse).
+    OneWay,
+    /// A client's link gets slow: up to 300 ms, beyond the request timeout,
+    /// so requests time out and land late.
+    Latency,
+    /// Random message loss on every link (a lost TCP segment kills its
+    /// request: the client times out).
+    Loss,
+    /// Messages on a client's link are held, then all delivered at once,
+    /// long after their senders gave up.
+    Hold,
+    /// A client host crashes (no release, no goodbye) and restarts later.
+    ClientCrash,
+    /// The store host crashes and restarts: connections and requests in
+    /// flight are lost, the data survives.
+    StoreCrash,
+    /// A client process freezes (no heartbeats, no actions) for longer than a
+    /// lease, right after an acquire or right before a write, then carries on
+    /// and writes anyway.
+    Pause,
+    /// Each client process starts with its own monotonic offset and a wall
+    /// clock off by up to two leases.
+    ClockOffset,
+    /// Client clocks run fast or slow (within ρ, or beyond it with
+    /// `--drift beyond`) and change rate from time to time.
+    Drift,
+    /// Client wall clocks jump forward or back by up to three leases.
+    WallStep,
+    /// An operator force-unlocks locks left by crashed clients, against the
+    /// record version it saw (statelock only).
+    ForceUnlock,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 12] = [
+        Fault::Partition,
+        Fault::OneWay,
+        Fault::Latency,
+        Fault::Loss,
+        Fault::Hold,
+        Fault::ClientCrash,
+        Fault::StoreCrash,
+        Fault::Pause,
+        Fault::ClockOffset,
+        Fault::Drift,
+        Fault::WallStep,
+        Fault::ForceUnlock,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Partition => "partition",
+            Fault::OneWay => "oneway",
+            Fault::Latency => "latency",
+            Fault::Loss => "loss",
+            Fault::Hold => "hold",
+            Fault::ClientCrash => "client-crash",
+            Fault::StoreCrash => "store-crash",
+            Fault::Pause => "pause",
+            Fault::ClockOffset => "clock-offset",
+            Fault::Drift => "drift",
+            Fault::WallStep => "wall-step",
+            Fault::ForceUnlock => "force-unlock",
+        }
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+}
+
+/// A set of faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultSet(u32);
+
+impl FaultSet {
+    /// Every fault.
+    pub fn all() -> Self {
+        FaultSet(Fault::ALL.iter().fold(0, |acc, f| acc | f.bit()))
+    }
+    /// No fault.
+    pub fn none() -> Self {
+        FaultSet(0)
+    }
+    /// True if `f` is on.
+    pub fn has(self, f: Fault) -> bool {
+        self.0 & f.bit() != 0
+    }
+    /// This set with `f` on.
+    pub fn with(self, f: Fault) -> Self {
+        FaultSet(self.0 | f.bit())
+    }
+    /// This set with `f` off.
+    pub fn without(self, f: Fault) -> Self {
+        FaultSet(self.0 & !f.bit())
+    }
+    /// The faults on, in order.
+    pub fn iter(self) -> impl Iterator<Item = Fault> {
+        Fault::ALL.into_iter().filter(move |f| self.has(*f))
+    }
+}
+
+impl fmt::Display for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == FaultSet::all() {
+            return f.write_str("all");
+        }
+        if *self == FaultSet::none() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = self.iter().map(Fault::name).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for FaultSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "all" => return Ok(FaultSet::all()),
+            "none" | "" => return Ok(FaultSet::none()),
+            _ => {}
+        }
+        let mut set = FaultSet::none();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let (off, name) = match name.strip_prefix('-') {
+                Some(n) => (true, n),
+                None => (false, name),
+            };
+            if name == "all" {
+                set = FaultSet::all();
+                continue;
+            }
+            let Some(fault) = Fault::ALL.iter().copied().find(|f| f.name() == name) else {
+                let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                return Err(format!(
+                    "unknown fault {name:?}; known: all, none, {}",
+                    known.join(", ")
+                ));
+            };
+            set = if off {
+                set.without(fault)
+            } else {
+                set.with(fault)
+            };
+        }
+        Ok(set)
+    }
+}
+
+/// The host name of client `i`.
+pub fn client_host(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// The operator's host name.
+pub const OPERATOR_HOST: &str = "operator";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    Repair(usize),
+    RepairOneWay { client: usize, to_store: bool },
+    Release(usize),
+    Latency(usize),
+    LossOff,
+    RestartClient(usize),
+    RestartStore,
+}
+
+/// Injects network and host faults between simulation steps.
+pub struct Injector {
+    rng: SimRng,
+    kinds: Vec<Fault>,
+    clients: usize,
+    next_at: Duration,
+    active: Vec<(Duration, Undo)>,
+    link_busy: Vec<bool>,
+    client_down: Vec<bool>,
+    store_down: bool,
+    loss_on: bool,
+    quiet: bool,
+}
+
+impl Injector {
+    /// An injector for a run of `cfg` with `seed`.
+    pub fn new(cfg: &SimConfig, seed: u64) -> Self {
+        let kinds: Vec<Fault> = [
+            Fault::Partition,
+            Fault::OneWay,
+            Fault::Latency,
+            Fault::Loss,
+            Fault::Hold,
+            Fault::ClientCrash,
+            Fault::StoreCrash,
+        ]
+        .into_iter()
+        .filter(|f| cfg.faults.has(*f))
+        .collect();
+        let mut rng = stream(seed, "faults", 0, 0);
+        let first = exp_delay(&mut rng, cfg.timing.fault_interval);
+        Injector {
+            rng,
+            kinds,
+            clients: cfg.clients,
+            next_at: first,
+            active: Vec::new(),
+            link_busy: vec![false; cfg.clients],
+            client_down: vec![false; cfg.clients],
+            store_down: false,
+            loss_on: false,
+            quiet: false,
+        }
+    }
+
+    /// True once faults have stopped.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    /// Called before each step at simulated time `now`.
+    pub fn before_step(
+        &mut self,
+        sim: &mut Sim<'_>,
+        now: Duration,
+        cfg: &SimConfig,
+        shared: &Shared,
+        rec: &Recorder,
+    ) {
+        if self.quiet {
+            return;
+        }
+        // End the faults whose time is up.
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].0 <= now {
+                let (_, undo) = self.active.swap_remove(i);
+                self.undo(sim, undo, cfg, shared, now, rec);
+            } else {
+                i += 1;
+            }
+        }
+        let started = shared.ops_started();
+        let quiet_due = started as f64 >= cfg.quiet_after * cfg.total_ops() as f64
+            || now >= cfg.timing.fault_window_max;
+        if quiet_due {
+            self.heal_all(sim, cfg, shared, now, rec);
+            return;
+        }
+        if now < self.next_at || self.kinds.is_empty() {
+            return;
+        }
+        self.next_at = now + exp_delay(&mut self.rng, cfg.timing.fault_interval);
+        let kind = self.kinds[self.rng.random_range(0..self.kinds.len())];
+        self.start(sim, kind, cfg, shared, now, rec);
+    }
+
+    fn start(
+        &mut self,
+        sim: &mut Sim<'_>,
+        kind: Fault,
+        cfg: &SimConfig,
+        shared: &Shared,
+        now: Duration,
+        rec: &Recorder,
+    ) {
+        let lease = cfg.timing.lease;
+        let c = self.rng.random_range(0..self.clients);
+        let host = client_host(c);
+        let link_free = !self.link_busy[c];
+        let note = |what: String| rec.record_at(now, Actor::Sim, What::Fault(what));
+        match kind {
+            Fault::Partition if link_free => {
+                let d = self.duration(Duration::from_millis(20), lease * 2);
+                sim.partition(host.as_str(), STORE_HOST);
+                self.link_busy[c] = true;
+                self.active.push((now + d, Undo::Repair(c)));
+                note(format!(
+                    "partition {host} <-> store for {}ms",
+                    d.as_millis()
+                ));
+            }
+            Fault::OneWay if link_free => {
+                let d = self.duration(Duration::from_millis(20), lease * 2);
+                let to_store = self.rng.random_bool(0.5);
+                if to_store {
+                    sim.partition_oneway(host.as_str(), STORE_HOST);
+                    note(format!(
+                        "partition {host} -> store (requests lost) for {}ms",
+                        d.as_millis()
+                    ));
+                } else {
+                    sim.partition_oneway(STORE_HOST, host.as_str());
+                    note(format!(
+                        "partition store -> {host} (answers lost) for {}ms",
+                        d.as_millis()
+                    ));
+                }
+                self.link_busy[c] = true;
+                self.active.push((
+                    now + d,
+                    Undo::RepairOneWay {
+                        client: c,
+                        to_store,
+                    },
+                ));
+            }
+            Fault::Latency if link_free => {
+                let d = self.duration(Duration::from_millis(50), lease * 2);
+                let max = self.duration(Duration::from_millis(40), Duration::from_millis(300));
+                sim.set_link_max_message_latency(host.as_str(), STORE_HOST, max);
+                self.link_busy[c] = true;
+                self.active.push((now + d, Undo::Latency(c)));
+                note(format!(
+                    "latency {host} <-> store up to {}ms for {}ms",
+                    max.as_millis(),
+                    d.as_millis()
+                ));
+            }
+            Fault::Hold if link_free => {
+                let d = self.duration(Duration::from_millis(10), lease * 2);
+                sim.hold(host.as_str(), STORE_HOST);
+                self.link_busy[c] = true;
+                self.active.push((now + d, Undo::Release(c)));
+                note(format!(
+                    "hold messages {host} <-> store for {}ms",
+                    d.as_millis()
+                ));
+            }
+            Fault::Loss if !self.loss_on => {
+                let d = self.duration(Duration::from_millis(50), lease * 2);
+                let rate = self.rng.random_range(0.02..0.2);
+                sim.set_fail_rate(rate);
+                self.loss_on = true;
+                self.active.push((now + d, Undo::LossOff));
+                note(format!(
+                    "message loss {:.0}% on every link for {}ms",
+                    rate * 100.0,
+                    d.as_millis()
+                ));
+            }
+            Fault::ClientCrash if !self.client_down[c] && sim.is_host_running(host.as_str()) => {
+                let d = self.duration(Duration::ZERO, lease);
+                sim.crash(host.as_str());
+                shared.crashed(c);
+                self.client_down[c] = true;
+                self.active.push((now + d, Undo::RestartClient(c)));
+                rec.record_at(now, Actor::Sim, What::Crash(Actor::Client(c as u16)));
+            }
+            Fault::StoreCrash if !self.store_down => {
+                let d = self.duration(Duration::from_millis(1), Duration::from_millis(300));
+                sim.crash(STORE_HOST);
+                self.store_down = true;
+                self.active.push((now + d, Undo::RestartStore));
+                rec.record_at(now, Actor::Sim, What::Crash(Actor::Store));
+            }
+            _ => {}
+        }
+    }
+
+    fn duration(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let (lo, hi) = (lo.as_millis() as u64, hi.as_millis() as u64);
+        Duration::from_millis(self.rng.random_range(lo..=hi.max(lo)))
+    }
+
+    fn undo(
+        &mut self,
+        sim: &mut Sim<'_>,
+        undo: Undo,
+        cfg: &SimConfig,
+        shared: &Shared,
+        now: Duration,
+        rec: &Recorder,
+    ) {
+        let heal = |what: String| rec.record_at(now, Actor::Sim, What::Heal(what));
+        match undo {
+            Undo::Repair(c) => {
+                sim.repair(client_host(c).as_str(), STORE_HOST);
+                self.link_busy[c] = false;
+                heal(format!("repair {} <-> store", client_host(c)));
+            }
+            Undo::RepairOneWay { client, to_store } => {
+                let host = client_host(client);
+                if to_store {
+                    sim.repair_oneway(host.as_str(), STORE_HOST);
+                } else {
+                    sim.repair_oneway(STORE_HOST, host.as_str());
+                }
+                self.link_busy[client] = false;
+                heal(format!("repair one-way partition of {host}"));
+            }
+            Undo::Release(c) => {
+                sim.release(client_host(c).as_str(), STORE_HOST);
+                self.link_busy[c] = false;
+                heal(format!(
+                    "release held messages {} <-> store",
+                    client_host(c)
+                ));
+            }
+            Undo::Latency(c) => {
+                sim.set_link_max_message_latency(
+                    client_host(c).as_str(),
+                    STORE_HOST,
+                    cfg.timing.max_latency,
+                );
+                self.link_busy[c] = false;
+                heal(format!("latency of {} back to normal", client_host(c)));
+            }
+            Undo::LossOff => {
+                sim.set_fail_rate(0.0);
+                // Links that loss broke are mended by their next message; mend
+                // the ones no other fault owns now.
+                for c in 0..self.clients {
+                    if !self.link_busy[c] {
+                        sim.repair(client_host(c).as_str(), STORE_HOST);
+                    }
+                }
+                if cfg.faults.has(Fault::ForceUnlock)
+                    && cfg.protocol == crate::ProtocolVariant::Statelock
+                {
+                    sim.repair(OPERATOR_HOST, STORE_HOST);
+                }
+                self.loss_on = false;
+                heal("message loss off".into());
+            }
+            Undo::RestartClient(c) => {
+                sim.bounce(client_host(c).as_str());
+                shared.restarted(c);
+                self.client_down[c] = false;
+                rec.record_at(now, Actor::Sim, What::Restart(Actor::Client(c as u16)));
+            }
+            Undo::RestartStore => {
+                sim.bounce(STORE_HOST);
+                self.store_down = false;
+                rec.record_at(now, Actor::Sim, What::Restart(Actor::Store));
+            }
+        }
+    }
+
+    fn heal_all(
+        &mut self,
+        sim: &mut Sim<'_>,
+        cfg: &SimConfig,
+        shared: &Shared,
+        now: Duration,
+        rec: &Recorder,
+    ) {
+        // Stable order: by undo time, then as started.
+        let mut active = std::mem::take(&mut self.active);
+        active.sort_by_key(|(at, _)| *at);
+        for (_, undo) in active {
+            self.undo(sim, undo, cfg, shared, now, rec);
+        }
+        // Mend any link random loss left broken (no hold is left to lose).
+        sim.set_fail_rate(0.0);
+        for c in 0..self.clients {
+            sim.repair(client_host(c).as_str(), STORE_HOST);
+        }
+        if cfg.faults.has(Fault::ForceUnlock) && cfg.protocol == crate::ProtocolVariant::Statelock {
+            sim.repair(OPERATOR_HOST, STORE_HOST);
+        }
+        self.quiet = true;
+        shared.set_quiet();
+        rec.record_at(now, Actor::Sim, What::Quiet);
+    }
+}
+
+fn exp_delay(rng: &mut SimRng, mean: Duration) -> Duration {
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    let ms = (-u.ln() * mean.as_millis() as f64).round() as u64;
+    Duration::from_millis(ms.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_sets_parse_and_print() {
+        assert_eq!("all".parse::<FaultSet>().unwrap(), FaultSet::all());
+        assert_eq!("none".parse::<FaultSet>().unwrap(), FaultSet::none());
+        let s: FaultSet = "partition,hold".parse().unwrap();
+        assert!(s.has(Fault::Partition) && s.has(Fault::Hold) && !s.has(Fault::Pause));
+        assert_eq!(s.to_string(), "partition,hold");
+        let s: FaultSet = "all,-pause".parse().unwrap();
+        assert!(!s.has(Fault::Pause) && s.has(Fault::Drift));
+        assert!("partitoin".parse::<FaultSet>().is_err());
+        for f in Fault::ALL {
+            assert_eq!(
+                f.name().parse::<FaultSet>().unwrap(),
+                FaultSet::none().with(f)
+            );
+        }
+    }
+}

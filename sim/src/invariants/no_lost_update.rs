@@ -1,0 +1,95 @@
+//! `NoLostUpdate`: the accepted state writes of a key form a chain — each is
+//! based on (its expected version is) the version the previously accepted
+//! write created, and the first on no state at all. A write based on anything
+//! else overwrote a version its writer never saw. Audited on the store's
+//! accepted-write log, in apply order.
+
+use super::{Invariant, Violation, MAX_PER_CHECK};
+use crate::history::{Actor, Event, What};
+use std::collections::BTreeMap;
+
+/// Checks the trace.
+pub fn check(events: &[Event]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut head: BTreeMap<&str, (String, Actor, usize)> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let What::StateAccepted {
+            from,
+            key,
+            expected,
+            version,
+            ..
+        } = &e.what
+        else {
+            continue;
+        };
+        let previous = head.get(key.as_str());
+        let ok = match (previous, expected) {
+            (None, None) => true,
+            (Some((v, _, _)), Some(x)) => v == x,
+            _ => false,
+        };
+        if !ok {
+            let (prev_text, mut evs, mut actors) = match previous {
+                Some((v, w, j)) => (format!("{v} (written by {w})"), vec![*j], vec![*w]),
+                None => ("no state".to_string(), vec![], vec![]),
+            };
+            evs.push(i);
+            actors.push(*from);
+            out.push(Violation::new(
+                Invariant::NoLostUpdate,
+                format!(
+                    "the store accepted {from}'s write of {key} based on {}, but the state was {prev_text}: that update is lost",
+                    expected.as_deref().unwrap_or("no state")
+                ),
+                evs,
+                actors,
+            ));
+            if out.len() >= MAX_PER_CHECK {
+                return out;
+            }
+        }
+        head.insert(key, (version.clone(), *from, i));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invariants::testing::{accepted, c};
+
+    #[test]
+    fn a_chain_passes() {
+        let h = vec![
+            accepted(1, c(1), 1, None, "v1"),
+            accepted(2, c(2), 2, Some("v1"), "v2"),
+            accepted(3, c(1), 3, Some("v2"), "v3"),
+        ];
+        assert!(check(&h).is_empty());
+    }
+
+    #[test]
+    fn an_overwrite_of_an_unseen_version_fails() {
+        let h = vec![
+            accepted(1, c(1), 1, None, "v1"),
+            accepted(2, c(2), 2, Some("v1"), "v2"),
+            // c1 writes on v1 again: c2's v2 is overwritten unseen.
+            accepted(3, c(1), 1, Some("v1"), "v3"),
+        ];
+        let v = check(&h);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].invariant, Invariant::NoLostUpdate);
+        assert_eq!(v[0].events, vec![1, 2]);
+        assert_eq!(v[0].actors, vec![c(2), c(1)]);
+    }
+
+    #[test]
+    fn a_second_first_write_fails() {
+        let h = vec![
+            accepted(1, c(1), 1, None, "v1"),
+            accepted(2, c(2), 2, None, "v2"),
+        ];
+        assert_eq!(check(&h).len(), 1);
+    }
+}

@@ -1,0 +1,274 @@
+//! `statelock-sim`: sweep seed ranges, or replay one seed with its trace.
+//!
+//! ```text
+//! statelock-sim sweep --seeds 0..10000 [--clients 5] [--faults all] [--protocol statelock] [--drift within] [--jobs N]
+//! statelock-sim replay --seed 42 --trace
+//! ```
+
+use clap::{Args, Parser, Subcommand};
+use statelock_sim::config::{DriftMode, ProtocolVariant, SimConfig};
+use statelock_sim::faults::FaultSet;
+use statelock_sim::run::{liveness_bound, run_seed};
+use statelock_sim::sweep::{allowed_violations, sweep, verdict, SweepOptions};
+use std::io::IsTerminal;
+use std::ops::Range;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "statelock-sim",
+    version,
+    about = "Deterministic simulation of statelock clients under faults"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a range of seeds and print a summary. Exits non-zero on any
+    /// violation the configuration does not allow, or on a run that could
+    /// not be judged.
+    Sweep {
+        /// Seeds to run: `A..B`, or `N` for `0..N`.
+        #[arg(long, default_value = "0..1000", value_parser = parse_seeds)]
+        seeds: Range<u64>,
+        /// Worker threads (default: the available cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Exit non-zero if NO violation is found (for the naive protocol,
+        /// or drift beyond ρ).
+        #[arg(long)]
+        expect_violations: bool,
+        #[command(flatten)]
+        scenario: Scenario,
+    },
+    /// Run one seed and print what happened (the full trace with --trace).
+    Replay {
+        /// The seed.
+        #[arg(long)]
+        seed: u64,
+        /// Print every event of the run.
+        #[arg(long)]
+        trace: bool,
+        #[command(flatten)]
+        scenario: Scenario,
+    },
+}
+
+/// The scenario: must be the same to replay a seed of a sweep.
+#[derive(Args)]
+struct Scenario {
+    /// Client hosts.
+    #[arg(long, default_value_t = 5)]
+    clients: usize,
+    /// Lock keys.
+    #[arg(long, default_value_t = 1)]
+    keys: usize,
+    /// Ops per client.
+    #[arg(long, default_value_t = 40)]
+    ops: u32,
+    /// Faults: `all`, `none`, or a comma list (`partition,hold,...`; `all,-pause`
+    /// removes one). Known: partition, oneway, latency, loss, hold,
+    /// client-crash, store-crash, pause, clock-offset, drift, wall-step,
+    /// force-unlock.
+    #[arg(long, default_value = "all")]
+    faults: FaultSet,
+    /// Protocol variant: statelock or naive.
+    #[arg(long, default_value = "statelock")]
+    protocol: ProtocolVariant,
+    /// Clock drift: within ρ, or beyond it (rates from 0.5 to 2).
+    #[arg(long, default_value = "within")]
+    drift: DriftMode,
+    /// The lease, in simulated milliseconds.
+    #[arg(long, default_value_t = 400)]
+    lease_ms: u64,
+    /// ρ, the clock drift bound the protocol assumes, in parts per million
+    /// (must be under 100000).
+    #[arg(long, default_value_t = 50_000)]
+    rho_ppm: u32,
+    /// The protocol's safety margin in milliseconds (default: a twentieth of
+    /// the lease). Safety must hold even with 0: the margin is extra slack.
+    #[arg(long)]
+    margin_ms: Option<u64>,
+    /// Simulated milliseconds per simulation step.
+    #[arg(long, default_value_t = 1)]
+    tick_ms: u64,
+}
+
+impl Scenario {
+    fn config(&self) -> SimConfig {
+        SimConfig {
+            protocol: self.protocol,
+            clients: self.clients.max(1),
+            keys: self.keys.max(1),
+            ops_per_client: self.ops,
+            faults: self.faults,
+            drift: self.drift,
+            ..SimConfig::default()
+        }
+        .with_lease(Duration::from_millis(self.lease_ms.max(30)))
+        .with_rho_ppm(self.rho_ppm)
+        .with_tick(Duration::from_millis(self.tick_ms.max(1)))
+        .with_margin(self.margin_ms.map(Duration::from_millis))
+    }
+}
+
+fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
+    let bad = |e: std::num::ParseIntError| format!("bad seed range {s:?}: {e}");
+    match s.split_once("..") {
+        Some((a, b)) => {
+            let a: u64 = a.trim().parse().map_err(bad)?;
+            let b: u64 = b.trim().parse().map_err(bad)?;
+            if b < a {
+                return Err(format!("empty seed range {s:?}"));
+            }
+            Ok(a..b)
+        }
+        None => Ok(0..s.trim().parse().map_err(bad)?),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sweep {
+            seeds,
+            jobs,
+            expect_violations,
+            scenario,
+        } => {
+            let jobs = jobs
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                })
+                .max(1);
+            let opts = SweepOptions {
+                cfg: scenario.config(),
+                seeds,
+                jobs,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let summary = sweep(&opts);
+            println!("{summary}");
+            let scenario_flags = scenario_flags(&opts.cfg);
+            for (inv, (seed, report)) in &summary.first {
+                println!();
+                println!("first {inv} violation: seed {seed}");
+                println!("  {}", report.violation.message);
+                println!("{}", report.excerpt);
+                println!("  replay: statelock-sim replay --seed {seed}{scenario_flags} --trace");
+            }
+            for (seed, why) in summary.failures.iter().take(5) {
+                println!();
+                println!("seed {seed} could not be judged: {why}");
+                println!("  replay: statelock-sim replay --seed {seed}{scenario_flags} --trace");
+            }
+            match verdict(&summary, expect_violations) {
+                Ok(why) => {
+                    println!("PASS: {why}");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    println!("FAIL: {why}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Replay {
+            seed,
+            trace,
+            scenario,
+        } => {
+            let cfg = scenario.config();
+            let report = run_seed(&cfg, seed, true);
+            println!("seed {seed}: {}", cfg.describe());
+            println!(
+                "liveness bound (EventualAcquire): {:?}",
+                liveness_bound(&cfg)
+            );
+            if trace {
+                for (i, e) in report.events.iter().flatten().enumerate() {
+                    println!("#{i:<6} {e}");
+                }
+            }
+            let s = &report.stats;
+            println!(
+                "ops {} acquired {} takeovers {} writes accepted {} rejected {} unknown {} pauses {} crashes {} network faults {} simulated {:.3}s",
+                s.ops,
+                s.grants,
+                s.takeovers,
+                s.writes_accepted,
+                s.writes_rejected,
+                s.writes_unknown,
+                s.pauses,
+                s.crashes,
+                s.network_faults,
+                s.sim_time.as_secs_f64()
+            );
+            let allowed = allowed_violations(&cfg);
+            let mut ok = true;
+            if let Some(f) = &report.failure {
+                println!("NOT JUDGED: {f}");
+                ok = false;
+            }
+            for v in &report.violations {
+                println!();
+                println!(
+                    "VIOLATION {}: {}",
+                    v.violation.invariant, v.violation.message
+                );
+                println!("{}", v.excerpt);
+                ok &= allowed.contains(&v.violation.invariant);
+            }
+            if report.violations.is_empty() && report.failure.is_none() {
+                println!("no violation");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn scenario_flags(cfg: &SimConfig) -> String {
+    let d = SimConfig::default();
+    let mut s = String::new();
+    if cfg.protocol != d.protocol {
+        s += &format!(" --protocol {}", cfg.protocol);
+    }
+    if cfg.clients != d.clients {
+        s += &format!(" --clients {}", cfg.clients);
+    }
+    if cfg.keys != d.keys {
+        s += &format!(" --keys {}", cfg.keys);
+    }
+    if cfg.ops_per_client != d.ops_per_client {
+        s += &format!(" --ops {}", cfg.ops_per_client);
+    }
+    if cfg.faults != d.faults {
+        s += &format!(" --faults {}", cfg.faults);
+    }
+    if cfg.drift != d.drift {
+        s += &format!(" --drift {}", cfg.drift);
+    }
+    if cfg.timing.lease != d.timing.lease {
+        s += &format!(" --lease-ms {}", cfg.timing.lease.as_millis());
+    }
+    if cfg.protocol_config.drift_ppm != d.protocol_config.drift_ppm {
+        s += &format!(" --rho-ppm {}", cfg.protocol_config.drift_ppm);
+    }
+    if cfg.protocol_config.margin != cfg.timing.lease / 20 {
+        s += &format!(" --margin-ms {}", cfg.protocol_config.margin.as_millis());
+    }
+    if cfg.timing.tick != d.timing.tick {
+        s += &format!(" --tick-ms {}", cfg.timing.tick.as_millis());
+    }
+    s
+}

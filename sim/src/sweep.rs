@@ -1,0 +1,299 @@
+//! Sweeps: many seeds across threads (each seed is its own single-threaded,
+//! deterministic simulation), a summary, and the verdict the binary exits with.
+
+use crate::config::{DriftMode, ProtocolVariant, SimConfig};
+use crate::faults::Fault;
+use crate::invariants::Invariant;
+use crate::run::{run_seed, RunReport, Stats, ViolationReport};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What a sweep runs.
+#[derive(Debug, Clone)]
+pub struct SweepOptions {
+    /// The configuration of every run.
+    pub cfg: SimConfig,
+    /// The seeds.
+    pub seeds: Range<u64>,
+    /// Worker threads.
+    pub jobs: usize,
+    /// Show a progress bar (only drawn on a terminal).
+    pub progress: bool,
+}
+
+/// The outcome of a sweep.
+#[derive(Debug, Clone)]
+pub struct SweepSummary {
+    /// The configuration.
+    pub cfg: SimConfig,
+    /// The seeds run.
+    pub seeds: Range<u64>,
+    /// Worker threads used.
+    pub jobs: usize,
+    /// Totals over every run.
+    pub stats: Stats,
+    /// Per invariant: the seeds that violated it, in order.
+    pub violating: BTreeMap<Invariant, Vec<u64>>,
+    /// Per invariant: the report of its lowest violating seed.
+    pub first: BTreeMap<Invariant, (u64, ViolationReport)>,
+    /// Runs that could not be judged (host panic, time limit), with why.
+    pub failures: Vec<(u64, String)>,
+    /// Real time the sweep took.
+    pub wall: Duration,
+}
+
+impl SweepSummary {
+    /// Number of seeds run.
+    pub fn seed_count(&self) -> u64 {
+        self.seeds.end.saturating_sub(self.seeds.start)
+    }
+
+    /// Seeds per second of real time.
+    pub fn seeds_per_second(&self) -> f64 {
+        self.seed_count() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Seeds that violated any invariant.
+    pub fn violating_seeds(&self) -> usize {
+        let mut all: Vec<u64> = self.violating.values().flatten().copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all.len()
+    }
+
+    fn absorb(&mut self, r: RunReport) {
+        self.stats.add(&r.stats);
+        if let Some(f) = r.failure {
+            self.failures.push((r.seed, f));
+        }
+        for v in r.violations {
+            let inv = v.violation.invariant;
+            let seeds = self.violating.entry(inv).or_default();
+            if seeds.last() != Some(&r.seed) {
+                seeds.push(r.seed);
+            }
+            match self.first.get(&inv) {
+                Some((s, _)) if *s <= r.seed => {}
+                _ => {
+                    self.first.insert(inv, (r.seed, v));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        for seeds in self.violating.values_mut() {
+            seeds.sort_unstable();
+            seeds.dedup();
+        }
+        self.failures.sort();
+    }
+}
+
+/// Runs every seed of `opts`.
+pub fn sweep(opts: &SweepOptions) -> SweepSummary {
+    let started = Instant::now();
+    let total = opts.seeds.end.saturating_sub(opts.seeds.start);
+    let bar = if opts.progress {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} seeds ({per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut summary = SweepSummary {
+        cfg: opts.cfg.clone(),
+        seeds: opts.seeds.clone(),
+        jobs: opts.jobs.max(1),
+        stats: Stats::default(),
+        violating: BTreeMap::new(),
+        first: BTreeMap::new(),
+        failures: Vec::new(),
+        wall: Duration::ZERO,
+    };
+    let next = AtomicU64::new(opts.seeds.start);
+    let (tx, rx) = mpsc::channel::<RunReport>();
+    std::thread::scope(|scope| {
+        for w in 0..summary.jobs {
+            let tx = tx.clone();
+            let next = &next;
+            let cfg = &opts.cfg;
+            let end = opts.seeds.end;
+            std::thread::Builder::new()
+                .name(format!("sim-{w}"))
+                .stack_size(32 << 20)
+                .spawn_scoped(scope, move || loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        break;
+                    }
+                    if tx.send(run_seed(cfg, seed, false)).is_err() {
+                        break;
+                    }
+                })
+                .expect("spawn a worker thread");
+        }
+        drop(tx);
+        for report in rx {
+            let bad = !report.violations.is_empty() || report.failure.is_some();
+            summary.absorb(report);
+            bar.inc(1);
+            if bad {
+                bar.set_message(format!(
+                    "{} violating seeds, {} failed",
+                    summary.violating_seeds(),
+                    summary.failures.len()
+                ));
+            }
+        }
+    });
+    bar.finish_and_clear();
+    summary.finish();
+    summary.wall = started.elapsed();
+    summary
+}
+
+/// The invariants a configuration is allowed to violate: none for statelock;
+/// `MutualExclusion` when clocks drift beyond ρ (by design); all for naive,
+/// which guarantees nothing.
+pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
+    match cfg.protocol {
+        ProtocolVariant::Naive => Invariant::ALL.to_vec(),
+        ProtocolVariant::Statelock
+            if cfg.drift == DriftMode::Beyond && cfg.faults.has(Fault::Drift) =>
+        {
+            vec![Invariant::MutualExclusion]
+        }
+        ProtocolVariant::Statelock => Vec::new(),
+    }
+}
+
+/// The sweep's verdict: `Ok(why)` or `Err(why)`. Fails on any run that could
+/// not be judged, on any violation the configuration does not allow, and —
+/// with `expect_violations` — when no violation was found at all.
+pub fn verdict(s: &SweepSummary, expect_violations: bool) -> Result<String, String> {
+    if !s.failures.is_empty() {
+        return Err(format!(
+            "{} runs could not be judged (first: seed {}: {})",
+            s.failures.len(),
+            s.failures[0].0,
+            s.failures[0].1
+        ));
+    }
+    let allowed = allowed_violations(&s.cfg);
+    let forbidden: Vec<String> = s
+        .violating
+        .iter()
+        .filter(|(inv, seeds)| !seeds.is_empty() && !allowed.contains(inv))
+        .map(|(inv, seeds)| format!("{inv} in {} seeds", seeds.len()))
+        .collect();
+    if !forbidden.is_empty() {
+        return Err(format!("violated: {}", forbidden.join(", ")));
+    }
+    let found = s.violating_seeds();
+    if expect_violations && found == 0 {
+        return Err("violations were expected, but none was found".into());
+    }
+    if found > 0 {
+        Ok(format!(
+            "{found} seeds violated only invariants this configuration may violate"
+        ))
+    } else {
+        Ok("no violation".into())
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl fmt::Display for SweepSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.seed_count();
+        let st = &self.stats;
+        writeln!(f, "statelock-sim sweep  {}", self.cfg.describe())?;
+        writeln!(
+            f,
+            "  seeds                {} ({}..{})",
+            thousands(n),
+            self.seeds.start,
+            self.seeds.end
+        )?;
+        writeln!(
+            f,
+            "  simulated ops        {} ({} acquired, {} by takeover, {} abandoned after losing the lease)",
+            thousands(st.ops),
+            thousands(st.grants),
+            thousands(st.takeovers),
+            thousands(st.leases_lost)
+        )?;
+        writeln!(
+            f,
+            "  state writes         {} accepted, {} rejected, {} unknown",
+            thousands(st.writes_accepted),
+            thousands(st.writes_rejected),
+            thousands(st.writes_unknown)
+        )?;
+        writeln!(
+            f,
+            "  faults               {} network, {} crashes, {} pauses, {} force-unlocks",
+            thousands(st.network_faults),
+            thousands(st.crashes),
+            thousands(st.pauses),
+            thousands(st.forced)
+        )?;
+        writeln!(
+            f,
+            "  simulated time       {:.0} s ({:.1} s per seed)",
+            st.sim_time.as_secs_f64(),
+            st.sim_time.as_secs_f64() / n.max(1) as f64
+        )?;
+        let allowed = allowed_violations(&self.cfg);
+        writeln!(f, "  violations           seeds")?;
+        for inv in Invariant::ALL {
+            let seeds = self.violating.get(&inv).map(Vec::as_slice).unwrap_or(&[]);
+            let mut line = format!("    {:<20} {:>6}", inv.name(), seeds.len());
+            if !seeds.is_empty() {
+                let shown: Vec<String> = seeds.iter().take(5).map(u64::to_string).collect();
+                let _ = write!(
+                    line,
+                    "  (seeds {}{})",
+                    shown.join(", "),
+                    if seeds.len() > 5 { ", ..." } else { "" }
+                );
+            }
+            if allowed.contains(&inv) && self.cfg.protocol == ProtocolVariant::Statelock {
+                line.push_str("  [allowed: clocks drift beyond rho]");
+            }
+            writeln!(f, "{line}")?;
+        }
+        writeln!(f, "  runs not judged      {}", self.failures.len())?;
+        write!(
+            f,
+            "  wall time            {:.1} s with {} jobs: {:.1} seeds/s ({:.0} seeds/min)",
+            self.wall.as_secs_f64(),
+            self.jobs,
+            self.seeds_per_second(),
+            self.seeds_per_second() * 60.0
+        )
+    }
+}

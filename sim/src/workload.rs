@@ -1,0 +1,542 @@
+//! The client hosts' software: the workload every client runs, whatever the
+//! protocol variant, and the shared progress the simulator reads.
+//!
+//! Each op: acquire a key (waiting) → check → read the state → work (now and
+//! then long, over several heartbeats, checking as it goes) → check →
+//! write the state with the lock's token, as a compare-and-swap on the version
+//! read (body `c<id>#<op>`) → release. Before each protected action the client
+//! asks its guard whether it still holds the lock and records the answer
+//! (that is its belief, judged by `MutualExclusion`). A client whose lease is
+//! gone stops — unless it was *paused*: a paused process froze between its
+//! check and its action, so it carries on and writes anyway, and fencing
+//! must stop it.
+//!
+//! Process state (op counter, whether a lock is held) lives in [`Shared`],
+//! outside the host, so a restarted client carries on where it was and the
+//! simulator knows which leases died with a crash.
+
+use crate::config::{ProtocolVariant, SimConfig};
+use crate::faults::{client_host, Fault};
+use crate::history::{Actor, Guarded, Recorder, SaveOutcome, What};
+use crate::naive::NaiveSession;
+use crate::remote::{RemoteLockStore, RemoteStateStore, Rpc};
+use crate::rng::{derive, stream, SimRng};
+use rand::Rng;
+use statelock::client::{AcquireOptions, LockClient, LockGuard};
+use statelock::clock::SkewedClock;
+use statelock::protocol::{HolderInfo, LockKey, WallTime};
+use statelock::state::{StateError, StateStore, StateVersion};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Wall-clock time at the start of every run: 2024-01-01T00:00:00Z.
+pub const EPOCH_MS: i64 = 1_704_067_200_000;
+
+/// One client's progress, kept across its restarts.
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    /// The next op number to start.
+    pub next_op: u32,
+    /// How many times the process started.
+    pub incarnations: u32,
+    /// All ops done.
+    pub finished: bool,
+    /// The lock held now, if any: (key, lease id).
+    pub holding: Option<(String, u128)>,
+}
+
+/// State shared by the simulator and every host of one run.
+#[derive(Debug)]
+pub struct Shared {
+    quiet: AtomicBool,
+    progress: Vec<Mutex<Progress>>,
+    dead_owners: Mutex<BTreeSet<(String, u128)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Fresh state for `clients` clients.
+    pub fn new(clients: usize) -> Self {
+        Shared {
+            quiet: AtomicBool::new(false),
+            progress: (0..clients)
+                .map(|_| Mutex::new(Progress::default()))
+                .collect(),
+            dead_owners: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// True once faults have stopped.
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::SeqCst)
+    }
+
+    /// Faults stop.
+    pub fn set_quiet(&self) {
+        self.quiet.store(true, Ordering::SeqCst);
+    }
+
+    /// Client `c`'s progress.
+    pub fn progress(&self, c: usize) -> MutexGuard<'_, Progress> {
+        lock(&self.progress[c])
+    }
+
+    /// Ops started by all clients.
+    pub fn ops_started(&self) -> u64 {
+        self.progress
+            .iter()
+            .map(|p| u64::from(lock(p).next_op))
+            .sum()
+    }
+
+    /// True when every client has done all its ops.
+    pub fn all_finished(&self) -> bool {
+        self.progress.iter().all(|p| lock(p).finished)
+    }
+
+    /// Client `c` crashed: the lease it held (if any) has no living holder.
+    pub fn crashed(&self, c: usize) {
+        if let Some(held) = self.progress(c).holding.take() {
+            lock(&self.dead_owners).insert(held);
+        }
+    }
+
+    /// Client `c` restarted.
+    pub fn restarted(&self, c: usize) {
+        self.progress(c).holding = None;
+    }
+
+    /// True if `owner`'s holder of `key` crashed.
+    pub fn is_dead_owner(&self, key: &str, owner: u128) -> bool {
+        lock(&self.dead_owners).contains(&(key.to_string(), owner))
+    }
+}
+
+/// What a client host needs.
+#[derive(Debug)]
+pub struct ClientCtx {
+    /// Client index.
+    pub id: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// The run's configuration.
+    pub cfg: Arc<SimConfig>,
+    /// The trace.
+    pub rec: Recorder,
+    /// Shared progress.
+    pub shared: Arc<Shared>,
+}
+
+impl ClientCtx {
+    fn me(&self) -> Actor {
+        Actor::Client(self.id as u16)
+    }
+
+    fn record(&self, what: What) {
+        self.rec.record(self.me(), what);
+    }
+}
+
+/// A lock protocol as the workload uses it.
+pub(crate) trait Session {
+    type Guard;
+    /// Acquires `key`, waiting.
+    async fn acquire(&self, key: &str) -> Result<Self::Guard, String>;
+    /// The grant's token.
+    fn token(&self, g: &Self::Guard) -> u64;
+    /// The grant's lease id.
+    fn owner(&self, g: &Self::Guard) -> u128;
+    /// Whether the client may act as the holder now.
+    fn is_valid(&self, g: &Self::Guard) -> bool;
+    /// The process freezes: no more heartbeats.
+    fn freeze(&self, g: &Self::Guard);
+    /// Reads the state's version.
+    async fn load(&self, key: &str) -> Result<Option<String>, String>;
+    /// Writes the state.
+    async fn save(
+        &self,
+        key: &str,
+        g: &Self::Guard,
+        expected: Option<String>,
+        body: Vec<u8>,
+    ) -> SaveOutcome;
+    /// Releases the lock.
+    async fn release(&self, g: Self::Guard) -> Result<(), String>;
+}
+
+struct StatelockSession {
+    client: LockClient,
+    state: RemoteStateStore,
+    opts: AcquireOptions,
+}
+
+fn lock_key(key: &str) -> Result<LockKey, String> {
+    LockKey::new(key).map_err(|e| e.to_string())
+}
+
+impl Session for StatelockSession {
+    type Guard = LockGuard;
+
+    async fn acquire(&self, key: &str) -> Result<LockGuard, String> {
+        self.client
+            .acquire(&lock_key(key)?, self.opts.clone())
+            .await
+            .map_err(|e| e.to_string())
+    }
+    fn token(&self, g: &LockGuard) -> u64 {
+        g.token().0
+    }
+    fn owner(&self, g: &LockGuard) -> u128 {
+        g.lease_id().0.as_u128()
+    }
+    fn is_valid(&self, g: &LockGuard) -> bool {
+        g.is_valid()
+    }
+    fn freeze(&self, g: &LockGuard) {
+        g.freeze_heartbeats();
+    }
+    async fn load(&self, key: &str) -> Result<Option<String>, String> {
+        match self.state.load(&lock_key(key)?).await {
+            Ok(snapshot) => Ok(snapshot.map(|s| s.version.0)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    async fn save(
+        &self,
+        key: &str,
+        g: &LockGuard,
+        expected: Option<String>,
+        body: Vec<u8>,
+    ) -> SaveOutcome {
+        let key = match lock_key(key) {
+            Ok(k) => k,
+            Err(e) => return SaveOutcome::Rejected(e),
+        };
+        let expected = expected.map(StateVersion);
+        match self
+            .state
+            .save(&key, g.token(), expected.as_ref(), &body)
+            .await
+        {
+            Ok(v) => SaveOutcome::Accepted(v.0),
+            Err(StateError::Unavailable(e)) => SaveOutcome::Unknown(e),
+            Err(e) => SaveOutcome::Rejected(e.to_string()),
+        }
+    }
+    async fn release(&self, g: LockGuard) -> Result<(), String> {
+        g.release().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Picks a clock rate in `[lo, hi]`, often at an end of the range (the
+/// protocol's worst cases live there).
+pub fn pick_rate(rng: &mut SimRng, (lo, hi): (f64, f64)) -> f64 {
+    if lo >= hi {
+        return lo;
+    }
+    match rng.random_range(0..4) {
+        0 => lo,
+        1 => hi,
+        _ => rng.random_range(lo..=hi),
+    }
+}
+
+/// Parts per million above (or below) real time.
+pub fn rate_ppm(rate: f64) -> i64 {
+    ((rate - 1.0) * 1e6).round() as i64
+}
+
+/// Builds this process's clock; must run inside the host (it reads the
+/// host's virtual time). Returns the clock, its rate and its wall skew (ms).
+fn make_clock(cfg: &SimConfig, rng: &mut SimRng) -> (SkewedClock, f64, i64) {
+    let rate = pick_rate(rng, cfg.rate_range());
+    let offsets = cfg.faults.has(Fault::ClockOffset);
+    let lease_ms = cfg.timing.lease.as_millis() as i64;
+    let mono_offset_ms: u64 = if offsets {
+        rng.random_range(0..1_000_000_000)
+    } else {
+        0
+    };
+    let wall_skew_ms: i64 = if offsets {
+        rng.random_range(-2 * lease_ms..=2 * lease_ms)
+    } else {
+        0
+    };
+    let now_ms = crate::history::now().as_millis() as i64;
+    let wall_epoch = WallTime(EPOCH_MS + now_ms + wall_skew_ms - mono_offset_ms as i64);
+    let clock = SkewedClock::new(Duration::from_millis(mono_offset_ms), rate, wall_epoch);
+    (clock, rate, wall_skew_ms)
+}
+
+/// Drifts and steps this process's clock until faults stop.
+async fn clock_faults(clock: SkewedClock, ctx: Arc<ClientCtx>, mut rng: SimRng) {
+    let drift = ctx.cfg.faults.has(Fault::Drift);
+    let steps = ctx.cfg.faults.has(Fault::WallStep);
+    if !drift && !steps {
+        return;
+    }
+    let lease_ms = ctx.cfg.timing.lease.as_millis() as i64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..=1000))).await;
+        if ctx.shared.is_quiet() {
+            return;
+        }
+        if drift && rng.random_bool(0.5) {
+            let rate = pick_rate(&mut rng, ctx.cfg.rate_range());
+            clock.set_rate(rate);
+            ctx.record(What::ClockRate {
+                rate_ppm: rate_ppm(rate),
+            });
+        }
+        if steps && rng.random_bool(0.3) {
+            let delta_ms = rng.random_range(-3 * lease_ms..=3 * lease_ms);
+            clock.step_wall(delta_ms);
+            ctx.record(What::WallStep { delta_ms });
+        }
+    }
+}
+
+/// The software of client host `ctx.id`; restarted after a crash.
+pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
+    let incarnation = {
+        let mut p = ctx.shared.progress(ctx.id);
+        p.incarnations += 1;
+        p.holding = None;
+        p.incarnations
+    };
+    let id = ctx.id as u64;
+    let sub = u64::from(incarnation);
+    let mut rng = stream(ctx.seed, "client", id, sub);
+    let (clock, rate, wall_skew_ms) = make_clock(&ctx.cfg, &mut rng);
+    ctx.record(What::ClientStarted {
+        incarnation,
+        rate_ppm: rate_ppm(rate),
+        wall_skew_ms,
+    });
+    tokio::task::spawn_local(clock_faults(
+        clock.clone(),
+        ctx.clone(),
+        stream(ctx.seed, "clock", id, sub),
+    ));
+    let rpc = Rpc::new(
+        client_host(ctx.id),
+        ctx.me(),
+        ctx.cfg.timing.request_timeout,
+        ctx.rec.clone(),
+    );
+    match ctx.cfg.protocol {
+        ProtocolVariant::Statelock => {
+            let client = LockClient::builder(Arc::new(RemoteLockStore::new(rpc.clone())))
+                .clock(clock)
+                .seed(derive(ctx.seed, "lock-client", id, sub))
+                .protocol(ctx.cfg.protocol_config)
+                .build();
+            let session = StatelockSession {
+                client,
+                state: RemoteStateStore::new(rpc),
+                opts: AcquireOptions {
+                    lease: ctx.cfg.timing.lease,
+                    wait: Some(ctx.cfg.timing.acquire_wait),
+                    backoff: ctx.cfg.timing.backoff,
+                    cancel: None,
+                    holder: HolderInfo::named(client_host(ctx.id)),
+                    on_wait: None,
+                },
+            };
+            run_ops(&ctx, &session, &mut rng).await;
+        }
+        ProtocolVariant::Naive => {
+            let session = NaiveSession::new(
+                rpc,
+                clock,
+                &ctx.cfg,
+                derive(ctx.seed, "naive-client", id, sub),
+            );
+            run_ops(&ctx, &session, &mut rng).await;
+        }
+    }
+    Ok(())
+}
+
+async fn run_ops<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng) {
+    let keys = ctx.cfg.key_names();
+    loop {
+        let op = {
+            let mut p = ctx.shared.progress(ctx.id);
+            if p.next_op >= ctx.cfg.ops_per_client {
+                p.finished = true;
+                None
+            } else {
+                p.next_op += 1;
+                Some(p.next_op - 1)
+            }
+        };
+        let Some(op) = op else { break };
+        let key = &keys[rng.random_range(0..keys.len())];
+        one_op(ctx, s, rng, key, op).await;
+        let think = rng.random_range(0..=ctx.cfg.timing.think_max.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(think)).await;
+    }
+    ctx.record(What::Finished);
+}
+
+fn pauses_allowed(ctx: &ClientCtx) -> bool {
+    ctx.cfg.faults.has(Fault::Pause) && !ctx.shared.is_quiet()
+}
+
+async fn pause<S: Session>(ctx: &ClientCtx, s: &S, g: &S::Guard, rng: &mut SimRng, key: &str) {
+    let lease_ms = ctx.cfg.timing.lease.as_millis() as u64;
+    let ms = rng.random_range(lease_ms * 6 / 5..=lease_ms * 5 / 2);
+    let token = s.token(g);
+    s.freeze(g);
+    ctx.record(What::PauseStart {
+        key: key.to_string(),
+        token,
+        ms,
+    });
+    // A paused process sees no time pass: sleep on the real (simulated) clock.
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ctx.record(What::PauseEnd {
+        key: key.to_string(),
+        token,
+    });
+}
+
+async fn give_back<S: Session>(ctx: &ClientCtx, s: &S, g: S::Guard, key: &str, token: u64) {
+    let result = match s.release(g).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e,
+    };
+    ctx.record(What::Released {
+        key: key.to_string(),
+        token,
+        result,
+    });
+    ctx.shared.progress(ctx.id).holding = None;
+}
+
+async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str, op: u32) {
+    ctx.record(What::AcquireStart {
+        key: key.to_string(),
+        op,
+    });
+    let guard = match s.acquire(key).await {
+        Ok(g) => g,
+        Err(error) => {
+            ctx.record(What::AcquireFailed {
+                key: key.to_string(),
+                op,
+                error,
+            });
+            return;
+        }
+    };
+    let token = s.token(&guard);
+    let owner = s.owner(&guard);
+    ctx.record(What::Acquired {
+        key: key.to_string(),
+        op,
+        token,
+        owner,
+    });
+    ctx.shared.progress(ctx.id).holding = Some((key.to_string(), owner));
+
+    let mut paused = false;
+    if pauses_allowed(ctx) && rng.random_bool(ctx.cfg.pause_after_acquire) {
+        pause(ctx, s, &guard, rng, key).await;
+        paused = true;
+    }
+    let valid = s.is_valid(&guard);
+    ctx.record(What::Check {
+        key: key.to_string(),
+        token,
+        valid,
+        before: Guarded::Load,
+    });
+    if !valid && !paused {
+        ctx.record(What::Abandoned {
+            key: key.to_string(),
+            token,
+            reason: "lease lost before reading".into(),
+        });
+        return give_back(ctx, s, guard, key, token).await;
+    }
+    let expected = match s.load(key).await {
+        Ok(v) => v,
+        Err(error) => {
+            ctx.record(What::LoadFailed {
+                key: key.to_string(),
+                error,
+            });
+            return give_back(ctx, s, guard, key, token).await;
+        }
+    };
+    ctx.record(What::Loaded {
+        key: key.to_string(),
+        version: expected.clone(),
+    });
+    // Work: usually short; sometimes long enough that the lease must be
+    // renewed, checking the guard all along (as a careful holder does).
+    let lease_ms = ctx.cfg.timing.lease.as_millis() as u64;
+    let long = rng.random_bool(ctx.cfg.long_work);
+    let mut left = if long {
+        rng.random_range(lease_ms / 5..=lease_ms * 6 / 5)
+    } else {
+        rng.random_range(0..=ctx.cfg.timing.work_max.as_millis() as u64)
+    };
+    while left > 0 {
+        let step = if long { left.min(rng.random_range(5..=50)) } else { left };
+        tokio::time::sleep(Duration::from_millis(step)).await;
+        left -= step;
+        if long && left > 0 {
+            let valid = s.is_valid(&guard);
+            ctx.record(What::Check {
+                key: key.to_string(),
+                token,
+                valid,
+                before: Guarded::Work,
+            });
+            if !valid && !paused {
+                ctx.record(What::Abandoned {
+                    key: key.to_string(),
+                    token,
+                    reason: "lease lost while working".into(),
+                });
+                return give_back(ctx, s, guard, key, token).await;
+            }
+        }
+    }
+
+    let valid = s.is_valid(&guard);
+    ctx.record(What::Check {
+        key: key.to_string(),
+        token,
+        valid,
+        before: Guarded::Save,
+    });
+    if !valid && !paused {
+        ctx.record(What::Abandoned {
+            key: key.to_string(),
+            token,
+            reason: "lease lost before writing".into(),
+        });
+        return give_back(ctx, s, guard, key, token).await;
+    }
+    if pauses_allowed(ctx) && rng.random_bool(ctx.cfg.pause_before_write) {
+        pause(ctx, s, &guard, rng, key).await;
+    }
+    let body = format!("c{}#{op}", ctx.id).into_bytes();
+    let outcome = s.save(key, &guard, expected.clone(), body).await;
+    ctx.record(What::Saved {
+        key: key.to_string(),
+        token,
+        expected,
+        outcome,
+    });
+    give_back(ctx, s, guard, key, token).await;
+}

@@ -1,0 +1,1293 @@
+//! The DynamoDB lock store (feature `dynamodb`): one item per key in a table
+//! whose hash key is `lockKey` (S), each [`LockOp`] performed as exactly one
+//! conditional `UpdateItem`.
+//!
+//! This module converts between lock records and items and between SDK errors
+//! and [`StoreError`]s. It must not make protocol decisions: the conditions it
+//! sends are those of [`LockOp::condition_holds`], and the record it returns is
+//! the one DynamoDB wrote (`ReturnValues=ALL_NEW`), equal to [`LockOp::apply`]
+//! of the previous record. A failed condition returns the current item from the
+//! same response (`ReturnValuesOnConditionCheckFailure=ALL_OLD`): no extra read.
+//! (Only when an answer carries no item — on DynamoDB that means there is no
+//! record; emulators before DynamoDB Local 2.2 never send one — is the record
+//! read back with a consistent `GetItem`.)
+//!
+//! # Item schema
+//! | attribute | type | meaning |
+//! | --- | --- | --- |
+//! | `lockKey` | S | the lock key (hash key) |
+//! | `lockId` | S | the lease id (UUID) that holds or last held the lock |
+//! | `lockedBy` | S | who holds it (`HolderInfo::locked_by`) |
+//! | `metadata` | M of S | `operation`, `host`, `pid` and the holder's other metadata |
+//! | `token` | N | the fencing token of the current (or last) grant |
+//! | `rvn` | S | the record version, 32 hex digits, new on every write |
+//! | `leaseMs` | N | the lease the holder promised to renew within |
+//! | `released` | BOOL | true when nobody holds the lock |
+//! | `lockedAt` / `lockedAtMs` | N | grant time (writer's wall clock), unix s / ms |
+//! | `lastHeartbeat` / `lastHeartbeatMs` | N | time of the last write, unix s / ms |
+//! | `expiresAt` | N | released records only: unix s after which DynamoDB TTL may delete the item (see below) |
+//! | `forcedBy` | S | who forced the last release, when it was forced |
+//!
+//! Wall-clock attributes are informational: no condition ever compares them.
+//!
+//! `expiresAt` exists only on *released* records: `released at +`
+//! [`GC_RETENTION`] (90 days). [`DynamoDbStore::create_table`] enables DynamoDB
+//! TTL on it, so records released and untouched for that long are garbage
+//! collected. A grant removes it, so TTL can never delete a record that
+//! someone holds, whatever anyone's wall clock says (a held record deleted by
+//! TTL could be granted twice). It is deliberately *not* `lastHeartbeat +
+//! lease` as in the original design: TTL would then delete crashed holders'
+//! and released records within a day or two. A key acquired again after its
+//! record was collected starts over at token 1, like after an admin purge
+//! (PROTOCOL.md): fenced state stores then refuse its writers as stale until
+//! the token is re-based.
+//!
+//! Metadata keys `operation`, `host` and `pid` hold the holder's fields of
+//! those names; holder metadata whose key collides with them (or starts with
+//! `meta:`) is stored as `meta:<key>`, so every record round-trips exactly.
+//!
+//! Items that lack an attribute or carry a mistyped one are reported as
+//! [`StoreError::Corrupt`] and never overwritten: every condition also
+//! requires the stored item to be well-formed.
+//!
+//! # IAM permissions
+//! `dynamodb:GetItem`, `dynamodb:UpdateItem`, `dynamodb:Scan` on the table;
+//! [`DynamoDbStore::create_table`] also needs `dynamodb:CreateTable`,
+//! `dynamodb:DescribeTable`, `dynamodb:DescribeTimeToLive` and
+//! `dynamodb:UpdateTimeToLive`.
+
+use super::url::{LockFormat, StoreUrl};
+use super::{LockStore, StoreError};
+use crate::protocol::{
+    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
+};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus,
+};
+use aws_sdk_dynamodb::Client;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long after its release a record may be deleted by DynamoDB TTL
+/// (`expiresAt = released at + GC_RETENTION`, on released records only): 90 days.
+pub const GC_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Connect timeout of [`DynamoDbStore::connect`]'s client.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Per-attempt timeout of [`DynamoDbStore::connect`]'s client.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Whole-operation timeout (all attempts) of [`DynamoDbStore::connect`]'s client.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// An item as the SDK represents it.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// Attribute names of a statelock lock item.
+pub(crate) mod attr {
+    pub const KEY: &str = "lockKey";
+    pub const OWNER: &str = "lockId";
+    pub const LOCKED_BY: &str = "lockedBy";
+    pub const METADATA: &str = "metadata";
+    pub const TOKEN: &str = "token";
+    pub const RVN: &str = "rvn";
+    pub const LEASE_MS: &str = "leaseMs";
+    pub const RELEASED: &str = "released";
+    pub const LOCKED_AT: &str = "lockedAt";
+    pub const LOCKED_AT_MS: &str = "lockedAtMs";
+    pub const HEARTBEAT: &str = "lastHeartbeat";
+    pub const HEARTBEAT_MS: &str = "lastHeartbeatMs";
+    pub const EXPIRES_AT: &str = "expiresAt";
+    pub const FORCED_BY: &str = "forcedBy";
+}
+
+/// Metadata keys holding `HolderInfo`'s typed fields.
+const META_OPERATION: &str = "operation";
+const META_HOST: &str = "host";
+const META_PID: &str = "pid";
+/// Prefix of holder metadata whose key would collide with the typed fields.
+const META_ESCAPE: &str = "meta:";
+
+/// What [`DynamoDbStore::create_table`] (and its siblings) found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableSetup {
+    /// The table was created (and is now active).
+    Created,
+    /// A table with the right key schema already existed; nothing was changed
+    /// except enabling TTL where it was off.
+    AlreadyExisted,
+}
+
+/// A lock store over a DynamoDB table (hash key `lockKey`, type S).
+///
+/// Cheap to clone (the SDK client is reference-counted). See the module
+/// documentation for the item schema and the IAM permissions it needs.
+#[derive(Clone)]
+pub struct DynamoDbStore {
+    client: Client,
+    table: String,
+    ctx: ErrorContext,
+}
+
+impl std::fmt::Debug for DynamoDbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoDbStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoDbStore {
+    /// A store over `table`, using an SDK client configured by the caller
+    /// (region, credentials, endpoint, timeouts and retries are theirs).
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        let table = table.into();
+        DynamoDbStore {
+            ctx: ErrorContext::new(&table, LockFormat::Statelock, KEY_SCHEMA_HINT),
+            client,
+            table,
+        }
+    }
+
+    /// A store over `table` with a client built from the default AWS
+    /// configuration chain (environment, profile, SSO, IMDS, ...), optionally
+    /// overriding the region and the endpoint (e.g. DynamoDB Local). The client
+    /// fails fast on a dead endpoint ([`CONNECT_TIMEOUT`], [`ATTEMPT_TIMEOUT`],
+    /// [`OPERATION_TIMEOUT`]) and retries once by itself; further retries are
+    /// the lock client's. Nothing is sent until the first operation.
+    pub async fn connect(
+        table: &str,
+        region: Option<&str>,
+        endpoint: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let client = load_client(region, endpoint).await?;
+        let mut store = DynamoDbStore::new(client, table);
+        store.ctx.region = region.map(str::to_string);
+        store.ctx.endpoint = endpoint.map(str::to_string);
+        Ok(store)
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The SDK client (shared with the DynamoDB state store).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the lock table if it does not exist: on-demand billing, hash
+    /// key `lockKey` (S), TTL on `expiresAt`; waits until it is active.
+    /// Idempotent: an existing table with this key schema is accepted (TTL is
+    /// enabled if it was off); a table with another key schema is a
+    /// [`StoreError::Misconfigured`] error.
+    pub async fn create_table(&self) -> Result<TableSetup, StoreError> {
+        ensure_table(
+            &self.client,
+            &self.table,
+            attr::KEY,
+            Some(attr::EXPIRES_AT),
+            &self.ctx,
+        )
+        .await
+    }
+
+    async fn update(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+        let mut e = Expr::default();
+        let (update, condition) = build_update(&mut e, op);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::KEY, s(op.key.as_str()))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_values(Some(e.values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => match out.attributes() {
+                Some(item) => record_from_item(item),
+                None => Err(StoreError::Unavailable(format!(
+                    "DynamoDB returned no attributes for the {} of {:?}",
+                    op.kind.name(),
+                    op.key.as_str()
+                ))),
+            },
+            Err(err) => match split_sdk_error(err, &self.ctx) {
+                Failure::Service(UpdateItemError::ConditionalCheckFailedException(ccf), _) => {
+                    // A resend whose first attempt landed (e.g. an SDK retry
+                    // after a timeout) conflicts with its own write; the
+                    // client recognises it by its record version.
+                    let current = match ccf.item() {
+                        Some(item) => Some(record_from_item(item)?),
+                        // DynamoDB returns the old item whenever one exists;
+                        // older emulators never do. Read it (on DynamoDB: the
+                        // item is absent, so only rare ops pay this read).
+                        None => self.get(&op.key).await?,
+                    };
+                    Err(StoreError::conflict(current))
+                }
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.ctx)),
+                Failure::Store(e) => Err(e),
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl LockStore for DynamoDbStore {
+    async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+        self.update(op).await
+    }
+
+    async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::KEY, s(key.as_str()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, &self.ctx))?;
+        out.item().map(record_from_item).transpose()
+    }
+
+    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+        let items = scan_all(&self.client, &self.table, &self.ctx).await?;
+        let mut records = items
+            .iter()
+            .map(record_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(records)
+    }
+
+    fn describe(&self) -> String {
+        self.ctx.url()
+    }
+}
+
+/// Opens the DynamoDB store named by `url` (either format). Used by
+/// [`super::open_lock_store`].
+pub(crate) async fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn LockStore>, StoreError> {
+    match url {
+        StoreUrl::DynamoDb {
+            table,
+            region,
+            endpoint,
+            format: LockFormat::Statelock,
+        } => Ok(std::sync::Arc::new(
+            DynamoDbStore::connect(table, region.as_deref(), endpoint.as_deref()).await?,
+        )),
+        StoreUrl::DynamoDb {
+            table,
+            region,
+            endpoint,
+            format: LockFormat::Terraform,
+        } => Ok(std::sync::Arc::new(
+            super::terraform::TerraformDynamoStore::connect(
+                table,
+                region.as_deref(),
+                endpoint.as_deref(),
+            )
+            .await?,
+        )),
+        other => Err(StoreError::Misconfigured(format!(
+            "{other:?} is not a DynamoDB store URL"
+        ))),
+    }
+}
+
+/// Creates the lock table named by a `dynamodb://` URL with the key schema of
+/// its format (`lockKey` for statelock's own records with TTL on `expiresAt`;
+/// `LockID` for `format=terraform`, as Terraform's S3 backend expects).
+/// Idempotent; see [`DynamoDbStore::create_table`].
+pub async fn create_table_for_url(url: &StoreUrl) -> Result<TableSetup, StoreError> {
+    match url {
+        StoreUrl::DynamoDb {
+            table,
+            region,
+            endpoint,
+            format: LockFormat::Statelock,
+        } => {
+            DynamoDbStore::connect(table, region.as_deref(), endpoint.as_deref())
+                .await?
+                .create_table()
+                .await
+        }
+        StoreUrl::DynamoDb {
+            table,
+            region,
+            endpoint,
+            format: LockFormat::Terraform,
+        } => {
+            super::terraform::TerraformDynamoStore::connect(
+                table,
+                region.as_deref(),
+                endpoint.as_deref(),
+            )
+            .await?
+            .create_table()
+            .await
+        }
+        other => Err(StoreError::Misconfigured(format!(
+            "only dynamodb:// stores have a table to create, not {other:?}"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Requests
+
+/// Expression attribute names and values, registered as they are used (DynamoDB
+/// rejects unused ones).
+#[derive(Default)]
+pub(crate) struct Expr {
+    pub(crate) names: HashMap<String, String>,
+    pub(crate) values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    /// `#attr`, registered.
+    pub(crate) fn n(&mut self, attr: &str) -> String {
+        let placeholder = format!("#{attr}");
+        self.names.insert(placeholder.clone(), attr.to_string());
+        placeholder
+    }
+
+    /// `:tag` bound to `value`.
+    pub(crate) fn v(&mut self, tag: &str, value: AttributeValue) -> String {
+        let placeholder = format!(":{tag}");
+        self.values.insert(placeholder.clone(), value);
+        placeholder
+    }
+}
+
+/// The item's structure is that of a lock record (every attribute present
+/// with its type, a non-negative token, a 32-character rvn and a 36-character
+/// lease id), so no write ever lands on a damaged item.
+fn well_formed(e: &mut Expr) -> String {
+    let typed = [
+        (attr::OWNER, "S"),
+        (attr::TOKEN, "N"),
+        (attr::RVN, "S"),
+        (attr::LEASE_MS, "N"),
+        (attr::RELEASED, "BOOL"),
+        (attr::LOCKED_BY, "S"),
+        (attr::METADATA, "M"),
+        (attr::LOCKED_AT_MS, "N"),
+        (attr::HEARTBEAT_MS, "N"),
+    ];
+    let mut parts: Vec<String> = typed
+        .iter()
+        .map(|(a, t)| {
+            let name = e.n(a);
+            let ty = e.v(&format!("type{t}"), s(*t));
+            format!("attribute_type({name}, {ty})")
+        })
+        .collect();
+    let (token, zero) = (e.n(attr::TOKEN), e.v("zero", n(0)));
+    parts.push(format!("{token} >= {zero}"));
+    let (rvn, len) = (e.n(attr::RVN), e.v("rvnLen", n(32)));
+    parts.push(format!("size({rvn}) = {len}"));
+    let (owner, len) = (e.n(attr::OWNER), e.v("uuidLen", n(36)));
+    parts.push(format!("size({owner}) = {len}"));
+    parts.join(" AND ")
+}
+
+/// `SET` clauses installing the new version and recording the write time.
+fn touch(e: &mut Expr, op: &LockOp) -> Vec<String> {
+    vec![
+        format!(
+            "{} = {}",
+            e.n(attr::RVN),
+            e.v("newRvn", s(op.new_rvn.to_string()))
+        ),
+        format!(
+            "{} = {}",
+            e.n(attr::HEARTBEAT),
+            e.v("atS", n(op.at.as_secs()))
+        ),
+        format!(
+            "{} = {}",
+            e.n(attr::HEARTBEAT_MS),
+            e.v("atMs", n(op.at.as_millis()))
+        ),
+    ]
+}
+
+/// The `SET` clause of the garbage-collection time of a released record.
+fn collect_after(e: &mut Expr, op: &LockOp) -> String {
+    let retention = i64::try_from(GC_RETENTION.as_secs()).unwrap_or(i64::MAX);
+    let gc = op.at.as_secs().saturating_add(retention);
+    format!("{} = {}", e.n(attr::EXPIRES_AT), e.v("gc", n(gc)))
+}
+
+/// The update and condition expressions of `op` (PROTOCOL.md, "Operations").
+fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
+    let mut set = touch(e, op);
+    let mut remove = Vec::new();
+    let condition = match &op.kind {
+        OpKind::Acquire {
+            owner,
+            lease_ms,
+            holder,
+        }
+        | OpKind::Takeover {
+            owner,
+            lease_ms,
+            holder,
+            ..
+        } => {
+            let token = e.n(attr::TOKEN);
+            let (zero, one) = (e.v("zero", n(0)), e.v("one", n(1)));
+            set.extend([
+                format!(
+                    "{} = {}",
+                    e.n(attr::OWNER),
+                    e.v("owner", s(owner.to_string()))
+                ),
+                format!("{token} = if_not_exists({token}, {zero}) + {one}"),
+                format!("{} = {}", e.n(attr::LEASE_MS), e.v("leaseMs", n(*lease_ms))),
+                format!(
+                    "{} = {}",
+                    e.n(attr::RELEASED),
+                    e.v("no", AttributeValue::Bool(false))
+                ),
+                format!(
+                    "{} = {}",
+                    e.n(attr::LOCKED_BY),
+                    e.v("lockedBy", s(&holder.locked_by))
+                ),
+                format!(
+                    "{} = {}",
+                    e.n(attr::METADATA),
+                    e.v("metadata", metadata_to_attr(holder))
+                ),
+                format!(
+                    "{} = {}",
+                    e.n(attr::LOCKED_AT),
+                    e.v("atS", n(op.at.as_secs()))
+                ),
+                format!(
+                    "{} = {}",
+                    e.n(attr::LOCKED_AT_MS),
+                    e.v("atMs", n(op.at.as_millis()))
+                ),
+            ]);
+            remove.push(e.n(attr::FORCED_BY));
+            // A held record never carries a TTL deadline.
+            remove.push(e.n(attr::EXPIRES_AT));
+            // A grant must not push the token past u64::MAX (TokensExhausted).
+            let max = e.v("maxToken", n(u64::MAX));
+            let wf = well_formed(e);
+            match &op.kind {
+                OpKind::Takeover { observed, .. } => {
+                    let rvn = e.n(attr::RVN);
+                    let observed = e.v("observed", s(observed.to_string()));
+                    format!("{rvn} = {observed} AND {token} < {max} AND {wf}")
+                }
+                _ => {
+                    let key = e.n(attr::KEY);
+                    let released = e.n(attr::RELEASED);
+                    let yes = e.v("yes", AttributeValue::Bool(true));
+                    format!(
+                        "attribute_not_exists({key}) OR ({released} = {yes} AND {token} < {max} AND {wf})"
+                    )
+                }
+            }
+        }
+        OpKind::Heartbeat { owner, current } | OpKind::Release { owner, current } => {
+            if matches!(op.kind, OpKind::Release { .. }) {
+                set.push(format!(
+                    "{} = {}",
+                    e.n(attr::RELEASED),
+                    e.v("yes", AttributeValue::Bool(true))
+                ));
+                set.push(collect_after(e, op));
+            }
+            let (owner_attr, rvn, released) =
+                (e.n(attr::OWNER), e.n(attr::RVN), e.n(attr::RELEASED));
+            let me = e.v("me", s(owner.to_string()));
+            let current = e.v("current", s(current.to_string()));
+            let no = e.v("no", AttributeValue::Bool(false));
+            let wf = well_formed(e);
+            format!("{owner_attr} = {me} AND {rvn} = {current} AND {released} = {no} AND {wf}")
+        }
+        OpKind::ForceUnlock { observed, by } => {
+            set.push(format!(
+                "{} = {}",
+                e.n(attr::RELEASED),
+                e.v("yes", AttributeValue::Bool(true))
+            ));
+            set.push(format!(
+                "{} = {}",
+                e.n(attr::FORCED_BY),
+                e.v("forcedBy", s(by))
+            ));
+            set.push(collect_after(e, op));
+            let rvn = e.n(attr::RVN);
+            let observed = e.v("observed", s(observed.to_string()));
+            let wf = well_formed(e);
+            format!("{rvn} = {observed} AND {wf}")
+        }
+    };
+    let mut update = format!("SET {}", set.join(", "));
+    if !remove.is_empty() {
+        update.push_str(&format!(" REMOVE {}", remove.join(", ")));
+    }
+    (update, condition)
+}
+
+/// Every item of `table` (a paginated, strongly consistent scan).
+pub(crate) async fn scan_all(
+    client: &Client,
+    table: &str,
+    ctx: &ErrorContext,
+) -> Result<Vec<Item>, StoreError> {
+    let mut items = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, ctx))?;
+        items.extend(out.items().iter().cloned());
+        match out.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => return Ok(items),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Items <-> records
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn metadata_to_attr(holder: &HolderInfo) -> AttributeValue {
+    let mut map = HashMap::new();
+    if let Some(op) = &holder.operation {
+        map.insert(META_OPERATION.to_string(), s(op));
+    }
+    if let Some(host) = &holder.host {
+        map.insert(META_HOST.to_string(), s(host));
+    }
+    if let Some(pid) = holder.pid {
+        map.insert(META_PID.to_string(), s(pid.to_string()));
+    }
+    for (k, v) in &holder.metadata {
+        let reserved = [META_OPERATION, META_HOST, META_PID].contains(&k.as_str())
+            || k.starts_with(META_ESCAPE);
+        let stored = if reserved {
+            format!("{META_ESCAPE}{k}")
+        } else {
+            k.clone()
+        };
+        map.insert(stored, s(v));
+    }
+    AttributeValue::M(map)
+}
+
+/// Reads the attributes of one item, reporting the first problem as
+/// [`StoreError::Corrupt`] naming the item's key.
+pub(crate) struct ItemReader<'a> {
+    pub(crate) item: &'a Item,
+    pub(crate) key: String,
+}
+
+impl<'a> ItemReader<'a> {
+    /// A reader of `item`, whose key attribute is `key_attr`.
+    pub(crate) fn new(item: &'a Item, key_attr: &str) -> Self {
+        let key = match item.get(key_attr) {
+            Some(AttributeValue::S(k)) => k.clone(),
+            _ => "<no key>".to_string(),
+        };
+        ItemReader { item, key }
+    }
+
+    pub(crate) fn corrupt(&self, reason: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            key: self.key.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<&'a AttributeValue, StoreError> {
+        self.item
+            .get(name)
+            .ok_or_else(|| self.corrupt(format!("attribute {name:?} is missing")))
+    }
+
+    pub(crate) fn string(&self, name: &str) -> Result<&'a str, StoreError> {
+        match self.get(name)? {
+            AttributeValue::S(v) => Ok(v),
+            other => Err(self.corrupt(format!(
+                "attribute {name:?} should be a string, is {other:?}"
+            ))),
+        }
+    }
+
+    pub(crate) fn opt_string(&self, name: &str) -> Result<Option<&'a str>, StoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(true)) => Ok(None),
+            Some(_) => self.string(name).map(Some),
+        }
+    }
+
+    pub(crate) fn number<T: std::str::FromStr>(&self, name: &str) -> Result<T, StoreError> {
+        match self.get(name)? {
+            AttributeValue::N(v) => v.parse().map_err(|_| {
+                self.corrupt(format!(
+                    "attribute {name:?} = {v} is out of range for a {}",
+                    std::any::type_name::<T>()
+                ))
+            }),
+            other => Err(self.corrupt(format!(
+                "attribute {name:?} should be a number, is {other:?}"
+            ))),
+        }
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool, StoreError> {
+        match self.get(name)? {
+            AttributeValue::Bool(v) => Ok(*v),
+            other => Err(self.corrupt(format!(
+                "attribute {name:?} should be a boolean, is {other:?}"
+            ))),
+        }
+    }
+
+    fn map(&self, name: &str) -> Result<&'a HashMap<String, AttributeValue>, StoreError> {
+        match self.get(name)? {
+            AttributeValue::M(v) => Ok(v),
+            other => Err(self.corrupt(format!("attribute {name:?} should be a map, is {other:?}"))),
+        }
+    }
+}
+
+/// Parses a lock item; anything missing or mistyped is [`StoreError::Corrupt`].
+pub(crate) fn record_from_item(item: &Item) -> Result<LockRecord, StoreError> {
+    let r = ItemReader::new(item, attr::KEY);
+    let key = LockKey::new(r.string(attr::KEY)?)
+        .map_err(|e| r.corrupt(format!("the key is not a valid lock key: {e}")))?;
+    let owner = r.string(attr::OWNER)?;
+    let owner = uuid::Uuid::parse_str(owner)
+        .map(LeaseId)
+        .map_err(|_| r.corrupt(format!("lockId {owner:?} is not a UUID")))?;
+    let rvn: RecordVersion = r
+        .string(attr::RVN)?
+        .parse()
+        .map_err(|e| r.corrupt(format!("rvn: {e}")))?;
+    let mut holder = HolderInfo::named(r.string(attr::LOCKED_BY)?);
+    for (k, v) in r.map(attr::METADATA)? {
+        let AttributeValue::S(v) = v else {
+            return Err(r.corrupt(format!("metadata {k:?} should be a string, is {v:?}")));
+        };
+        match k.as_str() {
+            META_OPERATION => holder.operation = Some(v.clone()),
+            META_HOST => holder.host = Some(v.clone()),
+            META_PID => {
+                holder.pid =
+                    Some(v.parse().map_err(|_| {
+                        r.corrupt(format!("metadata pid {v:?} is not a process id"))
+                    })?)
+            }
+            _ => {
+                let k = k.strip_prefix(META_ESCAPE).unwrap_or(k);
+                holder.metadata.insert(k.to_string(), v.clone());
+            }
+        }
+    }
+    Ok(LockRecord {
+        key,
+        owner,
+        token: FencingToken(r.number(attr::TOKEN)?),
+        rvn,
+        lease_ms: r.number(attr::LEASE_MS)?,
+        released: r.boolean(attr::RELEASED)?,
+        holder,
+        acquired_at: WallTime(r.number(attr::LOCKED_AT_MS)?),
+        heartbeat_at: WallTime(r.number(attr::HEARTBEAT_MS)?),
+        forced_by: r.opt_string(attr::FORCED_BY)?.map(str::to_string),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Client configuration
+
+/// An SDK client from the default configuration chain, with `region` and
+/// `endpoint` overrides, fail-fast timeouts and one SDK-level retry.
+pub(crate) async fn load_client(
+    region: Option<&str>,
+    endpoint: Option<&str>,
+) -> Result<Client, StoreError> {
+    use aws_sdk_dynamodb::config::{retry::RetryConfig, timeout::TimeoutConfig, Region};
+    if let Some(e) = endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(StoreError::Misconfigured(format!(
+                "the DynamoDB endpoint {e:?} must be an http:// or https:// URL"
+            )));
+        }
+    }
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(Region::new(r.to_string()));
+    }
+    let sdk = loader.load().await;
+    let mut config = aws_sdk_dynamodb::config::Builder::from(&sdk)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(2)
+                .with_initial_backoff(Duration::from_millis(50)),
+        );
+    if let Some(e) = endpoint {
+        config = config.endpoint_url(e);
+    }
+    if sdk.region().is_none() {
+        if endpoint.is_some() {
+            // A local endpoint does not care; the signature needs some region.
+            config = config.region(Region::new("us-east-1"));
+        } else {
+            return Err(StoreError::Misconfigured(
+                "no AWS region is configured: set AWS_REGION (or a profile's region), or add \
+                 ?region=REGION to the dynamodb:// store URL"
+                    .into(),
+            ));
+        }
+    }
+    Ok(Client::from_conf(config.build()))
+}
+
+// ---------------------------------------------------------------------------
+// Tables
+
+const KEY_SCHEMA_HINT: &str = "a statelock lock table has the hash key `lockKey` (type S)";
+
+/// Creates `table` (hash key `hash_key` of type S, on-demand) unless it exists,
+/// waits until it is active and enables TTL on `ttl_attr`.
+pub(crate) async fn ensure_table(
+    client: &Client,
+    table: &str,
+    hash_key: &str,
+    ttl_attr: Option<&str>,
+    ctx: &ErrorContext,
+) -> Result<TableSetup, StoreError> {
+    let setup = match describe_table(client, table, ctx).await? {
+        Some(_) => TableSetup::AlreadyExisted,
+        None => {
+            let created = client
+                .create_table()
+                .table_name(table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(hash_key)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .map_err(|e| StoreError::Misconfigured(e.to_string()))?,
+                )
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(hash_key)
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(|e| StoreError::Misconfigured(e.to_string()))?,
+                )
+                .send()
+                .await;
+            match created {
+                Ok(_) => TableSetup::Created,
+                // Someone else created it in the meantime.
+                Err(err) if err.code() == Some("ResourceInUseException") => {
+                    TableSetup::AlreadyExisted
+                }
+                Err(err) => return Err(sdk_error(err, ctx)),
+            }
+        }
+    };
+    // Wait until active (DynamoDB Local is at once; AWS takes seconds).
+    let mut waited = Duration::ZERO;
+    let step = Duration::from_millis(250);
+    loop {
+        let Some(description) = describe_table(client, table, ctx).await? else {
+            return Err(StoreError::Unavailable(format!(
+                "table {table:?} disappeared while it was being created"
+            )));
+        };
+        check_key_schema(&description, table, hash_key)?;
+        match description.table_status() {
+            Some(TableStatus::Active) => break,
+            Some(TableStatus::Creating | TableStatus::Updating) | None => {}
+            Some(other) => {
+                return Err(StoreError::Misconfigured(format!(
+                    "table {table:?} is {other:?}, not ACTIVE"
+                )))
+            }
+        }
+        if waited > Duration::from_secs(300) {
+            return Err(StoreError::Unavailable(format!(
+                "table {table:?} did not become ACTIVE within 5 minutes"
+            )));
+        }
+        tokio::time::sleep(step).await;
+        waited += step;
+    }
+    if let Some(ttl_attr) = ttl_attr {
+        ensure_ttl(client, table, ttl_attr, ctx).await?;
+    }
+    Ok(setup)
+}
+
+async fn describe_table(
+    client: &Client,
+    table: &str,
+    ctx: &ErrorContext,
+) -> Result<Option<aws_sdk_dynamodb::types::TableDescription>, StoreError> {
+    match client.describe_table().table_name(table).send().await {
+        Ok(out) => Ok(out.table().cloned()),
+        Err(err) if err.code() == Some("ResourceNotFoundException") => Ok(None),
+        Err(err) => Err(sdk_error(err, ctx)),
+    }
+}
+
+fn check_key_schema(
+    description: &aws_sdk_dynamodb::types::TableDescription,
+    table: &str,
+    hash_key: &str,
+) -> Result<(), StoreError> {
+    let schema: Vec<(String, String)> = description
+        .key_schema()
+        .iter()
+        .map(|k| {
+            (
+                k.attribute_name().to_string(),
+                k.key_type().as_str().to_string(),
+            )
+        })
+        .collect();
+    let hash_type = description
+        .attribute_definitions()
+        .iter()
+        .find(|d| d.attribute_name() == hash_key)
+        .map(|d| d.attribute_type().as_str().to_string());
+    let expected = vec![(hash_key.to_string(), "HASH".to_string())];
+    if schema != expected || hash_type.as_deref() != Some("S") {
+        return Err(StoreError::Misconfigured(format!(
+            "table {table:?} exists with key schema {schema:?} (hash key type {}), but this store \
+             needs exactly the hash key {hash_key:?} of type S: use another table name, or the \
+             other lock format (?format=terraform uses the hash key \"LockID\")",
+            hash_type.as_deref().unwrap_or("unknown"),
+        )));
+    }
+    Ok(())
+}
+
+async fn ttl_enabled(
+    client: &Client,
+    table: &str,
+    ttl_attr: &str,
+    ctx: &ErrorContext,
+) -> Result<bool, StoreError> {
+    let current = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| sdk_error(e, ctx))?;
+    let Some(d) = current.time_to_live_description() else {
+        return Ok(false);
+    };
+    match d.time_to_live_status() {
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling) => {
+            if d.attribute_name() != Some(ttl_attr) {
+                tracing::warn!(
+                    table,
+                    ttl_attribute = ?d.attribute_name(),
+                    "TTL is enabled on another attribute than {ttl_attr}; leaving it as it is"
+                );
+            }
+            Ok(true)
+        }
+        Some(TimeToLiveStatus::Disabling) => {
+            tracing::warn!(
+                table,
+                "TTL is being disabled; not enabling it on {ttl_attr}"
+            );
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+async fn ensure_ttl(
+    client: &Client,
+    table: &str,
+    ttl_attr: &str,
+    ctx: &ErrorContext,
+) -> Result<(), StoreError> {
+    if ttl_enabled(client, table, ttl_attr, ctx).await? {
+        return Ok(());
+    }
+    let enabled = client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name(ttl_attr)
+                .build()
+                .map_err(|e| StoreError::Misconfigured(e.to_string()))?,
+        )
+        .send()
+        .await;
+    match enabled {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let err = sdk_error(err, ctx);
+            // Someone else enabled it meanwhile ("TimeToLive is already enabled").
+            if ttl_enabled(client, table, ttl_attr, ctx).await? {
+                Ok(())
+            } else {
+                Err(err)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// What an error message needs to say what to do.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorContext {
+    pub(crate) table: String,
+    pub(crate) format: LockFormat,
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint: Option<String>,
+    /// What the table's key schema must be.
+    pub(crate) schema_hint: &'static str,
+}
+
+impl ErrorContext {
+    pub(crate) fn new(table: &str, format: LockFormat, schema_hint: &'static str) -> Self {
+        ErrorContext {
+            table: table.to_string(),
+            format,
+            region: None,
+            endpoint: None,
+            schema_hint,
+        }
+    }
+
+    /// The store URL of this table, as a user would type it.
+    pub(crate) fn url(&self) -> String {
+        let mut params = Vec::new();
+        if let Some(r) = &self.region {
+            params.push(format!("region={r}"));
+        }
+        if let Some(e) = &self.endpoint {
+            params.push(format!("endpoint={e}"));
+        }
+        if self.format == LockFormat::Terraform {
+            params.push("format=terraform".to_string());
+        }
+        if params.is_empty() {
+            format!("dynamodb://{}", self.table)
+        } else {
+            format!("dynamodb://{}?{}", self.table, params.join("&"))
+        }
+    }
+}
+
+/// An SDK error split into the operation's own error (to match on) and the
+/// rest (already mapped).
+pub(crate) enum Failure<E> {
+    /// The service answered with this error and HTTP status.
+    Service(E, u16),
+    /// Anything else, mapped.
+    Store(StoreError),
+}
+
+/// Splits `err`; transport failures become [`StoreError::Unavailable`],
+/// credential and construction problems [`StoreError::Misconfigured`].
+pub(crate) fn split_sdk_error<E>(err: SdkError<E>, ctx: &ErrorContext) -> Failure<E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            Failure::Service(service.into_err(), status)
+        }
+        SdkError::TimeoutError(_) => Failure::Store(StoreError::Unavailable(format!(
+            "DynamoDB did not answer in time ({})",
+            ctx.url()
+        ))),
+        SdkError::DispatchFailure(failure) => {
+            let io_or_timeout = failure.is_io() || failure.is_timeout();
+            let text = DisplayErrorContext(SdkError::<E>::DispatchFailure(failure)).to_string();
+            let lower = text.to_ascii_lowercase();
+            if !io_or_timeout && (lower.contains("credential") || lower.contains("identity")) {
+                Failure::Store(StoreError::Misconfigured(format!(
+                    "no usable AWS credentials for {}: configure them (AWS_PROFILE, \
+                     AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, SSO, an instance role...) ({text})",
+                    ctx.url()
+                )))
+            } else {
+                Failure::Store(StoreError::Unavailable(format!(
+                    "cannot reach DynamoDB ({}): {text}",
+                    ctx.url()
+                )))
+            }
+        }
+        SdkError::ConstructionFailure(_) => Failure::Store(StoreError::Misconfigured(format!(
+            "cannot build a DynamoDB request for {}: {}",
+            ctx.url(),
+            DisplayErrorContext(err)
+        ))),
+        other => Failure::Store(StoreError::Unavailable(format!(
+            "bad answer from DynamoDB ({}): {}",
+            ctx.url(),
+            DisplayErrorContext(other)
+        ))),
+    }
+}
+
+/// Maps a service error by its code (throttling, 5xx → Unavailable; missing
+/// table, credentials, validation → Misconfigured with what to do).
+pub(crate) fn service_error<E: ProvideErrorMetadata>(
+    err: &E,
+    status: u16,
+    ctx: &ErrorContext,
+) -> StoreError {
+    let code = err.code().unwrap_or("");
+    let message = err.message().unwrap_or("");
+    let url = ctx.url();
+    let create = format!("statelock --store '{url}' dynamodb create-table");
+    match code {
+        "ResourceNotFoundException" => {
+            StoreError::Misconfigured(format!(
+            "the DynamoDB table {:?} does not exist{}: create it with `{create}` (or check the \
+             table name and the region)",
+            ctx.table,
+            ctx.region.as_deref().map(|r| format!(" in {r}")).unwrap_or_default(),
+        ))
+        }
+        "UnrecognizedClientException"
+        | "InvalidSignatureException"
+        | "MissingAuthenticationToken"
+        | "MissingAuthenticationTokenException"
+        | "IncompleteSignature"
+        | "IncompleteSignatureException"
+        | "InvalidClientTokenId"
+        | "ExpiredToken"
+        | "ExpiredTokenException"
+        | "SignatureDoesNotMatch" => StoreError::Misconfigured(format!(
+            "DynamoDB rejected the AWS credentials ({code}: {message}): check AWS_PROFILE / \
+             AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN and the region"
+        )),
+        "AccessDeniedException" | "UnauthorizedOperation" => StoreError::Misconfigured(format!(
+            "access denied to the DynamoDB table {:?} ({message}): the IAM policy must allow \
+             dynamodb:GetItem, PutItem, UpdateItem, DeleteItem, Scan and TransactWriteItems on it",
+            ctx.table
+        )),
+        "ValidationException" | "SerializationException" => StoreError::Misconfigured(format!(
+            "DynamoDB rejected the request on table {:?} ({message}); {}",
+            ctx.table, ctx.schema_hint
+        )),
+        "ThrottlingException"
+        | "ProvisionedThroughputExceededException"
+        | "RequestLimitExceeded"
+        | "InternalServerError"
+        | "ServiceUnavailable"
+        | "TransactionConflictException"
+        | "ReplicatedWriteConflictException"
+        | "TransactionInProgressException"
+        | "LimitExceededException" => {
+            StoreError::Unavailable(format!("DynamoDB is busy ({code}: {message})"))
+        }
+        _ if status >= 500 || status == 429 => StoreError::Unavailable(format!(
+            "DynamoDB failed (HTTP {status}, {code}: {message})"
+        )),
+        _ => StoreError::Misconfigured(format!(
+            "DynamoDB refused the request on table {:?} (HTTP {status}, {code}: {message})",
+            ctx.table
+        )),
+    }
+}
+
+/// Maps any SDK error of an operation without errors of its own to handle.
+pub(crate) fn sdk_error<E>(err: SdkError<E>, ctx: &ErrorContext) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match split_sdk_error(err, ctx) {
+        Failure::Service(e, status) => service_error(&e, status, ctx),
+        Failure::Store(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(holder: HolderInfo) -> LockRecord {
+        LockRecord {
+            key: LockKey::new("stack:a:env:b").unwrap(),
+            owner: LeaseId(uuid::Uuid::from_u128(7)),
+            token: FencingToken(42),
+            rvn: RecordVersion(0xabc),
+            lease_ms: 20_000,
+            released: false,
+            holder,
+            acquired_at: WallTime(1_705_329_600_123),
+            heartbeat_at: WallTime(1_705_329_601_456),
+            forced_by: Some("ops".into()),
+        }
+    }
+
+    fn item_of(r: &LockRecord) -> Item {
+        let mut item = HashMap::new();
+        item.insert(attr::KEY.into(), s(r.key.as_str()));
+        item.insert(attr::OWNER.into(), s(r.owner.to_string()));
+        item.insert(attr::TOKEN.into(), n(r.token.0));
+        item.insert(attr::RVN.into(), s(r.rvn.to_string()));
+        item.insert(attr::LEASE_MS.into(), n(r.lease_ms));
+        item.insert(attr::RELEASED.into(), AttributeValue::Bool(r.released));
+        item.insert(attr::LOCKED_BY.into(), s(&r.holder.locked_by));
+        item.insert(attr::METADATA.into(), metadata_to_attr(&r.holder));
+        item.insert(attr::LOCKED_AT_MS.into(), n(r.acquired_at.0));
+        item.insert(attr::HEARTBEAT_MS.into(), n(r.heartbeat_at.0));
+        if let Some(f) = &r.forced_by {
+            item.insert(attr::FORCED_BY.into(), s(f));
+        }
+        item
+    }
+
+    #[test]
+    fn items_round_trip_including_colliding_metadata() {
+        let mut holder = HolderInfo::named("ci-run-1");
+        holder.operation = Some("apply".into());
+        holder.host = Some("runner".into());
+        holder.pid = Some(4242);
+        holder.metadata = BTreeMap::from([
+            ("git_commit".to_string(), "a1b2".to_string()),
+            ("host".to_string(), "user-supplied".to_string()),
+            ("meta:x".to_string(), "y".to_string()),
+        ]);
+        let r = record(holder);
+        assert_eq!(record_from_item(&item_of(&r)).unwrap(), r);
+        let plain = record(HolderInfo::named(""));
+        assert_eq!(record_from_item(&item_of(&plain)).unwrap(), plain);
+    }
+
+    #[test]
+    fn damaged_items_are_corrupt_not_panics() {
+        let good = item_of(&record(HolderInfo::named("x")));
+        let cases: Vec<(&str, Option<AttributeValue>)> = vec![
+            (attr::OWNER, None),
+            (attr::OWNER, Some(s("not-a-uuid"))),
+            (attr::TOKEN, Some(s("1"))),
+            (attr::TOKEN, Some(n("-1"))),
+            (attr::TOKEN, Some(n("1.5"))),
+            (attr::RVN, Some(s("xyz"))),
+            (attr::RELEASED, Some(s("false"))),
+            (attr::METADATA, Some(s("{}"))),
+            (
+                attr::METADATA,
+                Some(AttributeValue::M(HashMap::from([("pid".into(), s("abc"))]))),
+            ),
+            (attr::LEASE_MS, None),
+            (attr::HEARTBEAT_MS, Some(n("1e400"))),
+            (attr::KEY, Some(s(""))),
+        ];
+        for (name, value) in cases {
+            let mut item = good.clone();
+            match value.clone() {
+                Some(v) => item.insert(name.to_string(), v),
+                None => item.remove(name),
+            };
+            assert!(
+                matches!(record_from_item(&item), Err(StoreError::Corrupt { .. })),
+                "{name} = {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn expressions_only_register_what_they_use() {
+        let key = LockKey::new("k").unwrap();
+        let owner = LeaseId(uuid::Uuid::from_u128(1));
+        let kinds = [
+            OpKind::Acquire {
+                owner,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+            },
+            OpKind::Takeover {
+                observed: RecordVersion(1),
+                owner,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+            },
+            OpKind::Heartbeat {
+                owner,
+                current: RecordVersion(1),
+            },
+            OpKind::Release {
+                owner,
+                current: RecordVersion(1),
+            },
+            OpKind::ForceUnlock {
+                observed: RecordVersion(1),
+                by: "ops".into(),
+            },
+        ];
+        for kind in kinds {
+            let op = LockOp {
+                key: key.clone(),
+                new_rvn: RecordVersion(2),
+                at: WallTime(5),
+                kind,
+            };
+            let mut e = Expr::default();
+            let (update, condition) = build_update(&mut e, &op);
+            let text = format!("{update} {condition}");
+            for name in e.names.keys().chain(e.values.keys()) {
+                let used = text.match_indices(name.as_str()).any(|(i, _)| {
+                    !text[i + name.len()..].starts_with(|c: char| c.is_alphanumeric())
+                });
+                assert!(used, "{name} unused in {text}");
+            }
+        }
+    }
+}

@@ -1,0 +1,654 @@
+//! The DynamoDB store and the DynamoDB state head against DynamoDB Local:
+//! the conformance suite, racing clients, a paused holder fenced out, lost
+//! responses, damaged items and misconfiguration.
+//!
+//! Needs DynamoDB Local: `eval "$(scripts/services.sh start)"` exports
+//! `STATELOCK_TEST_DYNAMODB_ENDPOINT` (and test credentials). Without it these
+//! tests fail; `STATELOCK_SKIP_SERVICE_TESTS=1` skips them explicitly.
+#![cfg(feature = "dynamodb")]
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
+use statelock::client::{AcquireOptions, LockClient, LockError};
+use statelock::protocol::{Backoff, LeaseId, LockOp, OpKind, RecordVersion, WallTime};
+use statelock::state::dynamodb::DynamoDbStateStore;
+use statelock::state::{StateError, StateStore};
+use statelock::store::dynamodb::{DynamoDbStore, TableSetup};
+use statelock::store::url::StoreUrl;
+use statelock::store::{open_lock_store, LockStore, StoreError};
+use statelock::testkit::LoseResponses;
+use statelock::{FencingToken, HolderInfo, LockKey};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The table every test shares (each uses its own key prefix).
+const TABLE: &str = "statelock-test-locks";
+/// The state head table of [`TABLE`].
+const STATE_TABLE: &str = "statelock-test-locks-state";
+/// A table for damaged items only, so they never break other tests' `list`.
+const CORRUPT_TABLE: &str = "statelock-test-corrupt";
+
+const HINT: &str = "start DynamoDB Local with `eval \"$(scripts/services.sh start)\"` \
+                    (or set STATELOCK_SKIP_SERVICE_TESTS=1 to skip the service tests)";
+
+/// DynamoDB Local's endpoint; `None` if the tests are explicitly skipped.
+/// Panics (failing the test) if it is not configured or not reachable.
+fn endpoint() -> Option<String> {
+    if std::env::var("STATELOCK_SKIP_SERVICE_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: STATELOCK_SKIP_SERVICE_TESTS=1 (DynamoDB Local tests not run)");
+        return None;
+    }
+    let endpoint = std::env::var("STATELOCK_TEST_DYNAMODB_ENDPOINT")
+        .unwrap_or_else(|_| panic!("STATELOCK_TEST_DYNAMODB_ENDPOINT is not set: {HINT}"));
+    let authority = endpoint
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+        });
+    assert!(
+        reachable,
+        "DynamoDB Local is not reachable at {endpoint} (STATELOCK_TEST_DYNAMODB_ENDPOINT): {HINT}"
+    );
+    Some(endpoint)
+}
+
+/// A fresh SDK client (its own connection pool) with test credentials.
+fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "statelock-tests"))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(config)
+}
+
+/// Creates a lock table (hash key `lockKey`) *without* TTL, unless it
+/// exists. The shared test tables have no TTL: the conformance suite writes
+/// wall times from 2023, so DynamoDB Local's TTL would collect its released
+/// records in the middle of a case. (`create_table`, TTL included, is tested
+/// on a table of its own.)
+async fn table_without_ttl(raw: &aws_sdk_dynamodb::Client, table: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let created = raw
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("lockKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("lockKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key schema"),
+        )
+        .send()
+        .await;
+    if let Err(e) = created {
+        let code = aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e);
+        assert_eq!(code, Some("ResourceInUseException"), "cannot create {table}: {e:?}");
+    }
+}
+
+/// A store over the shared table (created if needed), with its own client.
+async fn store(endpoint: &str) -> DynamoDbStore {
+    let raw = sdk_client(endpoint);
+    table_without_ttl(&raw, TABLE).await;
+    DynamoDbStore::new(raw, TABLE)
+}
+
+/// A key no other test (or test run) uses.
+fn unique_key(name: &str) -> LockKey {
+    LockKey::new(format!("test/{name}/{}", uuid::Uuid::new_v4().simple())).unwrap()
+}
+
+fn opts(name: &str, lease: Duration, wait: Option<Duration>) -> AcquireOptions {
+    AcquireOptions {
+        lease,
+        wait,
+        backoff: Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(200),
+        },
+        holder: HolderInfo::named(name),
+        ..AcquireOptions::default()
+    }
+}
+
+/// A store for the conformance suite, or a memory store when the service
+/// tests are explicitly skipped (the suite then checks nothing new).
+enum ConformanceStore {
+    Dynamo(DynamoDbStore),
+    Skipped(statelock::store::memory::MemoryStore),
+}
+
+impl std::fmt::Debug for ConformanceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConformanceStore::Dynamo(s) => s.fmt(f),
+            ConformanceStore::Skipped(s) => s.fmt(f),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LockStore for ConformanceStore {
+    async fn apply(&self, op: &LockOp) -> Result<statelock::LockRecord, StoreError> {
+        match self {
+            ConformanceStore::Dynamo(s) => s.apply(op).await,
+            ConformanceStore::Skipped(s) => s.apply(op).await,
+        }
+    }
+    async fn get(&self, key: &LockKey) -> Result<Option<statelock::LockRecord>, StoreError> {
+        match self {
+            ConformanceStore::Dynamo(s) => s.get(key).await,
+            ConformanceStore::Skipped(s) => s.get(key).await,
+        }
+    }
+    async fn list(&self) -> Result<Vec<statelock::LockRecord>, StoreError> {
+        match self {
+            ConformanceStore::Dynamo(s) => s.list().await,
+            ConformanceStore::Skipped(s) => s.list().await,
+        }
+    }
+    fn describe(&self) -> String {
+        match self {
+            ConformanceStore::Dynamo(s) => s.describe(),
+            ConformanceStore::Skipped(s) => s.describe(),
+        }
+    }
+}
+
+mod conformance {
+    use super::*;
+
+    statelock::lock_store_conformance!(async {
+        match endpoint() {
+            Some(endpoint) => ConformanceStore::Dynamo(store(&endpoint).await),
+            None => ConformanceStore::Skipped(statelock::store::memory::MemoryStore::new()),
+        }
+    });
+}
+
+/// 16 clients, each with its own SDK client, race for one key round after
+/// round (no waiting): exactly one holds it per round, with a larger token
+/// each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_clients_race_one_key() {
+    let Some(endpoint) = endpoint() else { return };
+    store(&endpoint).await;
+    let key = unique_key("race");
+    let clients: Vec<LockClient> = (0..16)
+        .map(|_| LockClient::new(DynamoDbStore::new(sdk_client(&endpoint), TABLE)))
+        .collect();
+    let mut last_token = FencingToken(0);
+    for round in 0..6 {
+        let start = Arc::new(tokio::sync::Barrier::new(clients.len()));
+        let tasks: Vec<_> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let (client, key, start) = (client.clone(), key.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let name = format!("racer-{i}");
+                    client
+                        .acquire(&key, opts(&name, Duration::from_secs(20), Some(Duration::ZERO)))
+                        .await
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.expect("racing task") {
+                Ok(guard) => winners.push(guard),
+                Err(LockError::Held { .. }) => {}
+                Err(other) => panic!("round {round}: unexpected error {other}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one client must win");
+        let winner = winners.pop().expect("one winner");
+        assert!(
+            winner.token() > last_token,
+            "round {round}: token {} after {last_token}",
+            winner.token()
+        );
+        assert_eq!(winner.token(), FencingToken(last_token.0 + 1), "round {round}: one grant per round");
+        last_token = winner.token();
+        winner.release().await.expect("release");
+    }
+}
+
+/// 16 clients, each with its own SDK client, all wait for one key: they hold
+/// it one at a time, and the tokens increase in the order they held it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_waiting_clients_hold_one_at_a_time() {
+    let Some(endpoint) = endpoint() else { return };
+    store(&endpoint).await;
+    let key = unique_key("queue");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let client = LockClient::new(DynamoDbStore::new(sdk_client(&endpoint), TABLE));
+            let (key, inside, order) = (key.clone(), inside.clone(), order.clone());
+            tokio::spawn(async move {
+                let name = format!("waiter-{i}");
+                let guard = client
+                    .acquire(&key, opts(&name, Duration::from_secs(20), Some(Duration::from_secs(120))))
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                order.lock().expect("order").push(guard.token());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                assert!(guard.is_valid());
+                inside.fetch_sub(1, Ordering::SeqCst);
+                guard.release().await.expect("release");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("waiting task");
+    }
+    let order = order.lock().expect("order").clone();
+    assert_eq!(order.len(), 16);
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "tokens must increase in holding order: {order:?}"
+    );
+    assert_eq!(order.first(), Some(&FencingToken(1)));
+    assert_eq!(order.last(), Some(&FencingToken(16)));
+}
+
+/// A holder paused past its (1 s) lease is taken over; afterwards its fenced
+/// state writes are rejected while the new holder's are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_holder_is_fenced_out_of_the_state_head() {
+    let Some(endpoint) = endpoint() else { return };
+    let locks = store(&endpoint).await;
+    let heads = DynamoDbStateStore::for_lock_store(&locks, STATE_TABLE);
+    heads.create_table().await.expect("create the state table");
+    let key = unique_key("paused");
+    let lease = Duration::from_secs(1);
+    let old = LockClient::new(locks.clone());
+    let new = LockClient::new(DynamoDbStore::new(sdk_client(&endpoint), TABLE));
+
+    let a = old.acquire(&key, opts("old-holder", lease, Some(Duration::ZERO))).await.expect("a");
+    let v1 = heads
+        .save_fenced(&key, a.lease_id(), a.token(), None, b"state by a")
+        .await
+        .expect("the holder writes");
+    // The process stops (GC pause, SIGSTOP): no more heartbeats.
+    a.freeze_heartbeats();
+    let paused = Instant::now();
+    let b = new
+        .acquire(&key, opts("new-holder", lease, Some(Duration::from_secs(20))))
+        .await
+        .expect("the waiter takes over");
+    assert!(paused.elapsed() >= lease, "taken over before the lease ran out");
+    assert_eq!(b.token(), FencingToken(a.token().0 + 1));
+    tokio::time::timeout(Duration::from_secs(5), a.lost())
+        .await
+        .expect("the paused holder's lost signal fired");
+    assert!(!a.is_valid());
+
+    // The paused holder wakes up and writes as if it still held the lock.
+    assert_eq!(
+        heads.save_fenced(&key, a.lease_id(), a.token(), Some(&v1), b"late write").await,
+        Err(StateError::NotHolder)
+    );
+    assert_eq!(
+        heads.save(&key, a.token(), Some(&v1), b"late write").await,
+        Err(StateError::NotHolder)
+    );
+    let v2 = heads
+        .save_fenced(&key, b.lease_id(), b.token(), Some(&v1), b"state by b")
+        .await
+        .expect("the new holder writes");
+    assert_eq!(
+        heads.save_fenced(&key, a.lease_id(), a.token(), Some(&v2), b"late write").await,
+        Err(StateError::Stale { fence: b.token(), token: a.token() })
+    );
+    let head = heads.load(&key).await.expect("load").expect("a head");
+    assert_eq!((head.version, head.fence, head.body), (v2.clone(), b.token(), b"state by b".to_vec()));
+
+    // The new holder's chain: a stale version is refused, the current accepted.
+    assert!(matches!(
+        heads.save_fenced(&key, b.lease_id(), b.token(), Some(&v1), b"x").await,
+        Err(StateError::VersionMismatch { .. })
+    ));
+    assert!(matches!(
+        heads.save_fenced(&key, b.lease_id(), b.token(), None, b"x").await,
+        Err(StateError::VersionMismatch { .. })
+    ));
+    let v3 = heads.save(&key, b.token(), Some(&v2), b"via the trait").await.expect("save");
+    let (b_owner, b_token) = (b.lease_id(), b.token());
+    b.release().await.expect("release");
+    assert_eq!(
+        heads.save_fenced(&key, b_owner, b_token, Some(&v3), b"after release").await,
+        Err(StateError::NotHolder)
+    );
+    drop(a);
+}
+
+/// An acquire and a release whose answers are lost (the write landed) are
+/// recognised by their record version: one grant, one release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_responses_are_recognised_by_the_client() {
+    let Some(endpoint) = endpoint() else { return };
+    let inner = store(&endpoint).await;
+    let faulty = LoseResponses::new(inner.clone());
+    let switch = faulty.switch().clone();
+    let client = LockClient::new(faulty);
+    let key = unique_key("lost");
+    let wait = Some(Duration::from_secs(10));
+
+    switch.lose_next_responses(1);
+    let guard = client.acquire(&key, opts("me", Duration::from_secs(20), wait)).await.expect("acquire");
+    assert_eq!(switch.injected(), 1);
+    assert_eq!(guard.token(), FencingToken(1), "exactly one grant");
+    let record = inner.get(&key).await.expect("get").expect("a record");
+    assert_eq!((record.owner, record.released), (guard.lease_id(), false));
+
+    switch.lose_next_responses(1);
+    guard.release().await.expect("release");
+    let record = inner.get(&key).await.expect("get").expect("a record");
+    assert!(record.released);
+    assert_eq!(record.token, FencingToken(1));
+
+    // A request that never arrived, then one whose answer is lost.
+    switch.fail_next_requests(1);
+    let guard = client.acquire(&key, opts("me", Duration::from_secs(20), wait)).await.expect("acquire");
+    assert_eq!(guard.token(), FencingToken(2));
+    switch.lose_next_responses(1);
+    guard.release().await.expect("release");
+    assert_eq!(switch.injected(), 4);
+
+    // Resending a landed op: the conflict carries its own write.
+    let op = LockOp {
+        key: key.clone(),
+        new_rvn: RecordVersion::random(),
+        at: WallTime(1_700_000_000_000),
+        kind: OpKind::Acquire {
+            owner: LeaseId::random(),
+            lease_ms: 20_000,
+            holder: HolderInfo::named("resender"),
+        },
+    };
+    let landed = inner.apply(&op).await.expect("first send");
+    assert_eq!(inner.apply(&op).await, Err(StoreError::conflict(Some(landed))));
+}
+
+/// The item is readable by people and tools: the seed's attributes with
+/// their types, plus statelock's.
+#[tokio::test]
+async fn items_carry_the_documented_attributes() {
+    let Some(endpoint) = endpoint() else { return };
+    let store = store(&endpoint).await;
+    let key = unique_key("schema");
+    let client = LockClient::new(store.clone());
+    let mut o = opts("github-actions-run-12345", Duration::from_secs(30), Some(Duration::ZERO));
+    o.holder.operation = Some("apply".into());
+    o.holder.host = Some("runner-abc123".into());
+    o.holder.pid = Some(54321);
+    o.holder.metadata.insert("git_commit".into(), "a1b2c3d4e5f6".into());
+    let guard = client.acquire(&key, o).await.expect("acquire");
+    let item = sdk_client(&endpoint)
+        .get_item()
+        .table_name(TABLE)
+        .key("lockKey", AttributeValue::S(key.to_string()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get item")
+        .item()
+        .cloned()
+        .expect("an item");
+    let s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    let num = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<i64>().ok())
+    };
+    assert_eq!(s("lockId"), Some(guard.lease_id().to_string()));
+    assert_eq!(s("lockedBy").as_deref(), Some("github-actions-run-12345"));
+    assert_eq!(num("token"), Some(1));
+    assert_eq!(num("leaseMs"), Some(30_000));
+    assert_eq!(item.get("released"), Some(&AttributeValue::Bool(false)));
+    assert_eq!(s("rvn").map(|r| r.len()), Some(32));
+    let now = WallTime::from_system(std::time::SystemTime::now()).as_secs();
+    let locked_at = num("lockedAt").expect("lockedAt");
+    assert!((now - locked_at).abs() < 60, "lockedAt {locked_at} is unix seconds");
+    assert_eq!(num("lastHeartbeat"), Some(locked_at));
+    assert_eq!(item.get("expiresAt"), None, "a held record has no TTL deadline");
+    let metadata = item.get("metadata").and_then(|v| v.as_m().ok()).expect("metadata map");
+    let meta = |k: &str| metadata.get(k).and_then(|v| v.as_s().ok()).map(String::as_str);
+    assert_eq!(meta("operation"), Some("apply"));
+    assert_eq!(meta("host"), Some("runner-abc123"));
+    assert_eq!(meta("pid"), Some("54321"));
+    assert_eq!(meta("git_commit"), Some("a1b2c3d4e5f6"));
+    guard.release().await.expect("release");
+    let released = sdk_client(&endpoint)
+        .get_item()
+        .table_name(TABLE)
+        .key("lockKey", AttributeValue::S(key.to_string()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get item")
+        .item()
+        .cloned()
+        .expect("the record is kept after release");
+    assert_eq!(released.get("released"), Some(&AttributeValue::Bool(true)));
+    assert_eq!(released.get("token"), Some(&AttributeValue::N("1".into())));
+    let expires = released
+        .get("expiresAt")
+        .and_then(|v| v.as_n().ok())
+        .and_then(|n| n.parse::<i64>().ok())
+        .expect("a released record has a TTL deadline");
+    assert!(expires >= locked_at + 90 * 24 * 3600, "collected 90 days after release: {expires}");
+}
+
+/// Items with missing or mistyped attributes are reported as corrupt by
+/// every operation and never overwritten.
+#[tokio::test]
+async fn damaged_items_are_corrupt_and_never_overwritten() {
+    let Some(endpoint) = endpoint() else { return };
+    let raw = sdk_client(&endpoint);
+    table_without_ttl(&raw, CORRUPT_TABLE).await;
+    let store = DynamoDbStore::new(raw.clone(), CORRUPT_TABLE);
+
+    // A well-formed released record, then damaged copies of it.
+    let good_key = unique_key("good");
+    let good = store
+        .apply(&LockOp {
+            key: good_key.clone(),
+            new_rvn: RecordVersion::random(),
+            at: WallTime(1_700_000_000_000),
+            kind: OpKind::Acquire {
+                owner: LeaseId::random(),
+                lease_ms: 1000,
+                holder: HolderInfo::named("x"),
+            },
+        })
+        .await
+        .expect("acquire");
+    let good = store
+        .apply(&LockOp {
+            key: good_key.clone(),
+            new_rvn: RecordVersion::random(),
+            at: WallTime(1_700_000_000_001),
+            kind: OpKind::Release { owner: good.owner, current: good.rvn },
+        })
+        .await
+        .expect("release");
+    let good_item = raw
+        .get_item()
+        .table_name(CORRUPT_TABLE)
+        .key("lockKey", AttributeValue::S(good_key.to_string()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get")
+        .item()
+        .cloned()
+        .expect("item");
+
+    let damages: Vec<(&str, Option<AttributeValue>)> = vec![
+        ("lockId", None),
+        ("token", None),
+        ("token", Some(AttributeValue::S("3".into()))),
+        ("token", Some(AttributeValue::N("-3".into()))),
+        ("released", None),
+        ("released", Some(AttributeValue::S("true".into()))),
+        ("rvn", Some(AttributeValue::S("not-hex".into()))),
+        ("rvn", Some(AttributeValue::N("1".into()))),
+        ("metadata", Some(AttributeValue::S("{}".into()))),
+        ("leaseMs", None),
+        ("lastHeartbeatMs", Some(AttributeValue::S("soon".into()))),
+        ("lockId", Some(AttributeValue::S("not-a-uuid".into()))),
+    ];
+    for (attribute, value) in damages {
+        let key = unique_key("damaged");
+        let mut item: HashMap<String, AttributeValue> = good_item.clone();
+        item.insert("lockKey".into(), AttributeValue::S(key.to_string()));
+        match value.clone() {
+            Some(v) => item.insert(attribute.to_string(), v),
+            None => item.remove(attribute),
+        };
+        raw.put_item()
+            .table_name(CORRUPT_TABLE)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .expect("put damaged item");
+        let what = format!("{attribute} = {value:?}");
+        let corrupt = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Corrupt { .. }));
+        assert!(corrupt(store.get(&key).await.map(|_| ())), "get: {what}");
+        let rvn = match item.get("rvn") {
+            Some(AttributeValue::S(v)) => v.parse().unwrap_or(good.rvn),
+            _ => good.rvn,
+        };
+        for kind in [
+            OpKind::Acquire { owner: LeaseId::random(), lease_ms: 1000, holder: HolderInfo::named("y") },
+            OpKind::Takeover { observed: rvn, owner: LeaseId::random(), lease_ms: 1000, holder: HolderInfo::named("y") },
+            OpKind::ForceUnlock { observed: rvn, by: "ops".into() },
+            OpKind::Heartbeat { owner: good.owner, current: rvn },
+        ] {
+            let name = kind.name();
+            let op = LockOp { key: key.clone(), new_rvn: RecordVersion::random(), at: WallTime(1), kind };
+            assert!(corrupt(store.apply(&op).await.map(|_| ())), "{name}: {what}");
+        }
+        let after = raw
+            .get_item()
+            .table_name(CORRUPT_TABLE)
+            .key("lockKey", AttributeValue::S(key.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get")
+            .item()
+            .cloned();
+        assert_eq!(after.as_ref(), Some(&item), "the damaged item was overwritten: {what}");
+    }
+    assert!(matches!(store.list().await, Err(StoreError::Corrupt { .. })));
+}
+
+/// Table creation is idempotent and checks the key schema; a missing table, a
+/// dead endpoint and a wrong URL are reported as what they are.
+#[tokio::test]
+async fn setup_and_misconfiguration_are_reported_clearly() {
+    let Some(endpoint) = endpoint() else { return };
+    let raw = sdk_client(&endpoint);
+    let fresh = format!("statelock-test-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoDbStore::new(raw.clone(), &fresh);
+    let key = unique_key("setup");
+
+    match store.get(&key).await {
+        Err(StoreError::Misconfigured(why)) => {
+            assert!(why.contains("does not exist") && why.contains("dynamodb create-table"), "{why}")
+        }
+        other => panic!("a missing table must be Misconfigured, got {other:?}"),
+    }
+    assert_eq!(store.create_table().await, Ok(TableSetup::Created));
+    assert_eq!(store.create_table().await, Ok(TableSetup::AlreadyExisted));
+    assert_eq!(store.get(&key).await, Ok(None));
+    let ttl = raw.describe_time_to_live().table_name(&fresh).send().await.expect("ttl");
+    assert_eq!(
+        ttl.time_to_live_description().and_then(|d| d.attribute_name()),
+        Some("expiresAt")
+    );
+
+    // A Terraform lock table is not a statelock lock table.
+    let tf = statelock::store::terraform::TerraformDynamoStore::new(raw.clone(), format!("{fresh}-tf"));
+    assert_eq!(tf.create_table().await, Ok(TableSetup::Created));
+    match DynamoDbStore::new(raw.clone(), format!("{fresh}-tf")).create_table().await {
+        Err(StoreError::Misconfigured(why)) => assert!(why.contains("LockID"), "{why}"),
+        other => panic!("a wrong key schema must be Misconfigured, got {other:?}"),
+    }
+    match DynamoDbStore::new(raw.clone(), format!("{fresh}-tf")).get(&key).await {
+        Err(StoreError::Misconfigured(why)) => assert!(why.contains("lockKey"), "{why}"),
+        other => panic!("a wrong key schema must be Misconfigured, got {other:?}"),
+    }
+    for table in [fresh.clone(), format!("{fresh}-tf")] {
+        raw.delete_table().table_name(table).send().await.expect("delete table");
+    }
+
+    // Nothing listens on port 9 of this host: fail fast and retryably.
+    let dead = DynamoDbStore::connect(TABLE, Some("us-east-1"), Some("http://127.0.0.1:9"))
+        .await
+        .expect("connect is lazy");
+    let started = Instant::now();
+    match dead.get(&key).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => panic!("a dead endpoint must be Unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(matches!(
+        DynamoDbStore::connect(TABLE, None, Some("127.0.0.1:9")).await,
+        Err(StoreError::Misconfigured(_))
+    ));
+}
+
+/// `open_lock_store` opens both formats from a URL (with the default AWS
+/// configuration chain, here the test credentials in the environment).
+#[tokio::test]
+async fn store_urls_open_both_formats() {
+    let Some(endpoint) = endpoint() else { return };
+    store(&endpoint).await;
+    let url = StoreUrl::parse(&format!("dynamodb://{TABLE}?region=us-east-1&endpoint={endpoint}"))
+        .expect("url");
+    let opened = open_lock_store(&url).await.expect("open");
+    assert!(opened.describe().starts_with(&format!("dynamodb://{TABLE}?")));
+    let key = unique_key("url");
+    let client = LockClient::builder(opened).build();
+    let guard = client
+        .acquire(&key, opts("url", Duration::from_secs(20), Some(Duration::ZERO)))
+        .await
+        .expect("acquire through the URL's store");
+    assert_eq!(guard.token(), FencingToken(1));
+    guard.release().await.expect("release");
+
+    let tf_table = "statelock-test-tf-url";
+    let tf_url = StoreUrl::parse(&format!("dynamodb://{tf_table}?endpoint={endpoint}&format=terraform"))
+        .expect("url");
+    statelock::store::dynamodb::create_table_for_url(&tf_url).await.expect("create tf table");
+    let tf = open_lock_store(&tf_url).await.expect("open");
+    assert!(tf.describe().ends_with("format=terraform"));
+    assert_eq!(tf.get(&LockKey::new("bucket/none").unwrap()).await, Ok(None));
+}
