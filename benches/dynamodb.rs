@@ -51,7 +51,10 @@ async fn raw_put_delete(client: &aws_sdk_dynamodb::Client, key: String) {
         .put_item()
         .table_name(TABLE)
         .item("lockKey", AttributeValue::S(key.clone()))
-        .item("lockId", AttributeValue::S(uuid::Uuid::new_v4().to_string()))
+        .item(
+            "lockId",
+            AttributeValue::S(uuid::Uuid::new_v4().to_string()),
+        )
         .condition_expression("attribute_not_exists(lockKey)")
         .send()
         .await

@@ -65,7 +65,13 @@ fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "statelock-tests"))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "statelock-tests",
+        ))
         .build();
     aws_sdk_dynamodb::Client::from_conf(config)
 }
@@ -101,7 +107,11 @@ async fn table_without_ttl(raw: &aws_sdk_dynamodb::Client, table: &str) {
         .await;
     if let Err(e) = created {
         let code = aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e);
-        assert_eq!(code, Some("ResourceInUseException"), "cannot create {table}: {e:?}");
+        assert_eq!(
+            code,
+            Some("ResourceInUseException"),
+            "cannot create {table}: {e:?}"
+        );
     }
 }
 
@@ -208,7 +218,10 @@ async fn sixteen_clients_race_one_key() {
                     start.wait().await;
                     let name = format!("racer-{i}");
                     client
-                        .acquire(&key, opts(&name, Duration::from_secs(20), Some(Duration::ZERO)))
+                        .acquire(
+                            &key,
+                            opts(&name, Duration::from_secs(20), Some(Duration::ZERO)),
+                        )
                         .await
                 })
             })
@@ -221,14 +234,22 @@ async fn sixteen_clients_race_one_key() {
                 Err(other) => panic!("round {round}: unexpected error {other}"),
             }
         }
-        assert_eq!(winners.len(), 1, "round {round}: exactly one client must win");
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one client must win"
+        );
         let winner = winners.pop().expect("one winner");
         assert!(
             winner.token() > last_token,
             "round {round}: token {} after {last_token}",
             winner.token()
         );
-        assert_eq!(winner.token(), FencingToken(last_token.0 + 1), "round {round}: one grant per round");
+        assert_eq!(
+            winner.token(),
+            FencingToken(last_token.0 + 1),
+            "round {round}: one grant per round"
+        );
         last_token = winner.token();
         winner.release().await.expect("release");
     }
@@ -250,10 +271,21 @@ async fn sixteen_waiting_clients_hold_one_at_a_time() {
             tokio::spawn(async move {
                 let name = format!("waiter-{i}");
                 let guard = client
-                    .acquire(&key, opts(&name, Duration::from_secs(20), Some(Duration::from_secs(120))))
+                    .acquire(
+                        &key,
+                        opts(
+                            &name,
+                            Duration::from_secs(20),
+                            Some(Duration::from_secs(120)),
+                        ),
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                assert_eq!(
+                    inside.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two holders at once"
+                );
                 order.lock().expect("order").push(guard.token());
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 assert!(guard.is_valid());
@@ -288,7 +320,10 @@ async fn paused_holder_is_fenced_out_of_the_state_head() {
     let old = LockClient::new(locks.clone());
     let new = LockClient::new(DynamoDbStore::new(sdk_client(&endpoint), TABLE));
 
-    let a = old.acquire(&key, opts("old-holder", lease, Some(Duration::ZERO))).await.expect("a");
+    let a = old
+        .acquire(&key, opts("old-holder", lease, Some(Duration::ZERO)))
+        .await
+        .expect("a");
     let v1 = heads
         .save_fenced(&key, a.lease_id(), a.token(), None, b"state by a")
         .await
@@ -297,10 +332,16 @@ async fn paused_holder_is_fenced_out_of_the_state_head() {
     a.freeze_heartbeats();
     let paused = Instant::now();
     let b = new
-        .acquire(&key, opts("new-holder", lease, Some(Duration::from_secs(20))))
+        .acquire(
+            &key,
+            opts("new-holder", lease, Some(Duration::from_secs(20))),
+        )
         .await
         .expect("the waiter takes over");
-    assert!(paused.elapsed() >= lease, "taken over before the lease ran out");
+    assert!(
+        paused.elapsed() >= lease,
+        "taken over before the lease ran out"
+    );
     assert_eq!(b.token(), FencingToken(a.token().0 + 1));
     tokio::time::timeout(Duration::from_secs(5), a.lost())
         .await
@@ -309,7 +350,9 @@ async fn paused_holder_is_fenced_out_of_the_state_head() {
 
     // The paused holder wakes up and writes as if it still held the lock.
     assert_eq!(
-        heads.save_fenced(&key, a.lease_id(), a.token(), Some(&v1), b"late write").await,
+        heads
+            .save_fenced(&key, a.lease_id(), a.token(), Some(&v1), b"late write")
+            .await,
         Err(StateError::NotHolder)
     );
     assert_eq!(
@@ -321,26 +364,43 @@ async fn paused_holder_is_fenced_out_of_the_state_head() {
         .await
         .expect("the new holder writes");
     assert_eq!(
-        heads.save_fenced(&key, a.lease_id(), a.token(), Some(&v2), b"late write").await,
-        Err(StateError::Stale { fence: b.token(), token: a.token() })
+        heads
+            .save_fenced(&key, a.lease_id(), a.token(), Some(&v2), b"late write")
+            .await,
+        Err(StateError::Stale {
+            fence: b.token(),
+            token: a.token()
+        })
     );
     let head = heads.load(&key).await.expect("load").expect("a head");
-    assert_eq!((head.version, head.fence, head.body), (v2.clone(), b.token(), b"state by b".to_vec()));
+    assert_eq!(
+        (head.version, head.fence, head.body),
+        (v2.clone(), b.token(), b"state by b".to_vec())
+    );
 
     // The new holder's chain: a stale version is refused, the current accepted.
     assert!(matches!(
-        heads.save_fenced(&key, b.lease_id(), b.token(), Some(&v1), b"x").await,
+        heads
+            .save_fenced(&key, b.lease_id(), b.token(), Some(&v1), b"x")
+            .await,
         Err(StateError::VersionMismatch { .. })
     ));
     assert!(matches!(
-        heads.save_fenced(&key, b.lease_id(), b.token(), None, b"x").await,
+        heads
+            .save_fenced(&key, b.lease_id(), b.token(), None, b"x")
+            .await,
         Err(StateError::VersionMismatch { .. })
     ));
-    let v3 = heads.save(&key, b.token(), Some(&v2), b"via the trait").await.expect("save");
+    let v3 = heads
+        .save(&key, b.token(), Some(&v2), b"via the trait")
+        .await
+        .expect("save");
     let (b_owner, b_token) = (b.lease_id(), b.token());
     b.release().await.expect("release");
     assert_eq!(
-        heads.save_fenced(&key, b_owner, b_token, Some(&v3), b"after release").await,
+        heads
+            .save_fenced(&key, b_owner, b_token, Some(&v3), b"after release")
+            .await,
         Err(StateError::NotHolder)
     );
     drop(a);
@@ -359,7 +419,10 @@ async fn lost_responses_are_recognised_by_the_client() {
     let wait = Some(Duration::from_secs(10));
 
     switch.lose_next_responses(1);
-    let guard = client.acquire(&key, opts("me", Duration::from_secs(20), wait)).await.expect("acquire");
+    let guard = client
+        .acquire(&key, opts("me", Duration::from_secs(20), wait))
+        .await
+        .expect("acquire");
     assert_eq!(switch.injected(), 1);
     assert_eq!(guard.token(), FencingToken(1), "exactly one grant");
     let record = inner.get(&key).await.expect("get").expect("a record");
@@ -373,7 +436,10 @@ async fn lost_responses_are_recognised_by_the_client() {
 
     // A request that never arrived, then one whose answer is lost.
     switch.fail_next_requests(1);
-    let guard = client.acquire(&key, opts("me", Duration::from_secs(20), wait)).await.expect("acquire");
+    let guard = client
+        .acquire(&key, opts("me", Duration::from_secs(20), wait))
+        .await
+        .expect("acquire");
     assert_eq!(guard.token(), FencingToken(2));
     switch.lose_next_responses(1);
     guard.release().await.expect("release");
@@ -391,7 +457,10 @@ async fn lost_responses_are_recognised_by_the_client() {
         },
     };
     let landed = inner.apply(&op).await.expect("first send");
-    assert_eq!(inner.apply(&op).await, Err(StoreError::conflict(Some(landed))));
+    assert_eq!(
+        inner.apply(&op).await,
+        Err(StoreError::conflict(Some(landed)))
+    );
 }
 
 /// The item is readable by people and tools: the seed's attributes with
@@ -402,11 +471,17 @@ async fn items_carry_the_documented_attributes() {
     let store = store(&endpoint).await;
     let key = unique_key("schema");
     let client = LockClient::new(store.clone());
-    let mut o = opts("github-actions-run-12345", Duration::from_secs(30), Some(Duration::ZERO));
+    let mut o = opts(
+        "github-actions-run-12345",
+        Duration::from_secs(30),
+        Some(Duration::ZERO),
+    );
     o.holder.operation = Some("apply".into());
     o.holder.host = Some("runner-abc123".into());
     o.holder.pid = Some(54321);
-    o.holder.metadata.insert("git_commit".into(), "a1b2c3d4e5f6".into());
+    o.holder
+        .metadata
+        .insert("git_commit".into(), "a1b2c3d4e5f6".into());
     let guard = client.acquire(&key, o).await.expect("acquire");
     let item = sdk_client(&endpoint)
         .get_item()
@@ -433,11 +508,26 @@ async fn items_carry_the_documented_attributes() {
     assert_eq!(s("rvn").map(|r| r.len()), Some(32));
     let now = WallTime::from_system(std::time::SystemTime::now()).as_secs();
     let locked_at = num("lockedAt").expect("lockedAt");
-    assert!((now - locked_at).abs() < 60, "lockedAt {locked_at} is unix seconds");
+    assert!(
+        (now - locked_at).abs() < 60,
+        "lockedAt {locked_at} is unix seconds"
+    );
     assert_eq!(num("lastHeartbeat"), Some(locked_at));
-    assert_eq!(item.get("expiresAt"), None, "a held record has no TTL deadline");
-    let metadata = item.get("metadata").and_then(|v| v.as_m().ok()).expect("metadata map");
-    let meta = |k: &str| metadata.get(k).and_then(|v| v.as_s().ok()).map(String::as_str);
+    assert_eq!(
+        item.get("expiresAt"),
+        None,
+        "a held record has no TTL deadline"
+    );
+    let metadata = item
+        .get("metadata")
+        .and_then(|v| v.as_m().ok())
+        .expect("metadata map");
+    let meta = |k: &str| {
+        metadata
+            .get(k)
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str)
+    };
     assert_eq!(meta("operation"), Some("apply"));
     assert_eq!(meta("host"), Some("runner-abc123"));
     assert_eq!(meta("pid"), Some("54321"));
@@ -461,7 +551,10 @@ async fn items_carry_the_documented_attributes() {
         .and_then(|v| v.as_n().ok())
         .and_then(|n| n.parse::<i64>().ok())
         .expect("a released record has a TTL deadline");
-    assert!(expires >= locked_at + 90 * 24 * 3600, "collected 90 days after release: {expires}");
+    assert!(
+        expires >= locked_at + 90 * 24 * 3600,
+        "collected 90 days after release: {expires}"
+    );
 }
 
 /// Items with missing or mistyped attributes are reported as corrupt by
@@ -493,7 +586,10 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
             key: good_key.clone(),
             new_rvn: RecordVersion::random(),
             at: WallTime(1_700_000_000_001),
-            kind: OpKind::Release { owner: good.owner, current: good.rvn },
+            kind: OpKind::Release {
+                owner: good.owner,
+                current: good.rvn,
+            },
         })
         .await
         .expect("release");
@@ -545,14 +641,37 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
             _ => good.rvn,
         };
         for kind in [
-            OpKind::Acquire { owner: LeaseId::random(), lease_ms: 1000, holder: HolderInfo::named("y") },
-            OpKind::Takeover { observed: rvn, owner: LeaseId::random(), lease_ms: 1000, holder: HolderInfo::named("y") },
-            OpKind::ForceUnlock { observed: rvn, by: "ops".into() },
-            OpKind::Heartbeat { owner: good.owner, current: rvn },
+            OpKind::Acquire {
+                owner: LeaseId::random(),
+                lease_ms: 1000,
+                holder: HolderInfo::named("y"),
+            },
+            OpKind::Takeover {
+                observed: rvn,
+                owner: LeaseId::random(),
+                lease_ms: 1000,
+                holder: HolderInfo::named("y"),
+            },
+            OpKind::ForceUnlock {
+                observed: rvn,
+                by: "ops".into(),
+            },
+            OpKind::Heartbeat {
+                owner: good.owner,
+                current: rvn,
+            },
         ] {
             let name = kind.name();
-            let op = LockOp { key: key.clone(), new_rvn: RecordVersion::random(), at: WallTime(1), kind };
-            assert!(corrupt(store.apply(&op).await.map(|_| ())), "{name}: {what}");
+            let op = LockOp {
+                key: key.clone(),
+                new_rvn: RecordVersion::random(),
+                at: WallTime(1),
+                kind,
+            };
+            assert!(
+                corrupt(store.apply(&op).await.map(|_| ())),
+                "{name}: {what}"
+            );
         }
         let after = raw
             .get_item()
@@ -564,9 +683,16 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
             .expect("get")
             .item()
             .cloned();
-        assert_eq!(after.as_ref(), Some(&item), "the damaged item was overwritten: {what}");
+        assert_eq!(
+            after.as_ref(),
+            Some(&item),
+            "the damaged item was overwritten: {what}"
+        );
     }
-    assert!(matches!(store.list().await, Err(StoreError::Corrupt { .. })));
+    assert!(matches!(
+        store.list().await,
+        Err(StoreError::Corrupt { .. })
+    ));
 }
 
 /// Table creation is idempotent and checks the key schema; a missing table, a
@@ -581,32 +707,52 @@ async fn setup_and_misconfiguration_are_reported_clearly() {
 
     match store.get(&key).await {
         Err(StoreError::Misconfigured(why)) => {
-            assert!(why.contains("does not exist") && why.contains("dynamodb create-table"), "{why}")
+            assert!(
+                why.contains("does not exist") && why.contains("dynamodb create-table"),
+                "{why}"
+            )
         }
         other => panic!("a missing table must be Misconfigured, got {other:?}"),
     }
     assert_eq!(store.create_table().await, Ok(TableSetup::Created));
     assert_eq!(store.create_table().await, Ok(TableSetup::AlreadyExisted));
     assert_eq!(store.get(&key).await, Ok(None));
-    let ttl = raw.describe_time_to_live().table_name(&fresh).send().await.expect("ttl");
+    let ttl = raw
+        .describe_time_to_live()
+        .table_name(&fresh)
+        .send()
+        .await
+        .expect("ttl");
     assert_eq!(
-        ttl.time_to_live_description().and_then(|d| d.attribute_name()),
+        ttl.time_to_live_description()
+            .and_then(|d| d.attribute_name()),
         Some("expiresAt")
     );
 
     // A Terraform lock table is not a statelock lock table.
-    let tf = statelock::store::terraform::TerraformDynamoStore::new(raw.clone(), format!("{fresh}-tf"));
+    let tf =
+        statelock::store::terraform::TerraformDynamoStore::new(raw.clone(), format!("{fresh}-tf"));
     assert_eq!(tf.create_table().await, Ok(TableSetup::Created));
-    match DynamoDbStore::new(raw.clone(), format!("{fresh}-tf")).create_table().await {
+    match DynamoDbStore::new(raw.clone(), format!("{fresh}-tf"))
+        .create_table()
+        .await
+    {
         Err(StoreError::Misconfigured(why)) => assert!(why.contains("LockID"), "{why}"),
         other => panic!("a wrong key schema must be Misconfigured, got {other:?}"),
     }
-    match DynamoDbStore::new(raw.clone(), format!("{fresh}-tf")).get(&key).await {
+    match DynamoDbStore::new(raw.clone(), format!("{fresh}-tf"))
+        .get(&key)
+        .await
+    {
         Err(StoreError::Misconfigured(why)) => assert!(why.contains("lockKey"), "{why}"),
         other => panic!("a wrong key schema must be Misconfigured, got {other:?}"),
     }
     for table in [fresh.clone(), format!("{fresh}-tf")] {
-        raw.delete_table().table_name(table).send().await.expect("delete table");
+        raw.delete_table()
+            .table_name(table)
+            .send()
+            .await
+            .expect("delete table");
     }
 
     // Nothing listens on port 9 of this host: fail fast and retryably.
@@ -618,7 +764,11 @@ async fn setup_and_misconfiguration_are_reported_clearly() {
         Err(StoreError::Unavailable(_)) => {}
         other => panic!("a dead endpoint must be Unavailable, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(
         DynamoDbStore::connect(TABLE, None, Some("127.0.0.1:9")).await,
         Err(StoreError::Misconfigured(_))
@@ -631,24 +781,38 @@ async fn setup_and_misconfiguration_are_reported_clearly() {
 async fn store_urls_open_both_formats() {
     let Some(endpoint) = endpoint() else { return };
     store(&endpoint).await;
-    let url = StoreUrl::parse(&format!("dynamodb://{TABLE}?region=us-east-1&endpoint={endpoint}"))
-        .expect("url");
+    let url = StoreUrl::parse(&format!(
+        "dynamodb://{TABLE}?region=us-east-1&endpoint={endpoint}"
+    ))
+    .expect("url");
     let opened = open_lock_store(&url).await.expect("open");
-    assert!(opened.describe().starts_with(&format!("dynamodb://{TABLE}?")));
+    assert!(opened
+        .describe()
+        .starts_with(&format!("dynamodb://{TABLE}?")));
     let key = unique_key("url");
     let client = LockClient::builder(opened).build();
     let guard = client
-        .acquire(&key, opts("url", Duration::from_secs(20), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts("url", Duration::from_secs(20), Some(Duration::ZERO)),
+        )
         .await
         .expect("acquire through the URL's store");
     assert_eq!(guard.token(), FencingToken(1));
     guard.release().await.expect("release");
 
     let tf_table = "statelock-test-tf-url";
-    let tf_url = StoreUrl::parse(&format!("dynamodb://{tf_table}?endpoint={endpoint}&format=terraform"))
-        .expect("url");
-    statelock::store::dynamodb::create_table_for_url(&tf_url).await.expect("create tf table");
+    let tf_url = StoreUrl::parse(&format!(
+        "dynamodb://{tf_table}?endpoint={endpoint}&format=terraform"
+    ))
+    .expect("url");
+    statelock::store::dynamodb::create_table_for_url(&tf_url)
+        .await
+        .expect("create tf table");
     let tf = open_lock_store(&tf_url).await.expect("open");
     assert!(tf.describe().ends_with("format=terraform"));
-    assert_eq!(tf.get(&LockKey::new("bucket/none").unwrap()).await, Ok(None));
+    assert_eq!(
+        tf.get(&LockKey::new("bucket/none").unwrap()).await,
+        Ok(None)
+    );
 }

@@ -29,7 +29,9 @@ const HINT: &str = "start the services with `eval \"$(scripts/services.sh start)
 fn skipped() -> bool {
     let skip = std::env::var("STATELOCK_SKIP_SERVICE_TESTS").as_deref() == Ok("1");
     if skip {
-        eprintln!("skipped: STATELOCK_SKIP_SERVICE_TESTS=1 (Terraform interoperability tests not run)");
+        eprintln!(
+            "skipped: STATELOCK_SKIP_SERVICE_TESTS=1 (Terraform interoperability tests not run)"
+        );
     }
     skip
 }
@@ -60,7 +62,13 @@ fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "statelock-tests"))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "statelock-tests",
+        ))
         .build();
     aws_sdk_dynamodb::Client::from_conf(config)
 }
@@ -126,24 +134,57 @@ async fn terraform_format_round_trip() {
     let key = lock_id("round-trip");
     let client = LockClient::new(store);
     let guard = client
-        .acquire(&key, opts("alice@laptop", "OperationTypeApply", Duration::from_secs(20), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts(
+                "alice@laptop",
+                "OperationTypeApply",
+                Duration::from_secs(20),
+                Some(Duration::ZERO),
+            ),
+        )
         .await
         .expect("acquire");
-    assert_eq!(guard.token(), FencingToken(0), "Terraform locks carry no token");
+    assert_eq!(
+        guard.token(),
+        FencingToken(0),
+        "Terraform locks carry no token"
+    );
 
-    let item = raw_item(&sdk_client(&endpoint), TABLE, key.as_str()).await.expect("the lock item");
+    let item = raw_item(&sdk_client(&endpoint), TABLE, key.as_str())
+        .await
+        .expect("the lock item");
     assert_eq!(item.len(), 2, "only LockID and Info: {item:?}");
     let info: serde_json::Value =
         serde_json::from_str(item["Info"].as_s().expect("Info is a string")).expect("Info is JSON");
-    let fields: Vec<&str> = info.as_object().expect("an object").keys().map(String::as_str).collect();
+    let fields: Vec<&str> = info
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut sorted = fields.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, ["Created", "ID", "Info", "Operation", "Path", "Version", "Who"]);
+    assert_eq!(
+        sorted,
+        [
+            "Created",
+            "ID",
+            "Info",
+            "Operation",
+            "Path",
+            "Version",
+            "Who"
+        ]
+    );
     assert_eq!(info["ID"], guard.lease_id().to_string());
     assert_eq!(info["Who"], "alice@laptop");
     assert_eq!(info["Operation"], "OperationTypeApply");
     assert_eq!(info["Path"], key.as_str());
-    assert!(info["Version"].as_str().expect("Version").starts_with("statelock "));
+    assert!(info["Version"]
+        .as_str()
+        .expect("Version")
+        .starts_with("statelock "));
     assert!(humantime::parse_rfc3339(info["Created"].as_str().expect("Created")).is_ok());
 
     let status = client.status(&key).await.expect("status").expect("held");
@@ -153,16 +194,35 @@ async fn terraform_format_round_trip() {
 
     let other = LockClient::new(TerraformDynamoStore::new(sdk_client(&endpoint), TABLE));
     match other
-        .acquire(&key, opts("bob@desk", "OperationTypePlan", Duration::from_secs(20), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts(
+                "bob@desk",
+                "OperationTypePlan",
+                Duration::from_secs(20),
+                Some(Duration::ZERO),
+            ),
+        )
         .await
     {
         Err(LockError::Held { holder }) => assert_eq!(holder.holder.locked_by, "alice@laptop"),
         other => panic!("the lock must be held, got {other:?}"),
     }
     guard.release().await.expect("release");
-    assert_eq!(client.status(&key).await.expect("status").map(|s| s.held), None);
+    assert_eq!(
+        client.status(&key).await.expect("status").map(|s| s.held),
+        None
+    );
     let again = other
-        .acquire(&key, opts("bob@desk", "OperationTypePlan", Duration::from_secs(20), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts(
+                "bob@desk",
+                "OperationTypePlan",
+                Duration::from_secs(20),
+                Some(Duration::ZERO),
+            ),
+        )
         .await
         .expect("free after release");
     again.release().await.expect("release");
@@ -193,34 +253,63 @@ async fn terraform_items_are_parsed_and_respected() {
     raw.put_item()
         .table_name(TABLE)
         .item("LockID", AttributeValue::S(format!("{key}-md5")))
-        .item("Digest", AttributeValue::S("0123456789abcdef0123456789abcdef".into()))
+        .item(
+            "Digest",
+            AttributeValue::S("0123456789abcdef0123456789abcdef".into()),
+        )
         .send()
         .await
         .expect("put digest");
 
     let record = store.get(&key).await.expect("get").expect("a lock");
-    assert_eq!(record.owner.to_string(), "5b9f1c2e-8d4a-4f51-9c0e-2a7b3d6e1f40");
+    assert_eq!(
+        record.owner.to_string(),
+        "5b9f1c2e-8d4a-4f51-9c0e-2a7b3d6e1f40"
+    );
     assert_eq!(record.holder.locked_by, "carol@build-7");
-    assert_eq!(record.holder.operation.as_deref(), Some("OperationTypeApply"));
+    assert_eq!(
+        record.holder.operation.as_deref(),
+        Some("OperationTypeApply")
+    );
     assert_eq!(record.acquired_at.as_millis(), 1_705_328_400_123);
     let listed = store.list().await.expect("list");
-    let mine: Vec<_> = listed.iter().filter(|r| r.key.as_str().starts_with(key.as_str())).collect();
+    let mine: Vec<_> = listed
+        .iter()
+        .filter(|r| r.key.as_str().starts_with(key.as_str()))
+        .collect();
     assert_eq!(mine, vec![&record], "the digest item is not a lock");
-    assert_eq!(store.get(&LockKey::new(format!("{key}-md5")).unwrap()).await, Ok(None));
+    assert_eq!(
+        store
+            .get(&LockKey::new(format!("{key}-md5")).unwrap())
+            .await,
+        Ok(None)
+    );
 
     // Created in 2024, never renewed: still never taken over.
     let client = LockClient::new(store);
     let started = Instant::now();
     match client
-        .acquire(&key, opts("me@here", "apply", Duration::from_millis(300), Some(Duration::from_millis(1500))))
+        .acquire(
+            &key,
+            opts(
+                "me@here",
+                "apply",
+                Duration::from_millis(300),
+                Some(Duration::from_millis(1500)),
+            ),
+        )
         .await
     {
-        Err(LockError::Timeout { holder: Some(h), .. }) => assert_eq!(h.holder.locked_by, "carol@build-7"),
+        Err(LockError::Timeout {
+            holder: Some(h), ..
+        }) => assert_eq!(h.holder.locked_by, "carol@build-7"),
         other => panic!("a Terraform lock must never be taken over, got {other:?}"),
     }
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(
-        raw_item(&raw, TABLE, key.as_str()).await.and_then(|i| i.get("Info").cloned()),
+        raw_item(&raw, TABLE, key.as_str())
+            .await
+            .and_then(|i| i.get("Info").cloned()),
         Some(AttributeValue::S(info))
     );
 
@@ -230,12 +319,26 @@ async fn terraform_items_are_parsed_and_respected() {
         client.force_unlock(&key, stale, "ops@admin").await,
         Err(LockError::Changed { .. })
     ));
-    let forced = client.force_unlock(&key, record.rvn, "ops@admin").await.expect("force");
+    let forced = client
+        .force_unlock(&key, record.rvn, "ops@admin")
+        .await
+        .expect("force");
     assert_eq!(forced.forced_by.as_deref(), Some("ops@admin"));
     assert!(raw_item(&raw, TABLE, key.as_str()).await.is_none());
-    assert!(raw_item(&raw, TABLE, &format!("{key}-md5")).await.is_some(), "the digest is Terraform's");
+    assert!(
+        raw_item(&raw, TABLE, &format!("{key}-md5")).await.is_some(),
+        "the digest is Terraform's"
+    );
     let guard = client
-        .acquire(&key, opts("me@here", "apply", Duration::from_secs(20), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts(
+                "me@here",
+                "apply",
+                Duration::from_secs(20),
+                Some(Duration::ZERO),
+            ),
+        )
         .await
         .expect("free after force-unlock");
     guard.release().await.expect("release");
@@ -252,7 +355,15 @@ async fn holder_notices_a_terraform_force_unlock() {
     let client = LockClient::new(tf_store(&endpoint, TABLE).await);
     let key = lock_id("forced");
     let guard = client
-        .acquire(&key, opts("me@here", "apply", Duration::from_millis(900), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts(
+                "me@here",
+                "apply",
+                Duration::from_millis(900),
+                Some(Duration::ZERO),
+            ),
+        )
         .await
         .expect("acquire");
     // Heartbeats (conditional no-op writes) keep it.
@@ -285,14 +396,25 @@ async fn lost_acquire_response_is_recognised() {
     let key = lock_id("lost");
     switch.lose_next_responses(1);
     let guard = client
-        .acquire(&key, opts("me@here", "apply", Duration::from_secs(20), Some(Duration::from_secs(5))))
+        .acquire(
+            &key,
+            opts(
+                "me@here",
+                "apply",
+                Duration::from_secs(20),
+                Some(Duration::from_secs(5)),
+            ),
+        )
         .await
         .expect("acquire despite the lost answer");
     assert_eq!(switch.injected(), 1);
     let status = client.status(&key).await.expect("status").expect("held");
     assert_eq!(status.record.owner, guard.lease_id());
     switch.lose_next_responses(1);
-    guard.release().await.expect("release despite the lost answer");
+    guard
+        .release()
+        .await
+        .expect("release despite the lost answer");
     assert!(client.status(&key).await.expect("status").is_none());
 }
 
@@ -304,7 +426,9 @@ async fn lost_acquire_response_is_recognised() {
 fn create_bucket(s3_endpoint: &str, bucket: &str) {
     let host = authority(s3_endpoint);
     let mut stream = std::net::TcpStream::connect(host).expect("connect to the S3 server");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     write!(
         stream,
         "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\
@@ -368,7 +492,10 @@ async fn real_terraform_and_statelock_respect_each_other() {
     let s3 = service("STATELOCK_TEST_S3_ENDPOINT");
     let binary = std::env::var("STATELOCK_TEST_TERRAFORM")
         .unwrap_or_else(|_| panic!("STATELOCK_TEST_TERRAFORM is not set: {HINT}"));
-    assert!(std::path::Path::new(&binary).is_file(), "no Terraform binary at {binary}: {HINT}");
+    assert!(
+        std::path::Path::new(&binary).is_file(),
+        "no Terraform binary at {binary}: {HINT}"
+    );
 
     let table = "statelock-test-tf-e2e";
     let store = tf_store(&ddb, table).await;
@@ -441,11 +568,33 @@ output "greeting" {{
     };
     assert!(status.held);
     let who = status.record.holder.locked_by.clone();
-    assert!(who.contains('@'), "Terraform's Who is user@host, got {who:?}");
-    assert_eq!(status.record.holder.operation.as_deref(), Some("OperationTypeApply"));
-    assert_eq!(status.record.holder.metadata.get("terraform_version").map(String::as_str), Some("1.0.3"));
+    assert!(
+        who.contains('@'),
+        "Terraform's Who is user@host, got {who:?}"
+    );
+    assert_eq!(
+        status.record.holder.operation.as_deref(),
+        Some("OperationTypeApply")
+    );
+    assert_eq!(
+        status
+            .record
+            .holder
+            .metadata
+            .get("terraform_version")
+            .map(String::as_str),
+        Some("1.0.3")
+    );
     match client
-        .acquire(&key, opts("statelock-e2e@ci-runner", "statelock exec", Duration::from_secs(20), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts(
+                "statelock-e2e@ci-runner",
+                "statelock exec",
+                Duration::from_secs(20),
+                Some(Duration::ZERO),
+            ),
+        )
         .await
     {
         Err(LockError::Held { holder }) => assert_eq!(holder.holder.locked_by, who),
@@ -460,31 +609,68 @@ output "greeting" {{
         .expect("wait");
     drop(stdin);
     assert!(!exit.success(), "a declined apply exits non-zero");
-    assert!(client.status(&key).await.expect("status").is_none(), "Terraform released the lock");
+    assert!(
+        client.status(&key).await.expect("status").is_none(),
+        "Terraform released the lock"
+    );
 
     // (a) statelock holds the lock: Terraform refuses and names the holder.
     let guard = client
-        .acquire(&key, opts("statelock-e2e@ci-runner", "statelock exec", Duration::from_secs(20), Some(Duration::ZERO)))
+        .acquire(
+            &key,
+            opts(
+                "statelock-e2e@ci-runner",
+                "statelock exec",
+                Duration::from_secs(20),
+                Some(Duration::ZERO),
+            ),
+        )
         .await
         .expect("acquire the Terraform lock");
     let (ok, out) = tf
-        .run(&["apply", "-no-color", "-input=false", "-auto-approve", "-lock-timeout=0s"])
+        .run(&[
+            "apply",
+            "-no-color",
+            "-input=false",
+            "-auto-approve",
+            "-lock-timeout=0s",
+        ])
         .await;
-    assert!(!ok, "terraform apply must fail while statelock holds the lock:\n{out}");
+    assert!(
+        !ok,
+        "terraform apply must fail while statelock holds the lock:\n{out}"
+    );
     assert!(out.contains("Error acquiring the state lock"), "{out}");
-    assert!(out.contains("statelock-e2e@ci-runner"), "Terraform must name the holder:\n{out}");
-    assert!(out.contains(&guard.lease_id().to_string()), "and its lock ID:\n{out}");
+    assert!(
+        out.contains("statelock-e2e@ci-runner"),
+        "Terraform must name the holder:\n{out}"
+    );
+    assert!(
+        out.contains(&guard.lease_id().to_string()),
+        "and its lock ID:\n{out}"
+    );
     guard.release().await.expect("release");
 
     let (ok, out) = tf
-        .run(&["apply", "-no-color", "-input=false", "-auto-approve", "-lock-timeout=0s"])
+        .run(&[
+            "apply",
+            "-no-color",
+            "-input=false",
+            "-auto-approve",
+            "-lock-timeout=0s",
+        ])
         .await;
-    assert!(ok, "terraform apply must work once statelock released the lock:\n{out}");
+    assert!(
+        ok,
+        "terraform apply must work once statelock released the lock:\n{out}"
+    );
     assert!(out.contains(&format!("hello from {suffix}")), "{out}");
     assert!(client.status(&key).await.expect("status").is_none());
     let locks = client.locks().await.expect("list");
     assert!(
-        locks.iter().all(|l| !l.record.key.as_str().starts_with(&bucket)),
+        locks
+            .iter()
+            .all(|l| !l.record.key.as_str().starts_with(&bucket)),
         "no lock (and no digest item) of this state is listed: {locks:?}"
     );
 }

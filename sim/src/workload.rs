@@ -490,7 +490,11 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
         rng.random_range(0..=ctx.cfg.timing.work_max.as_millis() as u64)
     };
     while left > 0 {
-        let step = if long { left.min(rng.random_range(5..=50)) } else { left };
+        let step = if long {
+            left.min(rng.random_range(5..=50))
+        } else {
+            left
+        };
         tokio::time::sleep(Duration::from_millis(step)).await;
         left -= step;
         if long && left > 0 {

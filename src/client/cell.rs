@@ -190,7 +190,11 @@ mod loom_tests {
 
             let record = store.get_now(&LockKey::new("k").unwrap()).unwrap();
             assert!(record.released, "the lock must end released: {record:?}");
-            assert_eq!(claims.load(Ordering::SeqCst), 1, "release and drop must not both send");
+            assert_eq!(
+                claims.load(Ordering::SeqCst),
+                1,
+                "release and drop must not both send"
+            );
             let sent = releases_sent.load(Ordering::SeqCst);
             assert!(
                 (1..=2).contains(&sent),

@@ -242,10 +242,7 @@ impl DynamoDbStateStore {
             .item(FENCE, n(token.0))
             .item(VERSION, s(version.0.clone()))
             .item(BODY, AttributeValue::B(Blob::new(body)))
-            .item(
-                SAVED_AT_MS,
-                n(SystemClock::new().wall().as_millis()),
-            )
+            .item(SAVED_AT_MS, n(SystemClock::new().wall().as_millis()))
             .condition_expression(condition)
             .set_expression_attribute_names(Some(head.names))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
