@@ -44,7 +44,7 @@ pub struct ExecArgs {
     /// How long to wait for a held lock (0s: fail at once if held; `forever`: no limit)
     #[arg(long, default_value = "10m", value_name = "DURATION")]
     pub wait: String,
-    /// Who holds the lock, shown to others [default: $USER@hostname]
+    /// Who holds the lock, shown to others (default: `$USER@hostname`)
     #[arg(long, value_name = "NAME")]
     pub who: Option<String>,
     /// What the command does, shown to others (e.g. apply)

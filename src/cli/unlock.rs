@@ -24,7 +24,7 @@ pub struct UnlockArgs {
     /// Do not ask for confirmation (required when stdin is not a terminal)
     #[arg(long, short)]
     pub yes: bool,
-    /// Who is forcing it, recorded for audit [default: $USER@hostname]
+    /// Who is forcing it, recorded for audit (default: `$USER@hostname`)
     #[arg(long, value_name = "NAME")]
     pub who: Option<String>,
 }
