@@ -436,9 +436,14 @@ impl StateMachineTest for ClientUnderTest {
                 }
             }
             Step::CheckedWrite(c) => {
-                if let Some(result) = sut.write(c, true) {
-                    // A valid holder is the newest grant: its write must land.
-                    result.unwrap();
+                let forced = sut.forced[c];
+                match sut.write(c, true) {
+                    // A valid holder is the newest grant: its write must land
+                    // — unless an operator forced its lock (it learns that at
+                    // its next heartbeat); then fencing must stop it.
+                    Some(Err(StateError::Stale { .. })) if forced => {}
+                    Some(result) => result.unwrap(),
+                    None => {}
                 }
             }
             Step::UncheckedWrite(c) => {
