@@ -210,6 +210,21 @@ impl SimConfig {
         self
     }
 
+    /// Checks that the protocol accepts this lease and ρ, and that the
+    /// scenario is not empty, so that a run cannot pass vacuously.
+    pub fn validate(&self) -> Result<(), String> {
+        self.protocol_config
+            .check_lease(self.timing.lease)
+            .map_err(|e| format!("invalid scenario: {e}"))?;
+        if self.clients == 0 || self.keys == 0 || self.ops_per_client == 0 {
+            return Err("invalid scenario: clients, keys and ops must be at least 1".into());
+        }
+        if self.timing.tick.is_zero() {
+            return Err("invalid scenario: the simulation step must be at least 1 ms".into());
+        }
+        Ok(())
+    }
+
     /// ρ as a fraction.
     pub fn rho(&self) -> f64 {
         f64::from(self.protocol_config.drift_ppm) / 1e6
@@ -256,4 +271,33 @@ impl SimConfig {
 /// The name of lock key `i`.
 pub fn key_name(i: usize) -> String {
     format!("stack:sim:env:k{i}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_scenarios_are_refused() {
+        let cfg = SimConfig::default();
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.rate_range(), (0.95, 1.05));
+        assert!(cfg.clone().with_rho_ppm(100_000).validate().is_err());
+        assert!(cfg
+            .clone()
+            .with_lease(Duration::from_millis(20))
+            .validate()
+            .is_err());
+        assert!(SimConfig {
+            clients: 0,
+            ..cfg.clone()
+        }
+        .validate()
+        .is_err());
+        let beyond = SimConfig {
+            drift: DriftMode::Beyond,
+            ..cfg
+        };
+        assert_eq!(beyond.rate_range(), (0.5, 2.0));
+    }
 }

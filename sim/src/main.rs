@@ -102,16 +102,16 @@ impl Scenario {
     fn config(&self) -> SimConfig {
         SimConfig {
             protocol: self.protocol,
-            clients: self.clients.max(1),
-            keys: self.keys.max(1),
+            clients: self.clients,
+            keys: self.keys,
             ops_per_client: self.ops,
             faults: self.faults,
             drift: self.drift,
             ..SimConfig::default()
         }
-        .with_lease(Duration::from_millis(self.lease_ms.max(30)))
+        .with_lease(Duration::from_millis(self.lease_ms))
         .with_rho_ppm(self.rho_ppm)
-        .with_tick(Duration::from_millis(self.tick_ms.max(1)))
+        .with_tick(Duration::from_millis(self.tick_ms))
         .with_margin(self.margin_ms.map(Duration::from_millis))
     }
 }
@@ -133,6 +133,13 @@ fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let scenario = match &cli.command {
+        Command::Sweep { scenario, .. } | Command::Replay { scenario, .. } => scenario,
+    };
+    if let Err(why) = scenario.config().validate() {
+        eprintln!("error: {why}");
+        return ExitCode::from(2);
+    }
     match cli.command {
         Command::Sweep {
             seeds,

@@ -157,6 +157,15 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
             events: None,
         };
     }
+    if let Err(why) = cfg.validate() {
+        return RunReport {
+            seed,
+            violations: Vec::new(),
+            failure: Some(why),
+            stats: Stats::default(),
+            events: None,
+        };
+    }
     let cfg = Arc::new(cfg.clone());
     let rec = Recorder::new();
     let durable = Arc::new(Durable::new());
