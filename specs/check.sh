@@ -81,7 +81,7 @@ run() {
     secs="$(python3 -c "print(f'{$end - $start:.1f}')")"
 
     local counts
-    counts="$(grep -E '^[0-9]+ states generated, [0-9]+ distinct states found' "$out" \
+    counts="$( { grep -E '^[0-9]+ states generated, [0-9]+ distinct states found' "$out" || true; } \
               | tail -n 1 | sed -E 's/^([0-9]+) states generated, ([0-9]+) distinct.*/\1 \2/')"
     local generated="${counts% *}" distinct="${counts#* }"
     [[ -n "$counts" ]] || { generated="?"; distinct="?"; }
