@@ -2,6 +2,10 @@
 //! measured in the same run as the raw floor: one conditional `PutItem` and one
 //! conditional `DeleteItem` on a fresh key, sent with the same SDK client.
 //!
+//! After the criterion functions, a paired pass runs floor, store and client
+//! side by side in rotating order and prints their medians and the median of
+//! the per-round client/floor ratios (immune to drift during the run).
+//!
 //! Needs DynamoDB Local: `eval "$(scripts/services.sh start)"`, then
 //! `cargo bench --bench dynamodb`. Results: `target/criterion/dynamodb/*/new/estimates.json`.
 
@@ -15,9 +19,12 @@ use statelock::store::LockStore;
 use statelock::{HolderInfo, LockKey};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const TABLE: &str = "statelock-bench-locks";
+
+/// Untimed rounds of every request path before measuring.
+const WARM_UP_ROUNDS: usize = 2_000;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -71,6 +78,54 @@ async fn raw_put_delete(client: &aws_sdk_dynamodb::Client, key: String) {
     );
 }
 
+/// The floor with a whole lock item: a conditional create of an item with
+/// every attribute a statelock record has, then a conditional delete. Shows
+/// how much of the gap to the floor is the item's size alone.
+async fn raw_put_delete_full_item(client: &aws_sdk_dynamodb::Client, key: String) {
+    let n = |v: u64| AttributeValue::N(v.to_string());
+    let metadata = AttributeValue::M(
+        [("host", "bench-host"), ("pid", "4242")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
+            .collect(),
+    );
+    client
+        .put_item()
+        .table_name(TABLE)
+        .item("lockKey", AttributeValue::S(key.clone()))
+        .item(
+            "lockId",
+            AttributeValue::S(uuid::Uuid::new_v4().to_string()),
+        )
+        .item(
+            "rvn",
+            AttributeValue::S(RecordVersion::random().to_string()),
+        )
+        .item("token", n(1))
+        .item("leaseMs", n(20_000))
+        .item("released", AttributeValue::Bool(false))
+        .item("lockedBy", AttributeValue::S("bench".into()))
+        .item("metadata", metadata)
+        .item("lockedAt", n(1_700_000_000))
+        .item("lockedAtMs", n(1_700_000_000_000))
+        .item("lastHeartbeat", n(1_700_000_000))
+        .item("lastHeartbeatMs", n(1_700_000_000_000))
+        .condition_expression("attribute_not_exists(lockKey)")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("raw put: {e:?}"));
+    black_box(
+        client
+            .delete_item()
+            .table_name(TABLE)
+            .key("lockKey", AttributeValue::S(key))
+            .condition_expression("attribute_exists(lockKey)")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("raw delete: {e:?}")),
+    );
+}
+
 async fn client_acquire_release(client: &LockClient, key: &LockKey) {
     let opts = AcquireOptions {
         wait: Some(Duration::ZERO),
@@ -86,6 +141,17 @@ async fn client_acquire_release(client: &LockClient, key: &LockKey) {
         .release()
         .await
         .unwrap_or_else(|e| panic!("release: {e}"));
+}
+
+/// Deletes a benchmark key's record (outside the timed part).
+async fn delete(client: &aws_sdk_dynamodb::Client, key: &LockKey) {
+    client
+        .delete_item()
+        .table_name(TABLE)
+        .key("lockKey", AttributeValue::S(key.to_string()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("cleanup delete: {e:?}"));
 }
 
 /// The same two writes as the client sends, straight to the store: the
@@ -125,8 +191,10 @@ async fn store_acquire_release(store: &DynamoDbStore, key: LockKey) {
 
 fn dynamodb(c: &mut Criterion) {
     let endpoint = endpoint();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the benchmark, its requests and the guard's heartbeat
+    // task: no cross-thread hand-offs competing with DynamoDB Local's JVM for
+    // the cores.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
@@ -138,6 +206,19 @@ fn dynamodb(c: &mut Criterion) {
     let run = uuid::Uuid::new_v4().simple().to_string();
     let reused = LockKey::new(format!("bench/{run}/reused")).unwrap_or_else(|e| panic!("{e}"));
 
+    // DynamoDB Local runs on the JVM: every request path is warmed up (JIT)
+    // before anything is measured, or whichever runs first pays for it.
+    rt.block_on(async {
+        for _ in 0..WARM_UP_ROUNDS {
+            raw_put_delete(&sdk, fresh_key(&run)).await;
+            raw_put_delete_full_item(&sdk, fresh_key(&run)).await;
+            let key = LockKey::new(fresh_key(&run)).unwrap_or_else(|e| panic!("{e}"));
+            store_acquire_release(&store, key.clone()).await;
+            client_acquire_release(&client, &key).await;
+            delete(&sdk, &key).await;
+        }
+    });
+
     let mut group = c.benchmark_group("dynamodb");
     group.sample_size(100);
     group.measurement_time(Duration::from_secs(10));
@@ -147,16 +228,38 @@ fn dynamodb(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| raw_put_delete(&sdk, fresh_key(&run)))
     });
+    group.bench_function("raw_put_delete_full_item", |b| {
+        b.to_async(&rt)
+            .iter(|| raw_put_delete_full_item(&sdk, fresh_key(&run)))
+    });
+    let (sdk_ref, store_ref, client_ref, run_ref) = (&sdk, &store, &client, run.as_str());
+    // Fresh-key runs delete each released record after the timed part, so
+    // the table stays as small as in the floor's runs (DynamoDB Local slows
+    // down as a table grows; the floor deletes its items).
     group.bench_function("store_acquire_release_fresh_key", |b| {
-        b.to_async(&rt).iter(|| async {
-            let key = LockKey::new(fresh_key(&run)).unwrap_or_else(|e| panic!("{e}"));
-            store_acquire_release(&store, key).await
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let key = LockKey::new(fresh_key(run_ref)).unwrap_or_else(|e| panic!("{e}"));
+                let start = Instant::now();
+                store_acquire_release(store_ref, key.clone()).await;
+                timed += start.elapsed();
+                delete(sdk_ref, &key).await;
+            }
+            timed
         })
     });
     group.bench_function("client_acquire_release_fresh_key", |b| {
-        b.to_async(&rt).iter(|| async {
-            let key = LockKey::new(fresh_key(&run)).unwrap_or_else(|e| panic!("{e}"));
-            client_acquire_release(&client, &key).await
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut timed = Duration::ZERO;
+            for _ in 0..iters {
+                let key = LockKey::new(fresh_key(run_ref)).unwrap_or_else(|e| panic!("{e}"));
+                let start = Instant::now();
+                client_acquire_release(client_ref, &key).await;
+                timed += start.elapsed();
+                delete(sdk_ref, &key).await;
+            }
+            timed
         })
     });
     group.bench_function("client_acquire_release_reused_key", |b| {
@@ -168,6 +271,56 @@ fn dynamodb(c: &mut Criterion) {
             .iter(|| raw_put_delete(&sdk, fresh_key(&run)))
     });
     group.finish();
+
+    // Criterion measures one function after another, so the machine's and
+    // DynamoDB Local's drift over minutes lands between the floor and the
+    // client. The paired pass runs the three side by side, rotating which
+    // goes first, and reports each one's median and the median of the
+    // per-round ratios: the drift-free comparison.
+    let rounds = PAIRED_ROUNDS;
+    let (mut raw, mut stored, mut client_t, mut ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    rt.block_on(async {
+        for round in 0..rounds {
+            let mut t = [Duration::ZERO; 3];
+            for i in 0..3 {
+                let which = (round + i) % 3;
+                let key = fresh_key(&run);
+                let lock_key = LockKey::new(key.clone()).unwrap_or_else(|e| panic!("{e}"));
+                let start = Instant::now();
+                match which {
+                    0 => raw_put_delete(&sdk, key).await,
+                    1 => store_acquire_release(&store, lock_key.clone()).await,
+                    _ => client_acquire_release(&client, &lock_key).await,
+                }
+                t[which] = start.elapsed();
+                if which != 0 {
+                    delete(&sdk, &lock_key).await;
+                }
+            }
+            raw.push(t[0].as_secs_f64());
+            stored.push(t[1].as_secs_f64());
+            client_t.push(t[2].as_secs_f64());
+            ratios.push(t[2].as_secs_f64() / t[0].as_secs_f64());
+        }
+    });
+    let ms = |v: &mut Vec<f64>| median(v) * 1e3;
+    println!(
+        "dynamodb/paired ({rounds} rounds): raw_put_delete {:.3} ms, store {:.3} ms, \
+         client {:.3} ms; median client/raw ratio {:.3}",
+        ms(&mut raw),
+        ms(&mut stored),
+        ms(&mut client_t),
+        median(&mut ratios)
+    );
+}
+
+/// Rounds of the paired pass (each: floor, store and client once).
+const PAIRED_ROUNDS: usize = 3_000;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 criterion_group!(benches, dynamodb);

@@ -558,7 +558,10 @@ async fn items_carry_the_documented_attributes() {
 }
 
 /// Items with missing or mistyped attributes are reported as corrupt by
-/// every operation and never overwritten.
+/// every operation. Takeover, force-unlock and heartbeat never overwrite them;
+/// an acquire of a released record repairs one whose token is sound (it
+/// rewrites every other attribute) and refuses one whose token or released
+/// flag is damaged.
 #[tokio::test]
 async fn damaged_items_are_corrupt_and_never_overwritten() {
     let Some(endpoint) = endpoint() else { return };
@@ -641,11 +644,6 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
             _ => good.rvn,
         };
         for kind in [
-            OpKind::Acquire {
-                owner: LeaseId::random(),
-                lease_ms: 1000,
-                holder: HolderInfo::named("y"),
-            },
             OpKind::Takeover {
                 observed: rvn,
                 owner: LeaseId::random(),
@@ -688,6 +686,36 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
             Some(&item),
             "the damaged item was overwritten: {what}"
         );
+
+        let acquire = LockOp {
+            key: key.clone(),
+            new_rvn: RecordVersion::random(),
+            at: WallTime(2),
+            kind: OpKind::Acquire {
+                owner: LeaseId::random(),
+                lease_ms: 1000,
+                holder: HolderInfo::named("y"),
+            },
+        };
+        let acquired = store.apply(&acquire).await;
+        if ["token", "released"].contains(&attribute) {
+            assert!(corrupt(acquired.map(|_| ())), "acquire: {what}");
+            let after = raw
+                .get_item()
+                .table_name(CORRUPT_TABLE)
+                .key("lockKey", AttributeValue::S(key.to_string()))
+                .consistent_read(true)
+                .send()
+                .await
+                .expect("get")
+                .item()
+                .cloned();
+            assert_eq!(after.as_ref(), Some(&item), "acquire overwrote: {what}");
+        } else {
+            let granted = acquired.unwrap_or_else(|e| panic!("acquire of {what}: {e}"));
+            assert_eq!(Some(granted.token), good.token.next(), "repaired: {what}");
+            assert_eq!(store.get(&key).await.expect("get"), Some(granted));
+        }
     }
     assert!(matches!(
         store.list().await,
@@ -815,4 +843,90 @@ async fn store_urls_open_both_formats() {
         tf.get(&LockKey::new("bucket/none").unwrap()).await,
         Ok(None)
     );
+}
+
+/// `statelock dynamodb create-table` creates the lock table (and, asked to,
+/// the state table) with the right key schema and TTL, is idempotent, refuses
+/// a table with another key schema (exit 5) and bad input (exit 2).
+#[tokio::test]
+async fn cli_creates_the_tables() {
+    let Some(endpoint) = endpoint() else { return };
+    let raw = sdk_client(&endpoint);
+    let table = format!(
+        "statelock-test-cli-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let url = format!("dynamodb://{table}?endpoint={endpoint}");
+    let run = |url: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_statelock"))
+            .arg("--store")
+            .arg(url)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run statelock");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = run(&url, &["dynamodb", "create-table", "--with-state-table"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("Created the lock table {table:?}")),
+        "{stdout}"
+    );
+    let state_table = format!("{table}-state");
+    assert!(
+        stdout.contains(&format!("Created the state table {state_table:?}")),
+        "{stdout}"
+    );
+    for (name, ttl) in [(&table, true), (&state_table, false)] {
+        let described = raw
+            .describe_table()
+            .table_name(name.as_str())
+            .send()
+            .await
+            .expect("describe");
+        let key = described
+            .table()
+            .and_then(|t| t.key_schema().first())
+            .map(|k| k.attribute_name().to_string());
+        assert_eq!(key.as_deref(), Some("lockKey"), "{name}");
+        let ttl_status = raw
+            .describe_time_to_live()
+            .table_name(name.as_str())
+            .send()
+            .await
+            .expect("describe TTL");
+        let attr = ttl_status
+            .time_to_live_description()
+            .and_then(|d| d.attribute_name())
+            .map(str::to_string);
+        assert_eq!(attr.is_some(), ttl, "{name}: TTL {ttl_status:?}");
+    }
+
+    // Idempotent; and the table works as a store at once.
+    let (code, stdout, _) = run(&url, &["dynamodb", "create-table"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("already exists"), "{stdout}");
+    let (code, stdout, stderr) = run(&url, &["exec", "--key", "k", "--", "true"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+
+    // A Terraform-format table of the same name has the wrong key schema.
+    let tf_url = format!("{url}&format=terraform");
+    let (code, _, stderr) = run(&tf_url, &["dynamodb", "create-table"]);
+    assert_eq!(code, Some(5), "{stderr}");
+    assert!(
+        stderr.contains("LockID"),
+        "names the expected key: {stderr}"
+    );
+    // Bad input.
+    let (code, _, stderr) = run(&tf_url, &["dynamodb", "create-table", "--with-state-table"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let (code, _, stderr) = run("mem://", &["dynamodb", "create-table"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("dynamodb://"), "{stderr}");
 }

@@ -600,6 +600,39 @@ output "greeting" {{
         Err(LockError::Held { holder }) => assert_eq!(holder.holder.locked_by, who),
         other => panic!("Terraform holds the lock; acquire must be refused, got {other:?}"),
     }
+    // The same through the command line: `status` shows Terraform's holder
+    // (a lock without lease or token), `exec --wait 0s` refuses (exit 3).
+    let url = format!("dynamodb://{table}?endpoint={ddb}&format=terraform");
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_statelock"));
+        cmd.arg("--store").arg(&url).args(args);
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    };
+    let out = cli(&["status", key.as_str()])
+        .output()
+        .await
+        .expect("run statelock status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "statelock status: {out:?}");
+    for expected in [
+        "state:          held",
+        &format!("holder:         {who}"),
+        "operation:      OperationTypeApply",
+        "token:          none (this lock format has no fencing tokens)",
+        "lease:          never expires",
+        "meta terraform_version: 1.0.3",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    let out = cli(&["exec", "--key", key.as_str(), "--wait", "0s", "--", "true"])
+        .output()
+        .await
+        .expect("run statelock exec");
+    assert_eq!(out.status.code(), Some(3), "exec --wait 0s: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&who), "exec names Terraform's holder: {err}");
+
     // Decline the apply: Terraform unlocks and exits.
     stdin.write_all(b"no\n").await.expect("answer the prompt");
     stdin.flush().await.expect("flush");

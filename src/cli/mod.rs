@@ -54,11 +54,15 @@ macro_rules! err {
 }
 
 mod duration;
+#[cfg(feature = "dynamodb")]
+mod dynamodb;
 mod exec;
 mod progress;
 mod show;
 mod unlock;
 
+#[cfg(feature = "dynamodb")]
+pub use dynamodb::{CreateTableArgs, DynamoDbArgs, DynamoDbCommand};
 pub use exec::ExecArgs;
 pub use show::{LocksArgs, StatusArgs};
 pub use unlock::UnlockArgs;
@@ -112,6 +116,8 @@ Store URLs (--store or STATELOCK_STORE; default file://.statelock):
   file://DIR                   a directory on this machine (the default)
   mem://                       in-process only (forgets on exit; for trials)
   dynamodb://TABLE?region=R&endpoint=URL[&format=terraform]
+                               (create the table once with
+                               `statelock --store URL dynamodb create-table`)
 
 Exit codes:
   0      success; status of a free, held or never-locked key; unlock of a
@@ -177,6 +183,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Force-release a lock, after showing its holder and asking for confirmation
     Unlock(UnlockArgs),
+    /// Set up a DynamoDB store: `dynamodb create-table`
+    #[cfg(feature = "dynamodb")]
+    #[command(name = "dynamodb")]
+    DynamoDb(DynamoDbArgs),
 }
 
 /// Output format of `locks` and `status`.
@@ -352,6 +362,8 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Locks(args) => show::locks(args, &ctx).await,
         Command::Status(args) => show::status(args, &ctx).await,
         Command::Unlock(args) => unlock::run(args, &ctx).await,
+        #[cfg(feature = "dynamodb")]
+        Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
     }
 }
 

@@ -64,17 +64,28 @@ impl WaitReporter {
     /// Who holds the lock and since when.
     fn holder_line(&self, progress: &WaitProgress) -> String {
         let record = &progress.holder;
+        let token = if record.has_token() {
+            format!("with token {}", record.token)
+        } else {
+            "(no fencing token)".to_string()
+        };
         format!(
-            "waiting for {:?}: held by {} since {} with token {}",
+            "waiting for {:?}: held by {} since {} {token}",
             self.key,
             record.holder,
             wall_with_age(record.acquired_at, self.clock.wall()),
-            record.token,
         )
     }
 
     /// When a takeover becomes possible.
     fn takeover_line(progress: &WaitProgress) -> String {
+        if !progress.holder.expires() {
+            return format!(
+                "this lock never expires (a Terraform lock): waiting until its holder releases it \
+                 (waited {}); if the holder is gone, `statelock unlock --force` frees it",
+                human(progress.waited),
+            );
+        }
         format!(
             "a takeover is possible in {} if the holder stays silent (waited {})",
             human(progress.takeover_in),

@@ -5,7 +5,7 @@ use super::duration::{human, wall, wall_with_age};
 use super::exec::parse_key;
 use super::{exit, lock_failure, CliError, Context, OutputFormat};
 use crate::client::LockStatus;
-use crate::protocol::WallTime;
+use crate::protocol::{LockRecord, WallTime};
 use std::fmt::Write as _;
 
 /// Arguments of `statelock locks`.
@@ -45,6 +45,24 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
     })
 }
 
+/// The token column: `-` for lock formats without fencing tokens.
+fn token_cell(r: &LockRecord) -> String {
+    if r.has_token() {
+        r.token.to_string()
+    } else {
+        "-".to_string()
+    }
+}
+
+/// The lease column: `never expires` for lock formats without leases.
+fn lease_cell(r: &LockRecord) -> String {
+    if r.expires() {
+        human(r.lease())
+    } else {
+        "never expires".to_string()
+    }
+}
+
 /// Renders the `locks` table (a header and one row per lock).
 pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
     const HEADER: [&str; 8] = [
@@ -66,7 +84,7 @@ pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
             [
                 r.key.to_string(),
                 state_word(s).to_string(),
-                r.token.to_string(),
+                token_cell(r),
                 if held {
                     r.holder.locked_by.clone()
                 } else {
@@ -77,12 +95,12 @@ pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
                     _ => dash(),
                 },
                 if held { wall(r.acquired_at) } else { dash() },
-                if held {
+                if held && r.expires() {
                     format!("{} ago", human(now.saturating_since(r.heartbeat_at)))
                 } else {
                     dash()
                 },
-                human(r.lease()),
+                lease_cell(r),
             ]
         })
         .collect();
@@ -117,15 +135,21 @@ pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
             "\nSTALE: held, but no heartbeat for longer than a takeover wait; the holder is probably gone and the next waiter will take the lock over.\n",
         );
     }
+    if statuses.iter().any(|s| s.held && !s.record.expires()) {
+        out.push_str(NEVER_EXPIRES_NOTE);
+    }
     out
 }
+
+/// Explains locks without a lease (Terraform's), below a table or detail.
+const NEVER_EXPIRES_NOTE: &str = "\nnever expires: a lock without a lease or fencing token (a Terraform lock); it stays until its holder releases it or an operator runs `statelock unlock --force` after checking the holder is gone.\n";
 
 /// Renders one lock in detail.
 pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
     let r = &status.record;
     let mut out = String::new();
     let mut field = |name: &str, value: &str| {
-        let _ = writeln!(out, "{:<16}{value}", format!("{name}:"));
+        let _ = writeln!(out, "{:<15} {value}", format!("{name}:"));
     };
     let state = match state_word(status) {
         "STALE" => format!(
@@ -136,7 +160,11 @@ pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
     };
     field("key", r.key.as_str());
     field("state", &state);
-    field("token", &r.token.to_string());
+    if r.has_token() {
+        field("token", &r.token.to_string());
+    } else {
+        field("token", "none (this lock format has no fencing tokens)");
+    }
     let who = if status.held { "holder" } else { "last holder" };
     field(who, &r.holder.locked_by);
     if let Some(op) = &r.holder.operation {
@@ -153,16 +181,18 @@ pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
     }
     field("lease id", &r.owner.to_string());
     field("record version", &r.rvn.to_string());
-    field("lease", &human(r.lease()));
+    field("lease", &lease_cell(r));
     field("acquired", &wall_with_age(r.acquired_at, now));
-    let last = if status.held {
-        "last heartbeat"
-    } else {
-        "released"
-    };
-    field(last, &wall_with_age(r.heartbeat_at, now));
+    match (status.held, r.expires()) {
+        (true, true) => field("last heartbeat", &wall_with_age(r.heartbeat_at, now)),
+        (true, false) => field("last heartbeat", "none (this lock is never renewed)"),
+        (false, _) => field("released", &wall_with_age(r.heartbeat_at, now)),
+    }
     if let Some(by) = &r.forced_by {
         field("forced by", by);
+    }
+    if status.held && !r.expires() {
+        out.push_str(NEVER_EXPIRES_NOTE);
     }
     out
 }
@@ -205,7 +235,7 @@ pub(crate) async fn status(args: StatusArgs, ctx: &Context) -> Result<i32, CliEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{FencingToken, HolderInfo, LeaseId, LockKey, LockRecord, RecordVersion};
+    use crate::protocol::{FencingToken, HolderInfo, LeaseId, LockKey, RecordVersion};
     use uuid::Uuid;
 
     fn status(key: &str, held: bool, stale: bool) -> LockStatus {
@@ -259,6 +289,41 @@ mod tests {
         assert!(table.contains("the holder is probably gone"));
         let column = lines[0].find("STATE").unwrap();
         assert_eq!(&lines[2][column..column + 4], "free");
+    }
+
+    /// A Terraform lock: no lease, no token.
+    fn terraform_status() -> LockStatus {
+        let mut s = status("bucket/env/prod.tfstate", true, false);
+        s.record.token = FencingToken::NONE;
+        s.record.lease_ms = LockRecord::NO_EXPIRY_LEASE_MS;
+        s.record
+            .holder
+            .metadata
+            .insert("terraform_version".into(), "1.0.3".into());
+        s
+    }
+
+    #[test]
+    fn terraform_locks_show_no_lease_and_no_token() {
+        let now = WallTime(1_705_329_635_000);
+        let text = status_text(&terraform_status(), now);
+        assert!(
+            text.contains("token:          none (this lock format has no fencing tokens)"),
+            "{text}"
+        );
+        assert!(text.contains("lease:          never expires"), "{text}");
+        assert!(text.contains("last heartbeat: none"), "{text}");
+        assert!(text.contains("meta terraform_version: 1.0.3"), "{text}");
+        assert!(text.contains("statelock unlock --force"), "{text}");
+        assert!(!text.contains("584942417"), "no absurd lease: {text}");
+
+        let table = locks_table(&[terraform_status(), status("a", true, false)], now);
+        let lines: Vec<&str> = table.lines().collect();
+        let token = lines[0].find("TOKEN").unwrap();
+        assert_eq!(&lines[1][token..token + 2], "- ", "{table}");
+        assert!(lines[1].ends_with("never expires"), "{table}");
+        assert!(lines[2].ends_with("20s"), "{table}");
+        assert!(table.contains("a Terraform lock"), "{table}");
     }
 
     #[test]

@@ -146,14 +146,19 @@ impl LockGuard {
             let mut cell = shared.cell.lock();
             cell.claim_release(shared.inner.rng.rvn(), shared.inner.clock.wall())
         };
+        // The release goes out at once: a heartbeat still in flight is
+        // handled by the lease machine (a release that conflicts with this
+        // lease's own unheard heartbeat is resent at its version), exactly as
+        // for a release on drop. The stopped task is joined afterwards.
         shared.stop.cancel();
+        let result = match op {
+            Some(op) => send_release(&shared, op).await,
+            None => Ok(()),
+        };
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        match op {
-            Some(op) => send_release(&shared, op).await,
-            None => Ok(()),
-        }
+        result
     }
 }
 

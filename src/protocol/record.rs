@@ -20,6 +20,10 @@ impl FencingToken {
     /// The token of the first grant of a key.
     pub const FIRST: FencingToken = FencingToken(1);
 
+    /// No grant: records of lock formats without fencing tokens (Terraform's
+    /// lock items) carry it, and fenced stores refuse it.
+    pub const NONE: FencingToken = FencingToken(0);
+
     /// The token the next grant after this one receives, if any is left.
     pub fn next(self) -> Option<FencingToken> {
         self.0.checked_add(1).map(FencingToken)
@@ -172,6 +176,21 @@ impl LockRecord {
     /// The promised lease as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    /// The `lease_ms` of a lock that never expires: records of lock formats
+    /// without leases (Terraform's lock items) carry it.
+    pub const NO_EXPIRY_LEASE_MS: u64 = u64::MAX;
+
+    /// False for a lock that never expires ([`Self::NO_EXPIRY_LEASE_MS`]):
+    /// nobody can take it over, only its holder or an operator can free it.
+    pub fn expires(&self) -> bool {
+        self.lease_ms != Self::NO_EXPIRY_LEASE_MS
+    }
+
+    /// False for records of lock formats without fencing tokens.
+    pub fn has_token(&self) -> bool {
+        self.token != FencingToken::NONE
     }
 
     /// True while some lease holds the lock (as far as the record says).

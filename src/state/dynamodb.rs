@@ -219,7 +219,7 @@ impl DynamoDbStateStore {
             .table_name(&self.lock_table)
             .key(attr::KEY, s(key.as_str()))
             .condition_expression(checks.join(" AND "))
-            .set_expression_attribute_names(Some(lock.names))
+            .set_expression_attribute_names(lock.names())
             .set_expression_attribute_values(Some(lock.values))
             .build()
             .map_err(build)?;
@@ -244,7 +244,7 @@ impl DynamoDbStateStore {
             .item(BODY, AttributeValue::B(Blob::new(body)))
             .item(SAVED_AT_MS, n(SystemClock::new().wall().as_millis()))
             .condition_expression(condition)
-            .set_expression_attribute_names(Some(head.names))
+            .set_expression_attribute_names(head.names())
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if !head.values.is_empty() {
             put = put.set_expression_attribute_values(Some(head.values));

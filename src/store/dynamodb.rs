@@ -47,8 +47,12 @@
 //! `meta:`) is stored as `meta:<key>`, so every record round-trips exactly.
 //!
 //! Items that lack an attribute or carry a mistyped one are reported as
-//! [`StoreError::Corrupt`] and never overwritten: every condition also
-//! requires the stored item to be well-formed.
+//! [`StoreError::Corrupt`]. No write makes a damaged item lose what matters:
+//! takeover and force-unlock (which act on a version another writer wrote)
+//! also require the whole item to be well-formed; an acquire requires a
+//! released record whose `token` is a number in range and rewrites every
+//! other attribute (so it repairs the rest); heartbeat and release are pinned
+//! to the holder's lease id and the 128-bit version it wrote itself.
 //!
 //! # IAM permissions
 //! `dynamodb:GetItem`, `dynamodb:UpdateItem`, `dynamodb:Scan` on the table;
@@ -157,7 +161,7 @@ impl DynamoDbStore {
     /// configuration chain (environment, profile, SSO, IMDS, ...), optionally
     /// overriding the region and the endpoint (e.g. DynamoDB Local). The client
     /// fails fast on a dead endpoint ([`CONNECT_TIMEOUT`], [`ATTEMPT_TIMEOUT`],
-    /// [`OPERATION_TIMEOUT`]) and retries once by itself; further retries are
+    /// [`OPERATION_TIMEOUT`]) and never resends by itself; retries are
     /// the lock client's. Nothing is sent until the first operation.
     pub async fn connect(
         table: &str,
@@ -207,7 +211,7 @@ impl DynamoDbStore {
             .key(attr::KEY, s(op.key.as_str()))
             .update_expression(update)
             .condition_expression(condition)
-            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_names(e.names())
             .set_expression_attribute_values(Some(e.values))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -224,7 +228,7 @@ impl DynamoDbStore {
             },
             Err(err) => match split_sdk_error(err, &self.ctx) {
                 Failure::Service(UpdateItemError::ConditionalCheckFailedException(ccf), _) => {
-                    // A resend whose first attempt landed (e.g. an SDK retry
+                    // A resend whose first attempt landed (the client resends
                     // after a timeout) conflicts with its own write; the
                     // client recognises it by its record version.
                     let current = match ccf.item() {
@@ -357,12 +361,42 @@ pub(crate) struct Expr {
     pub(crate) values: HashMap<String, AttributeValue>,
 }
 
+/// Lock attribute names that are not DynamoDB reserved words: expressions
+/// name them directly (every placeholder costs the server parsing time; the
+/// DynamoDB Local tests send every one of them). `token` is reserved.
+const PLAIN_NAMES: [&str; 13] = [
+    attr::KEY,
+    attr::OWNER,
+    attr::LOCKED_BY,
+    attr::METADATA,
+    attr::RVN,
+    attr::LEASE_MS,
+    attr::RELEASED,
+    attr::LOCKED_AT,
+    attr::LOCKED_AT_MS,
+    attr::HEARTBEAT,
+    attr::HEARTBEAT_MS,
+    attr::EXPIRES_AT,
+    attr::FORCED_BY,
+];
+
 impl Expr {
-    /// `#attr`, registered.
+    /// `attr` as an expression may name it: itself when it is one of
+    /// [`PLAIN_NAMES`], otherwise a registered `#attr` placeholder.
     pub(crate) fn n(&mut self, attr: &str) -> String {
+        if PLAIN_NAMES.contains(&attr) {
+            return attr.to_string();
+        }
         let placeholder = format!("#{attr}");
         self.names.insert(placeholder.clone(), attr.to_string());
         placeholder
+    }
+
+    /// The registered placeholders, or `None` when there are none (DynamoDB
+    /// rejects an empty map).
+    pub(crate) fn names(&mut self) -> Option<HashMap<String, String>> {
+        let names = std::mem::take(&mut self.names);
+        (!names.is_empty()).then_some(names)
     }
 
     /// `:tag` bound to `value`.
@@ -375,7 +409,8 @@ impl Expr {
 
 /// The item's structure is that of a lock record (every attribute present
 /// with its type, a non-negative token, a 32-character rvn and a 36-character
-/// lease id), so no write ever lands on a damaged item.
+/// lease id). Required by the rare writes that act on a version somebody else
+/// wrote (takeover, force-unlock), so they never land on a damaged item.
 fn well_formed(e: &mut Expr) -> String {
     let typed = [
         (attr::OWNER, "S"),
@@ -490,19 +525,23 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
             remove.push(e.n(attr::EXPIRES_AT));
             // A grant must not push the token past u64::MAX (TokensExhausted).
             let max = e.v("maxToken", n(u64::MAX));
-            let wf = well_formed(e);
             match &op.kind {
                 OpKind::Takeover { observed, .. } => {
                     let rvn = e.n(attr::RVN);
                     let observed = e.v("observed", s(observed.to_string()));
+                    let wf = well_formed(e);
                     format!("{rvn} = {observed} AND {token} < {max} AND {wf}")
                 }
                 _ => {
+                    // A grant rewrites every attribute but the token, so only
+                    // the token must be sound: a number in 0..u64::MAX (a
+                    // string or a missing token fails both comparisons).
+                    // `released = true` is a BOOL true, not a look-alike.
                     let key = e.n(attr::KEY);
                     let released = e.n(attr::RELEASED);
                     let yes = e.v("yes", AttributeValue::Bool(true));
                     format!(
-                        "attribute_not_exists({key}) OR ({released} = {yes} AND {token} < {max} AND {wf})"
+                        "attribute_not_exists({key}) OR ({released} = {yes} AND {token} < {max} AND {token} >= {zero})"
                     )
                 }
             }
@@ -521,8 +560,11 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
             let me = e.v("me", s(owner.to_string()));
             let current = e.v("current", s(current.to_string()));
             let no = e.v("no", AttributeValue::Bool(false));
-            let wf = well_formed(e);
-            format!("{owner_attr} = {me} AND {rvn} = {current} AND {released} = {no} AND {wf}")
+            // The holder's own lease id and the 128-bit version it wrote pin
+            // the item to the record it wrote, so it needs no structure
+            // check (an item edited by hand that kept both is still reported
+            // as corrupt when the answer is parsed).
+            format!("{owner_attr} = {me} AND {rvn} = {current} AND {released} = {no}")
         }
         OpKind::ForceUnlock { observed, by } => {
             set.push(format!(
@@ -737,7 +779,7 @@ pub(crate) fn record_from_item(item: &Item) -> Result<LockRecord, StoreError> {
 // Client configuration
 
 /// An SDK client from the default configuration chain, with `region` and
-/// `endpoint` overrides, fail-fast timeouts and one SDK-level retry.
+/// `endpoint` overrides, fail-fast timeouts and no SDK-level retry.
 pub(crate) async fn load_client(
     region: Option<&str>,
     endpoint: Option<&str>,
@@ -763,11 +805,11 @@ pub(crate) async fn load_client(
                 .operation_timeout(OPERATION_TIMEOUT)
                 .build(),
         )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(2)
-                .with_initial_backoff(Duration::from_millis(50)),
-        );
+        // No SDK-level resend: a verbatim resend of a conditional write can
+        // land after the writer's later ops (a delayed acquire after its own
+        // release grants the key to a finished lease). The lock client
+        // resends by itself and recognises its own landed write by `rvn`.
+        .retry_config(RetryConfig::standard().with_max_attempts(1));
     if let Some(e) = endpoint {
         config = config.endpoint_url(e);
     }

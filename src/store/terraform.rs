@@ -79,7 +79,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// The lease reported for every lock read from a Terraform table: Terraform
 /// locks never expire, so no waiter may ever take one over.
-pub const NO_EXPIRY_LEASE_MS: u64 = u64::MAX;
+pub const NO_EXPIRY_LEASE_MS: u64 = LockRecord::NO_EXPIRY_LEASE_MS;
 
 /// Terraform's hash key.
 const LOCK_ID: &str = "LockID";
@@ -330,7 +330,7 @@ impl TerraformDynamoStore {
             .key(LOCK_ID, s(op.key.as_str()))
             .update_expression(format!("SET {name} = {value}"))
             .condition_expression(format!("{name} = {value}"))
-            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_names(e.names())
             .set_expression_attribute_values(Some(e.values))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -374,7 +374,7 @@ impl TerraformDynamoStore {
             .table_name(&self.table)
             .key(LOCK_ID, s(op.key.as_str()))
             .condition_expression(format!("{name} = {value}"))
-            .set_expression_attribute_names(Some(e.names))
+            .set_expression_attribute_names(e.names())
             .set_expression_attribute_values(Some(e.values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -529,7 +529,7 @@ fn parse_info(key: &LockKey, info: &str) -> Result<(LockRecord, LockInfo), Store
     let record = LockRecord {
         key: key.clone(),
         owner,
-        token: FencingToken(0),
+        token: FencingToken::NONE,
         rvn: info_rvn(info),
         lease_ms: NO_EXPIRY_LEASE_MS,
         released: false,
