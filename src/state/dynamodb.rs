@@ -46,8 +46,8 @@ use super::{StateError, StateSnapshot, StateStore, StateVersion};
 use crate::clock::{Clock, SystemClock};
 use crate::protocol::{FencingToken, LeaseId, LockKey};
 use crate::store::dynamodb::{
-    attr, ensure_table, load_client, n, s, service_error, split_sdk_error, DynamoDbStore,
-    ErrorContext, Expr, Failure, Item, ItemReader, TableSetup,
+    attr, ensure_table, n, s, service_error, split_sdk_error, DynamoDbStore, Expr, Failure, Item,
+    ItemReader, Table, TableSetup,
 };
 use crate::store::url::LockFormat;
 use crate::store::StoreError;
@@ -81,17 +81,16 @@ pub fn default_state_table(lock_table: &str) -> String {
 /// of the lock in the lock table (see the module documentation).
 #[derive(Clone)]
 pub struct DynamoDbStateStore {
-    client: Client,
+    /// The table of heads (its context names it in errors).
+    heads: Table,
     lock_table: String,
-    state_table: String,
-    ctx: ErrorContext,
 }
 
 impl std::fmt::Debug for DynamoDbStateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DynamoDbStateStore")
             .field("lock_table", &self.lock_table)
-            .field("state_table", &self.state_table)
+            .field("state_table", &self.heads.name)
             .finish_non_exhaustive()
     }
 }
@@ -113,12 +112,14 @@ impl DynamoDbStateStore {
         lock_table: impl Into<String>,
         state_table: impl Into<String>,
     ) -> Self {
-        let state_table = state_table.into();
         DynamoDbStateStore {
-            ctx: ErrorContext::new(&state_table, LockFormat::Statelock, STATE_SCHEMA_HINT),
-            client,
+            heads: Table::new(
+                client,
+                state_table.into(),
+                LockFormat::Statelock,
+                STATE_SCHEMA_HINT,
+            ),
             lock_table: lock_table.into(),
-            state_table,
         }
     }
 
@@ -135,11 +136,19 @@ impl DynamoDbStateStore {
         region: Option<&str>,
         endpoint: Option<&str>,
     ) -> Result<Self, StateError> {
-        let client = load_client(region, endpoint).await.map_err(state_error)?;
-        let mut store = DynamoDbStateStore::new(client, lock_table, state_table);
-        store.ctx.region = region.map(str::to_string);
-        store.ctx.endpoint = endpoint.map(str::to_string);
-        Ok(store)
+        let heads = Table::connect(
+            state_table,
+            region,
+            endpoint,
+            LockFormat::Statelock,
+            STATE_SCHEMA_HINT,
+        )
+        .await
+        .map_err(state_error)?;
+        Ok(DynamoDbStateStore {
+            heads,
+            lock_table: lock_table.to_string(),
+        })
     }
 
     /// The lock table whose items fence the writes.
@@ -149,15 +158,21 @@ impl DynamoDbStateStore {
 
     /// The table holding the heads.
     pub fn state_table(&self) -> &str {
-        &self.state_table
+        &self.heads.name
     }
 
     /// Creates the state table (hash key `lockKey`, S, on-demand, no TTL)
     /// unless it exists with that key schema; waits until it is active.
     pub async fn create_table(&self) -> Result<TableSetup, StateError> {
-        ensure_table(&self.client, &self.state_table, attr::KEY, None, &self.ctx)
-            .await
-            .map_err(state_error)
+        ensure_table(
+            &self.heads.client,
+            &self.heads.name,
+            attr::KEY,
+            None,
+            &self.heads.ctx,
+        )
+        .await
+        .map_err(state_error)
     }
 
     /// Saves `body` as the head of `key` if lease `owner` holds the lock with
@@ -237,7 +252,7 @@ impl DynamoDbStateStore {
             ),
         };
         let mut put = Put::builder()
-            .table_name(&self.state_table)
+            .table_name(&self.heads.name)
             .item(attr::KEY, s(key.as_str()))
             .item(FENCE, n(token.0))
             .item(VERSION, s(version.0.clone()))
@@ -255,6 +270,7 @@ impl DynamoDbStateStore {
         let put = put.build().map_err(build)?;
 
         let result = self
+            .heads
             .client
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().condition_check(check).build())
@@ -263,14 +279,14 @@ impl DynamoDbStateStore {
             .await;
         match result {
             Ok(_) => Ok(version),
-            Err(err) => match split_sdk_error(err, &self.ctx) {
+            Err(err) => match split_sdk_error(err, &self.heads.ctx) {
                 Failure::Service(TransactWriteItemsError::TransactionCanceledException(tce), _) => {
                     Err(self
                         .cancelled(key, token, expected, tce.cancellation_reasons())
                         .await)
                 }
                 Failure::Service(other, status) => Err(state_error(
-                    self.transaction_error(service_error(&other, status, &self.ctx)),
+                    self.transaction_error(service_error(&other, status, &self.heads.ctx)),
                 )),
                 Failure::Store(e) => Err(state_error(e)),
             },
@@ -284,7 +300,7 @@ impl DynamoDbStateStore {
                 StoreError::Misconfigured(format!(
                     "the lock table {:?} or the state table {:?} does not exist: create them with \
                      `statelock --store dynamodb://{} dynamodb create-table --state-table {}`",
-                    self.lock_table, self.state_table, self.lock_table, self.state_table
+                    self.lock_table, self.heads.name, self.lock_table, self.heads.name
                 ))
             }
             other => other,
@@ -379,14 +395,15 @@ fn snapshot_from_item(item: &Item) -> Result<StateSnapshot, StoreError> {
 impl StateStore for DynamoDbStateStore {
     async fn load(&self, key: &LockKey) -> Result<Option<StateSnapshot>, StateError> {
         let out = self
+            .heads
             .client
             .get_item()
-            .table_name(&self.state_table)
+            .table_name(&self.heads.name)
             .key(attr::KEY, s(key.as_str()))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| state_error(crate::store::dynamodb::sdk_error(e, &self.ctx)))?;
+            .map_err(|e| state_error(crate::store::dynamodb::sdk_error(e, &self.heads.ctx)))?;
         out.item()
             .map(snapshot_from_item)
             .transpose()

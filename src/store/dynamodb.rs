@@ -126,34 +126,69 @@ pub enum TableSetup {
     AlreadyExisted,
 }
 
+/// A DynamoDB table reached through one SDK client, with what its errors
+/// name: the part every DynamoDB store (locks, Terraform locks, state heads)
+/// shares. Cheap to clone (the SDK client is reference-counted).
+#[derive(Clone)]
+pub(crate) struct Table {
+    pub(crate) client: Client,
+    pub(crate) name: String,
+    pub(crate) ctx: ErrorContext,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.ctx.url())
+    }
+}
+
+impl Table {
+    /// `name` reached through a caller-configured `client`.
+    pub(crate) fn new(
+        client: Client,
+        name: String,
+        format: LockFormat,
+        schema_hint: &'static str,
+    ) -> Self {
+        Table {
+            ctx: ErrorContext::new(&name, format, schema_hint),
+            client,
+            name,
+        }
+    }
+
+    /// `name` reached through a client from [`load_client`]; errors name the
+    /// region and endpoint overrides.
+    pub(crate) async fn connect(
+        name: &str,
+        region: Option<&str>,
+        endpoint: Option<&str>,
+        format: LockFormat,
+        schema_hint: &'static str,
+    ) -> Result<Self, StoreError> {
+        let client = load_client(region, endpoint).await?;
+        let mut table = Table::new(client, name.to_string(), format, schema_hint);
+        table.ctx.region = region.map(str::to_string);
+        table.ctx.endpoint = endpoint.map(str::to_string);
+        Ok(table)
+    }
+}
+
 /// A lock store over a DynamoDB table (hash key `lockKey`, type S).
 ///
 /// Cheap to clone (the SDK client is reference-counted). See the module
 /// documentation for the item schema and the IAM permissions it needs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct DynamoDbStore {
-    client: Client,
-    table: String,
-    ctx: ErrorContext,
-}
-
-impl std::fmt::Debug for DynamoDbStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DynamoDbStore")
-            .field("table", &self.table)
-            .finish_non_exhaustive()
-    }
+    t: Table,
 }
 
 impl DynamoDbStore {
     /// A store over `table`, using an SDK client configured by the caller
     /// (region, credentials, endpoint, timeouts and retries are theirs).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        let table = table.into();
         DynamoDbStore {
-            ctx: ErrorContext::new(&table, LockFormat::Statelock, KEY_SCHEMA_HINT),
-            client,
-            table,
+            t: Table::new(client, table.into(), LockFormat::Statelock, KEY_SCHEMA_HINT),
         }
     }
 
@@ -168,21 +203,24 @@ impl DynamoDbStore {
         region: Option<&str>,
         endpoint: Option<&str>,
     ) -> Result<Self, StoreError> {
-        let client = load_client(region, endpoint).await?;
-        let mut store = DynamoDbStore::new(client, table);
-        store.ctx.region = region.map(str::to_string);
-        store.ctx.endpoint = endpoint.map(str::to_string);
-        Ok(store)
+        let t = Table::connect(
+            table,
+            region,
+            endpoint,
+            LockFormat::Statelock,
+            KEY_SCHEMA_HINT,
+        );
+        Ok(DynamoDbStore { t: t.await? })
     }
 
     /// The table name.
     pub fn table(&self) -> &str {
-        &self.table
+        &self.t.name
     }
 
     /// The SDK client (shared with the DynamoDB state store).
     pub(crate) fn client(&self) -> &Client {
-        &self.client
+        &self.t.client
     }
 
     /// Creates the lock table if it does not exist: on-demand billing, hash
@@ -192,11 +230,11 @@ impl DynamoDbStore {
     /// [`StoreError::Misconfigured`] error.
     pub async fn create_table(&self) -> Result<TableSetup, StoreError> {
         ensure_table(
-            &self.client,
-            &self.table,
+            &self.t.client,
+            &self.t.name,
             attr::KEY,
             Some(attr::EXPIRES_AT),
-            &self.ctx,
+            &self.t.ctx,
         )
         .await
     }
@@ -205,9 +243,10 @@ impl DynamoDbStore {
         let mut e = Expr::default();
         let (update, condition) = build_update(&mut e, op);
         let result = self
+            .t
             .client
             .update_item()
-            .table_name(&self.table)
+            .table_name(&self.t.name)
             .key(attr::KEY, s(op.key.as_str()))
             .update_expression(update)
             .condition_expression(condition)
@@ -226,7 +265,7 @@ impl DynamoDbStore {
                     op.key.as_str()
                 ))),
             },
-            Err(err) => match split_sdk_error(err, &self.ctx) {
+            Err(err) => match split_sdk_error(err, &self.t.ctx) {
                 Failure::Service(UpdateItemError::ConditionalCheckFailedException(ccf), _) => {
                     // A resend whose first attempt landed (the client resends
                     // after a timeout) conflicts with its own write; the
@@ -240,7 +279,7 @@ impl DynamoDbStore {
                     };
                     Err(StoreError::conflict(current))
                 }
-                Failure::Service(other, status) => Err(service_error(&other, status, &self.ctx)),
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
                 Failure::Store(e) => Err(e),
             },
         }
@@ -255,19 +294,20 @@ impl LockStore for DynamoDbStore {
 
     async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
         let out = self
+            .t
             .client
             .get_item()
-            .table_name(&self.table)
+            .table_name(&self.t.name)
             .key(attr::KEY, s(key.as_str()))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| sdk_error(e, &self.ctx))?;
+            .map_err(|e| sdk_error(e, &self.t.ctx))?;
         out.item().map(record_from_item).transpose()
     }
 
     async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
-        let items = scan_all(&self.client, &self.table, &self.ctx).await?;
+        let items = scan_all(&self.t.client, &self.t.name, &self.t.ctx).await?;
         let mut records = items
             .iter()
             .map(record_from_item)
@@ -277,7 +317,7 @@ impl LockStore for DynamoDbStore {
     }
 
     fn describe(&self) -> String {
-        self.ctx.url()
+        self.t.ctx.url()
     }
 }
 
@@ -392,6 +432,11 @@ impl Expr {
         placeholder
     }
 
+    /// `attr = :tag`, for an update's `SET` list.
+    pub(crate) fn assign(&mut self, attr: &str, tag: &str, value: AttributeValue) -> String {
+        format!("{} = {}", self.n(attr), self.v(tag, value))
+    }
+
     /// The registered placeholders, or `None` when there are none (DynamoDB
     /// rejects an empty map).
     pub(crate) fn names(&mut self) -> Option<HashMap<String, String>> {
@@ -443,21 +488,9 @@ fn well_formed(e: &mut Expr) -> String {
 /// `SET` clauses installing the new version and recording the write time.
 fn touch(e: &mut Expr, op: &LockOp) -> Vec<String> {
     vec![
-        format!(
-            "{} = {}",
-            e.n(attr::RVN),
-            e.v("newRvn", s(op.new_rvn.to_string()))
-        ),
-        format!(
-            "{} = {}",
-            e.n(attr::HEARTBEAT),
-            e.v("atS", n(op.at.as_secs()))
-        ),
-        format!(
-            "{} = {}",
-            e.n(attr::HEARTBEAT_MS),
-            e.v("atMs", n(op.at.as_millis()))
-        ),
+        e.assign(attr::RVN, "newRvn", s(op.new_rvn.to_string())),
+        e.assign(attr::HEARTBEAT, "atS", n(op.at.as_secs())),
+        e.assign(attr::HEARTBEAT_MS, "atMs", n(op.at.as_millis())),
     ]
 }
 
@@ -465,7 +498,7 @@ fn touch(e: &mut Expr, op: &LockOp) -> Vec<String> {
 fn collect_after(e: &mut Expr, op: &LockOp) -> String {
     let retention = i64::try_from(GC_RETENTION.as_secs()).unwrap_or(i64::MAX);
     let gc = op.at.as_secs().saturating_add(retention);
-    format!("{} = {}", e.n(attr::EXPIRES_AT), e.v("gc", n(gc)))
+    e.assign(attr::EXPIRES_AT, "gc", n(gc))
 }
 
 /// The update and condition expressions of `op` (PROTOCOL.md, "Operations").
@@ -487,38 +520,14 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
             let token = e.n(attr::TOKEN);
             let (zero, one) = (e.v("zero", n(0)), e.v("one", n(1)));
             set.extend([
-                format!(
-                    "{} = {}",
-                    e.n(attr::OWNER),
-                    e.v("owner", s(owner.to_string()))
-                ),
+                e.assign(attr::OWNER, "owner", s(owner.to_string())),
                 format!("{token} = if_not_exists({token}, {zero}) + {one}"),
-                format!("{} = {}", e.n(attr::LEASE_MS), e.v("leaseMs", n(*lease_ms))),
-                format!(
-                    "{} = {}",
-                    e.n(attr::RELEASED),
-                    e.v("no", AttributeValue::Bool(false))
-                ),
-                format!(
-                    "{} = {}",
-                    e.n(attr::LOCKED_BY),
-                    e.v("lockedBy", s(&holder.locked_by))
-                ),
-                format!(
-                    "{} = {}",
-                    e.n(attr::METADATA),
-                    e.v("metadata", metadata_to_attr(holder))
-                ),
-                format!(
-                    "{} = {}",
-                    e.n(attr::LOCKED_AT),
-                    e.v("atS", n(op.at.as_secs()))
-                ),
-                format!(
-                    "{} = {}",
-                    e.n(attr::LOCKED_AT_MS),
-                    e.v("atMs", n(op.at.as_millis()))
-                ),
+                e.assign(attr::LEASE_MS, "leaseMs", n(*lease_ms)),
+                e.assign(attr::RELEASED, "no", AttributeValue::Bool(false)),
+                e.assign(attr::LOCKED_BY, "lockedBy", s(&holder.locked_by)),
+                e.assign(attr::METADATA, "metadata", metadata_to_attr(holder)),
+                e.assign(attr::LOCKED_AT, "atS", n(op.at.as_secs())),
+                e.assign(attr::LOCKED_AT_MS, "atMs", n(op.at.as_millis())),
             ]);
             remove.push(e.n(attr::FORCED_BY));
             // A held record never carries a TTL deadline.
@@ -548,11 +557,7 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
         }
         OpKind::Heartbeat { owner, current } | OpKind::Release { owner, current } => {
             if matches!(op.kind, OpKind::Release { .. }) {
-                set.push(format!(
-                    "{} = {}",
-                    e.n(attr::RELEASED),
-                    e.v("yes", AttributeValue::Bool(true))
-                ));
+                set.push(e.assign(attr::RELEASED, "yes", AttributeValue::Bool(true)));
                 set.push(collect_after(e, op));
             }
             let (owner_attr, rvn, released) =
@@ -567,16 +572,8 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
             format!("{owner_attr} = {me} AND {rvn} = {current} AND {released} = {no}")
         }
         OpKind::ForceUnlock { observed, by } => {
-            set.push(format!(
-                "{} = {}",
-                e.n(attr::RELEASED),
-                e.v("yes", AttributeValue::Bool(true))
-            ));
-            set.push(format!(
-                "{} = {}",
-                e.n(attr::FORCED_BY),
-                e.v("forcedBy", s(by))
-            ));
+            set.push(e.assign(attr::RELEASED, "yes", AttributeValue::Bool(true)));
+            set.push(e.assign(attr::FORCED_BY, "forcedBy", s(by)));
             set.push(collect_after(e, op));
             let rvn = e.n(attr::RVN);
             let observed = e.v("observed", s(observed.to_string()));

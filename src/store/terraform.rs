@@ -57,8 +57,8 @@
 //! lock table (plus `CreateTable`, `DescribeTable` for `create_table`).
 
 use super::dynamodb::{
-    ensure_table, load_client, s, scan_all, sdk_error, service_error, split_sdk_error,
-    ErrorContext, Expr, Failure, Item, ItemReader, TableSetup,
+    ensure_table, s, scan_all, sdk_error, service_error, split_sdk_error, Expr, Failure, Item,
+    ItemReader, Table, TableSetup,
 };
 use super::url::LockFormat;
 use super::{LockStore, StoreError};
@@ -136,16 +136,14 @@ struct Ours {
 /// A lock store speaking Terraform's S3-backend DynamoDB lock protocol (see
 /// the module documentation). Keys are Terraform lock ids, `<bucket>/<key>`.
 pub struct TerraformDynamoStore {
-    client: Client,
-    table: String,
-    ctx: ErrorContext,
+    t: Table,
     ours: Mutex<HashMap<(LockKey, LeaseId), Ours>>,
 }
 
 impl std::fmt::Debug for TerraformDynamoStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TerraformDynamoStore")
-            .field("table", &self.table)
+            .field("t", &self.t)
             .finish_non_exhaustive()
     }
 }
@@ -153,11 +151,17 @@ impl std::fmt::Debug for TerraformDynamoStore {
 impl TerraformDynamoStore {
     /// A store over Terraform's lock `table`, using a client configured by the caller.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        let table = table.into();
-        TerraformDynamoStore {
-            ctx: ErrorContext::new(&table, LockFormat::Terraform, KEY_SCHEMA_HINT),
+        TerraformDynamoStore::over(Table::new(
             client,
-            table,
+            table.into(),
+            LockFormat::Terraform,
+            KEY_SCHEMA_HINT,
+        ))
+    }
+
+    fn over(t: Table) -> Self {
+        TerraformDynamoStore {
+            t,
             ours: Mutex::new(HashMap::new()),
         }
     }
@@ -170,34 +174,38 @@ impl TerraformDynamoStore {
         region: Option<&str>,
         endpoint: Option<&str>,
     ) -> Result<Self, StoreError> {
-        let client = load_client(region, endpoint).await?;
-        let mut store = TerraformDynamoStore::new(client, table);
-        store.ctx.region = region.map(str::to_string);
-        store.ctx.endpoint = endpoint.map(str::to_string);
-        Ok(store)
+        let t = Table::connect(
+            table,
+            region,
+            endpoint,
+            LockFormat::Terraform,
+            KEY_SCHEMA_HINT,
+        );
+        Ok(TerraformDynamoStore::over(t.await?))
     }
 
     /// The table name.
     pub fn table(&self) -> &str {
-        &self.table
+        &self.t.name
     }
 
     /// Creates a Terraform lock table (hash key `LockID`, S, on-demand) unless
     /// it exists with that key schema; waits until it is active.
     pub async fn create_table(&self) -> Result<TableSetup, StoreError> {
-        ensure_table(&self.client, &self.table, LOCK_ID, None, &self.ctx).await
+        ensure_table(&self.t.client, &self.t.name, LOCK_ID, None, &self.t.ctx).await
     }
 
     async fn read_item(&self, key: &LockKey) -> Result<Option<Item>, StoreError> {
         let out = self
+            .t
             .client
             .get_item()
-            .table_name(&self.table)
+            .table_name(&self.t.name)
             .key(LOCK_ID, s(key.as_str()))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| sdk_error(e, &self.ctx))?;
+            .map_err(|e| sdk_error(e, &self.t.ctx))?;
         Ok(out.item().cloned())
     }
 
@@ -250,9 +258,10 @@ impl TerraformDynamoStore {
                 .insert((op.key.clone(), owner), Ours { info, lease_ms });
         };
         let result = self
+            .t
             .client
             .put_item()
-            .table_name(&self.table)
+            .table_name(&self.t.name)
             .item(LOCK_ID, s(op.key.as_str()))
             .item(INFO, s(&info))
             .condition_expression("attribute_not_exists(#id)")
@@ -266,7 +275,7 @@ impl TerraformDynamoStore {
                 remember(info);
                 Ok(record)
             }
-            Err(err) => match split_sdk_error(err, &self.ctx) {
+            Err(err) => match split_sdk_error(err, &self.t.ctx) {
                 Failure::Service(PutItemError::ConditionalCheckFailedException(ccf), _) => {
                     let item = ccf.item();
                     match self.current_after_failure(&op.key, item).await? {
@@ -284,7 +293,7 @@ impl TerraformDynamoStore {
                         current => Err(StoreError::conflict(current)),
                     }
                 }
-                Failure::Service(other, status) => Err(service_error(&other, status, &self.ctx)),
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
                 Failure::Store(e) => Err(e),
             },
         }
@@ -324,9 +333,10 @@ impl TerraformDynamoStore {
         let mut e = Expr::default();
         let (name, value) = (e.n(INFO), e.v("ours", s(&ours.info)));
         let result = self
+            .t
             .client
             .update_item()
-            .table_name(&self.table)
+            .table_name(&self.t.name)
             .key(LOCK_ID, s(op.key.as_str()))
             .update_expression(format!("SET {name} = {value}"))
             .condition_expression(format!("{name} = {value}"))
@@ -345,14 +355,14 @@ impl TerraformDynamoStore {
                 record.lease_ms = ours.lease_ms;
                 Ok(record)
             }
-            Err(err) => match split_sdk_error(err, &self.ctx) {
+            Err(err) => match split_sdk_error(err, &self.t.ctx) {
                 Failure::Service(UpdateItemError::ConditionalCheckFailedException(ccf), _) => {
                     self.forget(&op.key, owner);
                     Err(StoreError::conflict(
                         self.current_after_failure(&op.key, ccf.item()).await?,
                     ))
                 }
-                Failure::Service(other, status) => Err(service_error(&other, status, &self.ctx)),
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
                 Failure::Store(e) => Err(e),
             },
         }
@@ -369,9 +379,10 @@ impl TerraformDynamoStore {
         let mut e = Expr::default();
         let (name, value) = (e.n(INFO), e.v("info", s(info)));
         let result = self
+            .t
             .client
             .delete_item()
-            .table_name(&self.table)
+            .table_name(&self.t.name)
             .key(LOCK_ID, s(op.key.as_str()))
             .condition_expression(format!("{name} = {value}"))
             .set_expression_attribute_names(e.names())
@@ -388,11 +399,11 @@ impl TerraformDynamoStore {
                 record.forced_by = forced_by.map(str::to_string);
                 Ok(record)
             }
-            Err(err) => match split_sdk_error(err, &self.ctx) {
+            Err(err) => match split_sdk_error(err, &self.t.ctx) {
                 Failure::Service(DeleteItemError::ConditionalCheckFailedException(ccf), _) => Err(
                     StoreError::conflict(self.current_after_failure(&op.key, ccf.item()).await?),
                 ),
-                Failure::Service(other, status) => Err(service_error(&other, status, &self.ctx)),
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
                 Failure::Store(e) => Err(e),
             },
         }
@@ -451,7 +462,7 @@ impl LockStore for TerraformDynamoStore {
     }
 
     async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
-        let items = scan_all(&self.client, &self.table, &self.ctx).await?;
+        let items = scan_all(&self.t.client, &self.t.name, &self.t.ctx).await?;
         let mut records = items
             .iter()
             .filter(|item| !is_digest(item))
@@ -462,7 +473,7 @@ impl LockStore for TerraformDynamoStore {
     }
 
     fn describe(&self) -> String {
-        self.ctx.url()
+        self.t.ctx.url()
     }
 }
 
