@@ -274,43 +274,51 @@ fn dynamodb(c: &mut Criterion) {
 
     // Criterion measures one function after another, so the machine's and
     // DynamoDB Local's drift over minutes lands between the floor and the
-    // client. The paired pass runs the three side by side, rotating which
-    // goes first, and reports each one's median and the median of the
-    // per-round ratios: the drift-free comparison.
-    let rounds = PAIRED_ROUNDS;
-    let (mut raw, mut stored, mut client_t, mut ratios) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // client. The paired pass runs the floor, the full-item floor, the store
+    // and the client side by side, rotating which goes first, and reports
+    // each one's median and the median of the per-round client/floor ratios:
+    // the drift-free comparison.
+    const NAMES: [&str; 4] = [
+        "raw_put_delete",
+        "raw_put_delete_full_item",
+        "store",
+        "client",
+    ];
+    let mut times: [Vec<f64>; 4] = Default::default();
+    let mut ratios = Vec::with_capacity(PAIRED_ROUNDS);
     rt.block_on(async {
-        for round in 0..rounds {
-            let mut t = [Duration::ZERO; 3];
-            for i in 0..3 {
-                let which = (round + i) % 3;
+        for round in 0..PAIRED_ROUNDS {
+            let mut t = [Duration::ZERO; 4];
+            for i in 0..4 {
+                let which = (round + i) % 4;
                 let key = fresh_key(&run);
                 let lock_key = LockKey::new(key.clone()).unwrap_or_else(|e| panic!("{e}"));
                 let start = Instant::now();
                 match which {
                     0 => raw_put_delete(&sdk, key).await,
-                    1 => store_acquire_release(&store, lock_key.clone()).await,
+                    1 => raw_put_delete_full_item(&sdk, key).await,
+                    2 => store_acquire_release(&store, lock_key.clone()).await,
                     _ => client_acquire_release(&client, &lock_key).await,
                 }
                 t[which] = start.elapsed();
-                if which != 0 {
+                if which >= 2 {
                     delete(&sdk, &lock_key).await;
                 }
             }
-            raw.push(t[0].as_secs_f64());
-            stored.push(t[1].as_secs_f64());
-            client_t.push(t[2].as_secs_f64());
-            ratios.push(t[2].as_secs_f64() / t[0].as_secs_f64());
+            for (all, one) in times.iter_mut().zip(t) {
+                all.push(one.as_secs_f64());
+            }
+            ratios.push(t[3].as_secs_f64() / t[0].as_secs_f64());
         }
     });
-    let ms = |v: &mut Vec<f64>| median(v) * 1e3;
+    let medians: Vec<String> = NAMES
+        .iter()
+        .zip(times.iter_mut())
+        .map(|(name, all)| format!("{name} {:.3} ms", median(all) * 1e3))
+        .collect();
     println!(
-        "dynamodb/paired ({rounds} rounds): raw_put_delete {:.3} ms, store {:.3} ms, \
-         client {:.3} ms; median client/raw ratio {:.3}",
-        ms(&mut raw),
-        ms(&mut stored),
-        ms(&mut client_t),
+        "dynamodb/paired ({PAIRED_ROUNDS} rounds, medians): {}; client/raw ratio per round, median {:.3}",
+        medians.join(", "),
         median(&mut ratios)
     );
 }

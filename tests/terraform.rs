@@ -19,7 +19,7 @@ use statelock::{FencingToken, HolderInfo, LockKey};
 use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const TABLE: &str = "statelock-test-tf-locks";
 
@@ -647,19 +647,39 @@ output "greeting" {{
         "Terraform released the lock"
     );
 
-    // (a) statelock holds the lock: Terraform refuses and names the holder.
-    let guard = client
-        .acquire(
-            &key,
-            opts(
-                "statelock-e2e@ci-runner",
-                "statelock exec",
-                Duration::from_secs(20),
-                Some(Duration::ZERO),
-            ),
-        )
+    // (a) `statelock exec` holds the lock: Terraform refuses and names the
+    // holder. The command prints its lease id and waits for a line on stdin.
+    let mut exec = tokio::process::Command::new(env!("CARGO_BIN_EXE_statelock"))
+        .arg("--store")
+        .arg(&url)
+        .args([
+            "exec",
+            "--key",
+            key.as_str(),
+            "--who",
+            "statelock-e2e@ci-runner",
+            "--operation",
+            "deploy",
+            "--wait",
+            "0s",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$STATELOCK_LEASE_ID\"; read line",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start statelock exec");
+    let mut exec_stdin = exec.stdin.take().expect("stdin");
+    let mut lines = tokio::io::BufReader::new(exec.stdout.take().expect("stdout")).lines();
+    let lease_id = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
-        .expect("acquire the Terraform lock");
+        .expect("statelock exec starts its command")
+        .expect("read")
+        .expect("the command prints its lease id");
     let (ok, out) = tf
         .run(&[
             "apply",
@@ -678,11 +698,18 @@ output "greeting" {{
         out.contains("statelock-e2e@ci-runner"),
         "Terraform must name the holder:\n{out}"
     );
-    assert!(
-        out.contains(&guard.lease_id().to_string()),
-        "and its lock ID:\n{out}"
-    );
-    guard.release().await.expect("release");
+    assert!(out.contains("deploy"), "and its operation:\n{out}");
+    assert!(out.contains(&lease_id), "and its lock ID:\n{out}");
+    exec_stdin
+        .write_all(b"done\n")
+        .await
+        .expect("finish the command");
+    drop(exec_stdin);
+    let exit = tokio::time::timeout(Duration::from_secs(30), exec.wait())
+        .await
+        .expect("statelock exec ends with its command")
+        .expect("wait");
+    assert_eq!(exit.code(), Some(0), "statelock exec released and exited 0");
 
     let (ok, out) = tf
         .run(&[
