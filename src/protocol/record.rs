@@ -20,8 +20,9 @@ impl FencingToken {
     /// The token of the first grant of a key.
     pub const FIRST: FencingToken = FencingToken(1);
 
-    /// No grant: records of lock formats without fencing tokens (Terraform's
-    /// lock items) carry it, and fenced stores refuse it.
+    /// No grant: no statelock grant ever carries it (tokens start at
+    /// [`Self::FIRST`]); records of lock formats without fencing tokens
+    /// (Terraform's lock items) do.
     pub const NONE: FencingToken = FencingToken(0);
 
     /// The token the next grant after this one receives, if any is left.
