@@ -930,3 +930,130 @@ async fn cli_creates_the_tables() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("dynamodb://"), "{stderr}");
 }
+
+/// An HTTP endpoint that answers every request with DynamoDB's 500
+/// `InternalServerError` and counts the requests.
+fn failing_endpoint() -> (String, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then as much body as Content-Length says.
+            let complete = loop {
+                let Ok(n) = conn.read(&mut buf) else {
+                    break false;
+                };
+                if n == 0 {
+                    break false;
+                }
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break true;
+                    }
+                }
+            };
+            if !complete {
+                continue;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"injected"}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/x-amz-json-1.0\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+/// The SDK may resend reads but never a conditional write, even when the
+/// caller's client is configured to retry: a verbatim resend could land
+/// after the writer's later operations. Needs no DynamoDB Local.
+#[tokio::test]
+async fn sdk_resends_reads_but_never_writes() {
+    use aws_sdk_dynamodb::config::retry::RetryConfig;
+    let (endpoint, requests) = failing_endpoint();
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(Credentials::new("t", "t", None, None, "test"))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(3)
+                .with_initial_backoff(Duration::from_millis(1)),
+        )
+        .build();
+    let client = aws_sdk_dynamodb::Client::from_conf(config);
+    let store = DynamoDbStore::new(client.clone(), "t");
+    let key = LockKey::new("resend/probe").unwrap();
+
+    let read = store.get(&key).await;
+    assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+    assert_eq!(requests.swap(0, Ordering::SeqCst), 3, "a read is retried");
+
+    let acquire = LockOp {
+        key: key.clone(),
+        new_rvn: RecordVersion::random(),
+        at: WallTime(1),
+        kind: OpKind::Acquire {
+            owner: LeaseId::random(),
+            lease_ms: 1000,
+            holder: HolderInfo::named("x"),
+        },
+    };
+    let written = store.apply(&acquire).await;
+    assert!(
+        matches!(written, Err(StoreError::Unavailable(_))),
+        "{written:?}"
+    );
+    assert_eq!(
+        requests.swap(0, Ordering::SeqCst),
+        1,
+        "a write is sent once"
+    );
+
+    let terraform = statelock::store::terraform::TerraformDynamoStore::new(client.clone(), "t");
+    let tf_key = LockKey::new("bucket/state.tfstate").unwrap();
+    let written = terraform
+        .apply(&LockOp {
+            key: tf_key,
+            ..acquire.clone()
+        })
+        .await;
+    assert!(written.is_err(), "{written:?}");
+    assert_eq!(
+        requests.swap(0, Ordering::SeqCst),
+        1,
+        "a Terraform write is sent once"
+    );
+
+    let heads = DynamoDbStateStore::new(client, "t", "t-state");
+    let saved = heads
+        .save_fenced(&key, LeaseId::random(), FencingToken(1), None, b"{}")
+        .await;
+    assert!(saved.is_err(), "{saved:?}");
+    assert_eq!(
+        requests.swap(0, Ordering::SeqCst),
+        1,
+        "a state write is sent once"
+    );
+}

@@ -46,8 +46,8 @@ use super::{StateError, StateSnapshot, StateStore, StateVersion};
 use crate::clock::{Clock, SystemClock};
 use crate::protocol::{FencingToken, LeaseId, LockKey};
 use crate::store::dynamodb::{
-    attr, ensure_table, n, s, service_error, split_sdk_error, DynamoDbStore, Expr, Failure, Item,
-    ItemReader, Table, TableSetup,
+    attr, ensure_table, n, s, service_error, split_sdk_error, write_once, DynamoDbStore, Expr,
+    Failure, Item, ItemReader, Table, TableSetup,
 };
 use crate::store::url::LockFormat;
 use crate::store::StoreError;
@@ -275,6 +275,8 @@ impl DynamoDbStateStore {
             .transact_write_items()
             .transact_items(TransactWriteItem::builder().condition_check(check).build())
             .transact_items(TransactWriteItem::builder().put(put).build())
+            .customize()
+            .config_override(write_once())
             .send()
             .await;
         match result {

@@ -185,7 +185,8 @@ pub struct DynamoDbStore {
 
 impl DynamoDbStore {
     /// A store over `table`, using an SDK client configured by the caller
-    /// (region, credentials, endpoint, timeouts and retries are theirs).
+    /// (region, credentials, endpoint, timeouts and read retries are theirs;
+    /// writes are always sent once, see [`DynamoDbStore::connect`]).
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         DynamoDbStore {
             t: Table::new(client, table.into(), LockFormat::Statelock, KEY_SCHEMA_HINT),
@@ -196,8 +197,9 @@ impl DynamoDbStore {
     /// configuration chain (environment, profile, SSO, IMDS, ...), optionally
     /// overriding the region and the endpoint (e.g. DynamoDB Local). The client
     /// fails fast on a dead endpoint ([`CONNECT_TIMEOUT`], [`ATTEMPT_TIMEOUT`],
-    /// [`OPERATION_TIMEOUT`]) and never resends by itself; retries are
-    /// the lock client's. Nothing is sent until the first operation.
+    /// [`OPERATION_TIMEOUT`]); the SDK resends reads ([`READ_ATTEMPTS`]) but
+    /// never a write, whatever the client's retry configuration: retrying
+    /// writes is the lock client's. Nothing is sent until the first operation.
     pub async fn connect(
         table: &str,
         region: Option<&str>,
@@ -254,6 +256,8 @@ impl DynamoDbStore {
             .set_expression_attribute_values(Some(e.values))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .customize()
+            .config_override(write_once())
             .send()
             .await;
         match result {
@@ -775,8 +779,23 @@ pub(crate) fn record_from_item(item: &Item) -> Result<LockRecord, StoreError> {
 // ---------------------------------------------------------------------------
 // Client configuration
 
+/// Attempts the SDK makes at a read (`GetItem`, `Scan`, table setup) of a
+/// client from [`load_client`]. Reads are idempotent; writes never resend.
+pub const READ_ATTEMPTS: u32 = 3;
+
+/// The per-request configuration of every conditional write: the SDK sends it
+/// once, whatever the client's own retry configuration. A verbatim resend can
+/// land after the writer's later operations (a delayed acquire after its own
+/// release would grant the key to a finished lease); the lock client resends
+/// by itself and recognises its own landed write by `rvn`.
+pub(crate) fn write_once() -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::config::Builder::default()
+        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1))
+}
+
 /// An SDK client from the default configuration chain, with `region` and
-/// `endpoint` overrides, fail-fast timeouts and no SDK-level retry.
+/// `endpoint` overrides, fail-fast timeouts, and SDK retries for reads only
+/// ([`READ_ATTEMPTS`]; writes: [`write_once`]).
 pub(crate) async fn load_client(
     region: Option<&str>,
     endpoint: Option<&str>,
@@ -802,11 +821,13 @@ pub(crate) async fn load_client(
                 .operation_timeout(OPERATION_TIMEOUT)
                 .build(),
         )
-        // No SDK-level resend: a verbatim resend of a conditional write can
-        // land after the writer's later ops (a delayed acquire after its own
-        // release grants the key to a finished lease). The lock client
-        // resends by itself and recognises its own landed write by `rvn`.
-        .retry_config(RetryConfig::standard().with_max_attempts(1));
+        // Reads may be resent by the SDK; every conditional write overrides
+        // this with `write_once()`.
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(READ_ATTEMPTS)
+                .with_initial_backoff(Duration::from_millis(50)),
+        );
     if let Some(e) = endpoint {
         config = config.endpoint_url(e);
     }

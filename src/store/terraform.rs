@@ -57,8 +57,8 @@
 //! lock table (plus `CreateTable`, `DescribeTable` for `create_table`).
 
 use super::dynamodb::{
-    ensure_table, s, scan_all, sdk_error, service_error, split_sdk_error, Expr, Failure, Item,
-    ItemReader, Table, TableSetup,
+    ensure_table, s, scan_all, sdk_error, service_error, split_sdk_error, write_once, Expr,
+    Failure, Item, ItemReader, Table, TableSetup,
 };
 use super::url::LockFormat;
 use super::{LockStore, StoreError};
@@ -267,6 +267,8 @@ impl TerraformDynamoStore {
             .condition_expression("attribute_not_exists(#id)")
             .expression_attribute_names("#id", LOCK_ID)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .customize()
+            .config_override(write_once())
             .send()
             .await;
         match result {
@@ -344,6 +346,8 @@ impl TerraformDynamoStore {
             .set_expression_attribute_values(Some(e.values))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .customize()
+            .config_override(write_once())
             .send()
             .await;
         match result {
@@ -388,6 +392,8 @@ impl TerraformDynamoStore {
             .set_expression_attribute_names(e.names())
             .set_expression_attribute_values(Some(e.values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .customize()
+            .config_override(write_once())
             .send()
             .await;
         match result {
