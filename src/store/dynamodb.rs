@@ -780,7 +780,8 @@ pub(crate) fn record_from_item(item: &Item) -> Result<LockRecord, StoreError> {
 // Client configuration
 
 /// Attempts the SDK makes at a read (`GetItem`, `Scan`, table setup) of a
-/// client from [`load_client`]. Reads are idempotent; writes never resend.
+/// client from [`DynamoDbStore::connect`]. Reads are idempotent; writes are
+/// never resent.
 pub const READ_ATTEMPTS: u32 = 3;
 
 /// The per-request configuration of every conditional write: the SDK sends it
