@@ -17,6 +17,7 @@ use statelock::protocol::{LeaseId, LockOp, OpKind, RecordVersion, WallTime};
 use statelock::store::dynamodb::DynamoDbStore;
 use statelock::store::LockStore;
 use statelock::{HolderInfo, LockKey};
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,64 +53,48 @@ fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(config)
 }
 
-/// The floor: a conditional create and a conditional delete of one item.
+/// The floor: a conditional create and a conditional delete of one item
+/// (`lockKey` and `lockId` only).
 async fn raw_put_delete(client: &aws_sdk_dynamodb::Client, key: String) {
-    client
-        .put_item()
-        .table_name(TABLE)
-        .item("lockKey", AttributeValue::S(key.clone()))
-        .item(
-            "lockId",
-            AttributeValue::S(uuid::Uuid::new_v4().to_string()),
-        )
-        .condition_expression("attribute_not_exists(lockKey)")
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("raw put: {e:?}"));
-    black_box(
-        client
-            .delete_item()
-            .table_name(TABLE)
-            .key("lockKey", AttributeValue::S(key))
-            .condition_expression("attribute_exists(lockKey)")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("raw delete: {e:?}")),
-    );
+    put_delete(client, key, false).await
 }
 
 /// The floor with a whole lock item: a conditional create of an item with
 /// every attribute a statelock record has, then a conditional delete. Shows
 /// how much of the gap to the floor is the item's size alone.
 async fn raw_put_delete_full_item(client: &aws_sdk_dynamodb::Client, key: String) {
+    put_delete(client, key, true).await
+}
+
+async fn put_delete(client: &aws_sdk_dynamodb::Client, key: String, full_item: bool) {
+    let s = |v: String| AttributeValue::S(v);
     let n = |v: u64| AttributeValue::N(v.to_string());
-    let metadata = AttributeValue::M(
-        [("host", "bench-host"), ("pid", "4242")]
+    let mut item = HashMap::from([
+        ("lockKey".to_string(), s(key.clone())),
+        ("lockId".to_string(), s(uuid::Uuid::new_v4().to_string())),
+    ]);
+    if full_item {
+        let metadata = [("host", "bench-host"), ("pid", "4242")]
             .into_iter()
-            .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
-            .collect(),
-    );
+            .map(|(k, v)| (k.to_string(), s(v.to_string())))
+            .collect();
+        item.extend([
+            ("rvn".to_string(), s(RecordVersion::random().to_string())),
+            ("token".to_string(), n(1)),
+            ("leaseMs".to_string(), n(20_000)),
+            ("released".to_string(), AttributeValue::Bool(false)),
+            ("lockedBy".to_string(), s("bench".into())),
+            ("metadata".to_string(), AttributeValue::M(metadata)),
+            ("lockedAt".to_string(), n(1_700_000_000)),
+            ("lockedAtMs".to_string(), n(1_700_000_000_000)),
+            ("lastHeartbeat".to_string(), n(1_700_000_000)),
+            ("lastHeartbeatMs".to_string(), n(1_700_000_000_000)),
+        ]);
+    }
     client
         .put_item()
         .table_name(TABLE)
-        .item("lockKey", AttributeValue::S(key.clone()))
-        .item(
-            "lockId",
-            AttributeValue::S(uuid::Uuid::new_v4().to_string()),
-        )
-        .item(
-            "rvn",
-            AttributeValue::S(RecordVersion::random().to_string()),
-        )
-        .item("token", n(1))
-        .item("leaseMs", n(20_000))
-        .item("released", AttributeValue::Bool(false))
-        .item("lockedBy", AttributeValue::S("bench".into()))
-        .item("metadata", metadata)
-        .item("lockedAt", n(1_700_000_000))
-        .item("lockedAtMs", n(1_700_000_000_000))
-        .item("lastHeartbeat", n(1_700_000_000))
-        .item("lastHeartbeatMs", n(1_700_000_000_000))
+        .set_item(Some(item))
         .condition_expression("attribute_not_exists(lockKey)")
         .send()
         .await
@@ -118,7 +103,7 @@ async fn raw_put_delete_full_item(client: &aws_sdk_dynamodb::Client, key: String
         client
             .delete_item()
             .table_name(TABLE)
-            .key("lockKey", AttributeValue::S(key))
+            .key("lockKey", s(key))
             .condition_expression("attribute_exists(lockKey)")
             .send()
             .await

@@ -7,8 +7,11 @@
 //! tests fail; `STATELOCK_SKIP_SERVICE_TESTS=1` skips them explicitly.
 #![cfg(feature = "dynamodb")]
 
+mod common;
+
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::{raw_item, sdk_client, service};
 use statelock::client::{AcquireOptions, LockClient, LockError};
 use statelock::protocol::{Backoff, LeaseId, LockOp, OpKind, RecordVersion, WallTime};
 use statelock::state::dynamodb::DynamoDbStateStore;
@@ -30,50 +33,10 @@ const STATE_TABLE: &str = "statelock-test-locks-state";
 /// A table for damaged items only, so they never break other tests' `list`.
 const CORRUPT_TABLE: &str = "statelock-test-corrupt";
 
-const HINT: &str = "start DynamoDB Local with `eval \"$(scripts/services.sh start)\"` \
-                    (or set STATELOCK_SKIP_SERVICE_TESTS=1 to skip the service tests)";
-
-/// DynamoDB Local's endpoint; `None` if the tests are explicitly skipped.
-/// Panics (failing the test) if it is not configured or not reachable.
+/// DynamoDB Local's endpoint; `None` if the service tests are explicitly
+/// skipped. Panics (failing the test) if it is not configured or not reachable.
 fn endpoint() -> Option<String> {
-    if std::env::var("STATELOCK_SKIP_SERVICE_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: STATELOCK_SKIP_SERVICE_TESTS=1 (DynamoDB Local tests not run)");
-        return None;
-    }
-    let endpoint = std::env::var("STATELOCK_TEST_DYNAMODB_ENDPOINT")
-        .unwrap_or_else(|_| panic!("STATELOCK_TEST_DYNAMODB_ENDPOINT is not set: {HINT}"));
-    let authority = endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/');
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-        });
-    assert!(
-        reachable,
-        "DynamoDB Local is not reachable at {endpoint} (STATELOCK_TEST_DYNAMODB_ENDPOINT): {HINT}"
-    );
-    Some(endpoint)
-}
-
-/// A fresh SDK client (its own connection pool) with test credentials.
-fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "statelock-tests",
-        ))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
+    service("STATELOCK_TEST_DYNAMODB_ENDPOINT")
 }
 
 /// Creates a lock table (hash key `lockKey`) *without* TTL, unless it
@@ -483,16 +446,8 @@ async fn items_carry_the_documented_attributes() {
         .metadata
         .insert("git_commit".into(), "a1b2c3d4e5f6".into());
     let guard = client.acquire(&key, o).await.expect("acquire");
-    let item = sdk_client(&endpoint)
-        .get_item()
-        .table_name(TABLE)
-        .key("lockKey", AttributeValue::S(key.to_string()))
-        .consistent_read(true)
-        .send()
+    let item = raw_item(&sdk_client(&endpoint), TABLE, "lockKey", key.as_str())
         .await
-        .expect("get item")
-        .item()
-        .cloned()
         .expect("an item");
     let s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
     let num = |name: &str| {
@@ -533,16 +488,8 @@ async fn items_carry_the_documented_attributes() {
     assert_eq!(meta("pid"), Some("54321"));
     assert_eq!(meta("git_commit"), Some("a1b2c3d4e5f6"));
     guard.release().await.expect("release");
-    let released = sdk_client(&endpoint)
-        .get_item()
-        .table_name(TABLE)
-        .key("lockKey", AttributeValue::S(key.to_string()))
-        .consistent_read(true)
-        .send()
+    let released = raw_item(&sdk_client(&endpoint), TABLE, "lockKey", key.as_str())
         .await
-        .expect("get item")
-        .item()
-        .cloned()
         .expect("the record is kept after release");
     assert_eq!(released.get("released"), Some(&AttributeValue::Bool(true)));
     assert_eq!(released.get("token"), Some(&AttributeValue::N("1".into())));
@@ -596,16 +543,8 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
         })
         .await
         .expect("release");
-    let good_item = raw
-        .get_item()
-        .table_name(CORRUPT_TABLE)
-        .key("lockKey", AttributeValue::S(good_key.to_string()))
-        .consistent_read(true)
-        .send()
+    let good_item = raw_item(&raw, CORRUPT_TABLE, "lockKey", good_key.as_str())
         .await
-        .expect("get")
-        .item()
-        .cloned()
         .expect("item");
 
     let damages: Vec<(&str, Option<AttributeValue>)> = vec![
@@ -671,16 +610,7 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
                 "{name}: {what}"
             );
         }
-        let after = raw
-            .get_item()
-            .table_name(CORRUPT_TABLE)
-            .key("lockKey", AttributeValue::S(key.to_string()))
-            .consistent_read(true)
-            .send()
-            .await
-            .expect("get")
-            .item()
-            .cloned();
+        let after = raw_item(&raw, CORRUPT_TABLE, "lockKey", key.as_str()).await;
         assert_eq!(
             after.as_ref(),
             Some(&item),
@@ -700,16 +630,7 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
         let acquired = store.apply(&acquire).await;
         if ["token", "released"].contains(&attribute) {
             assert!(corrupt(acquired.map(|_| ())), "acquire: {what}");
-            let after = raw
-                .get_item()
-                .table_name(CORRUPT_TABLE)
-                .key("lockKey", AttributeValue::S(key.to_string()))
-                .consistent_read(true)
-                .send()
-                .await
-                .expect("get")
-                .item()
-                .cloned();
+            let after = raw_item(&raw, CORRUPT_TABLE, "lockKey", key.as_str()).await;
             assert_eq!(after.as_ref(), Some(&item), "acquire overwrote: {what}");
         } else {
             let granted = acquired.unwrap_or_else(|e| panic!("acquire of {what}: {e}"));

@@ -8,9 +8,11 @@
 //! `STATELOCK_SKIP_SERVICE_TESTS=1` skips them explicitly.
 #![cfg(feature = "dynamodb")]
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+mod common;
+
 use aws_sdk_dynamodb::types::AttributeValue;
-use statelock::client::{AcquireOptions, LockClient, LockError};
+use common::{authority, sdk_client, service, HINT};
+use statelock::client::{AcquireOptions, LockClient, LockError, LockGuard};
 use statelock::protocol::Backoff;
 use statelock::store::terraform::{TerraformDynamoStore, NO_EXPIRY_LEASE_MS};
 use statelock::store::LockStore;
@@ -22,56 +24,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 const TABLE: &str = "statelock-test-tf-locks";
-
-const HINT: &str = "start the services with `eval \"$(scripts/services.sh start)\"` \
-                    (or set STATELOCK_SKIP_SERVICE_TESTS=1 to skip the service tests)";
-
-fn skipped() -> bool {
-    let skip = std::env::var("STATELOCK_SKIP_SERVICE_TESTS").as_deref() == Ok("1");
-    if skip {
-        eprintln!(
-            "skipped: STATELOCK_SKIP_SERVICE_TESTS=1 (Terraform interoperability tests not run)"
-        );
-    }
-    skip
-}
-
-/// `host:port` of an `http://` endpoint.
-fn authority(endpoint: &str) -> &str {
-    endpoint
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-}
-
-/// The endpoint in `var`; panics (failing the test) if unset or unreachable.
-fn service(var: &str) -> String {
-    let endpoint = std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: {HINT}"));
-    let reachable = std::net::ToSocketAddrs::to_socket_addrs(authority(&endpoint))
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .is_some_and(|addr| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
-        });
-    assert!(reachable, "nothing answers at {endpoint} ({var}): {HINT}");
-    endpoint
-}
-
-fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "statelock-tests",
-        ))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
-}
 
 async fn tf_store(endpoint: &str, table: &str) -> TerraformDynamoStore {
     let store = TerraformDynamoStore::new(sdk_client(endpoint), table);
@@ -106,43 +58,42 @@ fn opts(who: &str, operation: &str, lease: Duration, wait: Option<Duration>) -> 
     }
 }
 
-async fn raw_item(
+/// Acquires `key` without waiting (lease 20 s) as `who` doing `operation`.
+async fn acquire_now(
+    client: &LockClient,
+    key: &LockKey,
+    who: &str,
+    operation: &str,
+) -> Result<LockGuard, LockError> {
+    let opts = opts(
+        who,
+        operation,
+        Duration::from_secs(20),
+        Some(Duration::ZERO),
+    );
+    client.acquire(key, opts).await
+}
+
+/// Terraform's item `id` in `table`.
+async fn tf_item(
     raw: &aws_sdk_dynamodb::Client,
     table: &str,
     id: &str,
 ) -> Option<std::collections::HashMap<String, AttributeValue>> {
-    raw.get_item()
-        .table_name(table)
-        .key("LockID", AttributeValue::S(id.to_string()))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get item")
-        .item()
-        .cloned()
+    common::raw_item(raw, table, "LockID", id).await
 }
 
 /// statelock writes Terraform's item shape; waits on and reports its own
 /// locks like Terraform's; releases by deleting the item.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_format_round_trip() {
-    if skipped() {
+    let Some(endpoint) = service("STATELOCK_TEST_DYNAMODB_ENDPOINT") else {
         return;
-    }
-    let endpoint = service("STATELOCK_TEST_DYNAMODB_ENDPOINT");
+    };
     let store = tf_store(&endpoint, TABLE).await;
     let key = lock_id("round-trip");
     let client = LockClient::new(store);
-    let guard = client
-        .acquire(
-            &key,
-            opts(
-                "alice@laptop",
-                "OperationTypeApply",
-                Duration::from_secs(20),
-                Some(Duration::ZERO),
-            ),
-        )
+    let guard = acquire_now(&client, &key, "alice@laptop", "OperationTypeApply")
         .await
         .expect("acquire");
     assert_eq!(
@@ -151,7 +102,7 @@ async fn terraform_format_round_trip() {
         "Terraform locks carry no token"
     );
 
-    let item = raw_item(&sdk_client(&endpoint), TABLE, key.as_str())
+    let item = tf_item(&sdk_client(&endpoint), TABLE, key.as_str())
         .await
         .expect("the lock item");
     assert_eq!(item.len(), 2, "only LockID and Info: {item:?}");
@@ -193,18 +144,7 @@ async fn terraform_format_round_trip() {
     assert_eq!(status.record.lease_ms, NO_EXPIRY_LEASE_MS);
 
     let other = LockClient::new(TerraformDynamoStore::new(sdk_client(&endpoint), TABLE));
-    match other
-        .acquire(
-            &key,
-            opts(
-                "bob@desk",
-                "OperationTypePlan",
-                Duration::from_secs(20),
-                Some(Duration::ZERO),
-            ),
-        )
-        .await
-    {
+    match acquire_now(&other, &key, "bob@desk", "OperationTypePlan").await {
         Err(LockError::Held { holder }) => assert_eq!(holder.holder.locked_by, "alice@laptop"),
         other => panic!("the lock must be held, got {other:?}"),
     }
@@ -213,16 +153,7 @@ async fn terraform_format_round_trip() {
         client.status(&key).await.expect("status").map(|s| s.held),
         None
     );
-    let again = other
-        .acquire(
-            &key,
-            opts(
-                "bob@desk",
-                "OperationTypePlan",
-                Duration::from_secs(20),
-                Some(Duration::ZERO),
-            ),
-        )
+    let again = acquire_now(&other, &key, "bob@desk", "OperationTypePlan")
         .await
         .expect("free after release");
     again.release().await.expect("release");
@@ -233,10 +164,9 @@ async fn terraform_format_round_trip() {
 /// the operator saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terraform_items_are_parsed_and_respected() {
-    if skipped() {
+    let Some(endpoint) = service("STATELOCK_TEST_DYNAMODB_ENDPOINT") else {
         return;
-    }
-    let endpoint = service("STATELOCK_TEST_DYNAMODB_ENDPOINT");
+    };
     let store = tf_store(&endpoint, TABLE).await;
     let raw = sdk_client(&endpoint);
     let key = lock_id("terraform-item");
@@ -307,7 +237,7 @@ async fn terraform_items_are_parsed_and_respected() {
     }
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(
-        raw_item(&raw, TABLE, key.as_str())
+        tf_item(&raw, TABLE, key.as_str())
             .await
             .and_then(|i| i.get("Info").cloned()),
         Some(AttributeValue::S(info))
@@ -324,21 +254,12 @@ async fn terraform_items_are_parsed_and_respected() {
         .await
         .expect("force");
     assert_eq!(forced.forced_by.as_deref(), Some("ops@admin"));
-    assert!(raw_item(&raw, TABLE, key.as_str()).await.is_none());
+    assert!(tf_item(&raw, TABLE, key.as_str()).await.is_none());
     assert!(
-        raw_item(&raw, TABLE, &format!("{key}-md5")).await.is_some(),
+        tf_item(&raw, TABLE, &format!("{key}-md5")).await.is_some(),
         "the digest is Terraform's"
     );
-    let guard = client
-        .acquire(
-            &key,
-            opts(
-                "me@here",
-                "apply",
-                Duration::from_secs(20),
-                Some(Duration::ZERO),
-            ),
-        )
+    let guard = acquire_now(&client, &key, "me@here", "apply")
         .await
         .expect("free after force-unlock");
     guard.release().await.expect("release");
@@ -348,10 +269,9 @@ async fn terraform_items_are_parsed_and_respected() {
 /// heartbeat notices and fires the lost signal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holder_notices_a_terraform_force_unlock() {
-    if skipped() {
+    let Some(endpoint) = service("STATELOCK_TEST_DYNAMODB_ENDPOINT") else {
         return;
-    }
-    let endpoint = service("STATELOCK_TEST_DYNAMODB_ENDPOINT");
+    };
     let client = LockClient::new(tf_store(&endpoint, TABLE).await);
     let key = lock_id("forced");
     let guard = client
@@ -386,10 +306,9 @@ async fn holder_notices_a_terraform_force_unlock() {
 /// granted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_acquire_response_is_recognised() {
-    if skipped() {
+    let Some(endpoint) = service("STATELOCK_TEST_DYNAMODB_ENDPOINT") else {
         return;
-    }
-    let endpoint = service("STATELOCK_TEST_DYNAMODB_ENDPOINT");
+    };
     let faulty = LoseResponses::new(tf_store(&endpoint, TABLE).await);
     let switch = faulty.switch().clone();
     let client = LockClient::new(faulty);
@@ -485,11 +404,12 @@ impl Terraform {
 /// its state-lock error naming statelock's holder; after the release it works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_terraform_and_statelock_respect_each_other() {
-    if skipped() {
+    let (Some(ddb), Some(s3)) = (
+        service("STATELOCK_TEST_DYNAMODB_ENDPOINT"),
+        service("STATELOCK_TEST_S3_ENDPOINT"),
+    ) else {
         return;
-    }
-    let ddb = service("STATELOCK_TEST_DYNAMODB_ENDPOINT");
-    let s3 = service("STATELOCK_TEST_S3_ENDPOINT");
+    };
     let binary = std::env::var("STATELOCK_TEST_TERRAFORM")
         .unwrap_or_else(|_| panic!("STATELOCK_TEST_TERRAFORM is not set: {HINT}"));
     assert!(
@@ -585,18 +505,7 @@ output "greeting" {{
             .map(String::as_str),
         Some("1.0.3")
     );
-    match client
-        .acquire(
-            &key,
-            opts(
-                "statelock-e2e@ci-runner",
-                "statelock exec",
-                Duration::from_secs(20),
-                Some(Duration::ZERO),
-            ),
-        )
-        .await
-    {
+    match acquire_now(&client, &key, "statelock-e2e@ci-runner", "statelock exec").await {
         Err(LockError::Held { holder }) => assert_eq!(holder.holder.locked_by, who),
         other => panic!("Terraform holds the lock; acquire must be refused, got {other:?}"),
     }
