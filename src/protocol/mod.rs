@@ -11,6 +11,7 @@ mod key;
 mod lease;
 mod op;
 mod record;
+mod supervise;
 mod time;
 mod waiter;
 
@@ -21,6 +22,7 @@ pub use op::{LockOp, OpKind, Outcome, Rejected};
 pub use record::{
     FencingToken, HolderInfo, InvalidRecordVersion, LeaseId, LockRecord, RecordVersion,
 };
+pub use supervise::{GraceTooLong, StopCause, StopPlan, SuperviseAction, Supervisor};
 pub use time::{MonoTime, WallTime};
 pub use waiter::{Backoff, Observation, Waiter, WaiterStep};
 
