@@ -20,7 +20,15 @@ pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// A source of time for one client.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The monotonic reading: never goes back, drifts from real time by at most ρ.
+    /// This is the **holder** reading (it must never under-count real time):
+    /// leases, `t_send` and supervision deadlines use it.
     fn now(&self) -> MonoTime;
+    /// The **waiter** reading (it must never over-count real time): takeover
+    /// waits and wait deadlines use it. Defaults to [`Clock::now`] for clocks
+    /// with one source.
+    fn now_waiter(&self) -> MonoTime {
+        self.now()
+    }
     /// The wall-clock reading: informational, may jump.
     fn wall(&self) -> WallTime;
     /// Sleeps for `d` as measured by this clock.
@@ -30,6 +38,9 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> MonoTime {
         (**self).now()
+    }
+    fn now_waiter(&self) -> MonoTime {
+        (**self).now_waiter()
     }
     fn wall(&self) -> WallTime {
         (**self).wall()

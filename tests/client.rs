@@ -3,7 +3,7 @@
 //! cancellation. No real sleeps: virtual time jumps to the next timer.
 
 use statelock::client::{AcquireOptions, LockClient, LockError};
-use statelock::clock::{Clock, SkewedClock};
+use statelock::clock::SkewedClock;
 use statelock::protocol::{Backoff, ProtocolConfig, WallTime};
 use statelock::store::memory::MemoryStore;
 use statelock::store::LockStore;
@@ -38,6 +38,7 @@ fn opts(name: &str, wait: Option<Duration>) -> AcquireOptions {
         backoff: Backoff {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(500),
+            poll: Duration::from_millis(40),
         },
         holder: HolderInfo::named(name),
         ..AcquireOptions::default()
@@ -271,8 +272,14 @@ async fn dropping_a_guard_releases_the_lock() {
     assert!(store.get_now(&key()).unwrap().released);
 }
 
+/// Liveness in `locks` is judged by how long this observer has seen a
+/// version unchanged on its own monotonic clock: a silent holder is STALE
+/// only after a whole takeover wait of looking, a live one is alive, and
+/// the wall clocks' opinion (here: the frozen holder's last write long ago)
+/// decides nothing.
 #[tokio::test(start_paused = true)]
-async fn locks_lists_stale_records() {
+async fn locks_judges_liveness_by_observation_not_wall_clocks() {
+    use statelock::client::Liveness;
     let store = Arc::new(MemoryStore::new());
     let c = client(&store, 1, 1.0);
     let g = c.acquire(&key(), opts("a", None)).await.unwrap();
@@ -285,12 +292,31 @@ async fn locks_lists_stale_records() {
         .release()
         .await
         .unwrap();
+    let live_key = LockKey::new("live").unwrap();
+    let live = c.acquire(&live_key, opts("b", None)).await.unwrap();
     tokio::time::sleep(LEASE * 2).await;
-    let locks = c.locks().await.unwrap();
-    assert_eq!(locks.len(), 2);
-    assert_eq!(locks[0].record.key, other);
-    assert!(!locks[0].held && !locks[0].stale);
-    assert!(locks[1].held && locks[1].stale, "{:?}", locks[1]);
-    assert!(locks[1].heartbeat_age_ms >= 6000);
-    let _ = c.clock().now();
+    let first = c.locks().await.unwrap();
+    assert!(first.damaged.is_empty());
+    let by_key = |l: &statelock::client::LocksListing, k: &LockKey| {
+        l.locks
+            .iter()
+            .find(|s| &s.record.key == k)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(first.locks.len(), 3);
+    assert_eq!(by_key(&first, &other).liveness, Liveness::Released);
+    // First look: not known, although the frozen holder's wall-clock
+    // heartbeat is two leases old.
+    let frozen = by_key(&first, &key());
+    assert_eq!((frozen.liveness, frozen.stale), (Liveness::Unknown, false));
+    assert!(frozen.wall_age_ms >= 2 * LEASE.as_millis() as i64);
+    let takeover = ProtocolConfig::default().takeover_wait(LEASE);
+    tokio::time::sleep(takeover).await;
+    let second = c.locks().await.unwrap();
+    let frozen = by_key(&second, &key());
+    assert_eq!((frozen.liveness, frozen.stale), (Liveness::Stale, true));
+    assert!(frozen.unchanged_ms >= takeover.as_millis() as u64);
+    assert_eq!(by_key(&second, &live_key).liveness, Liveness::Alive);
+    live.release().await.unwrap();
 }

@@ -52,6 +52,7 @@ fn opts(who: &str, operation: &str, lease: Duration, wait: Option<Duration>) -> 
         backoff: Backoff {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(200),
+            poll: Duration::from_millis(20),
         },
         holder,
         ..AcquireOptions::default()
@@ -204,6 +205,7 @@ async fn terraform_items_are_parsed_and_respected() {
     assert_eq!(record.acquired_at.as_millis(), 1_705_328_400_123);
     let listed = store.list().await.expect("list");
     let mine: Vec<_> = listed
+        .records
         .iter()
         .filter(|r| r.key.as_str().starts_with(key.as_str()))
         .collect();
@@ -638,8 +640,10 @@ output "greeting" {{
     let locks = client.locks().await.expect("list");
     assert!(
         locks
+            .locks
             .iter()
             .all(|l| !l.record.key.as_str().starts_with(&bucket)),
-        "no lock (and no digest item) of this state is listed: {locks:?}"
+        "no lock (and no digest item) of this state is listed: {:?}",
+        locks.locks
     );
 }

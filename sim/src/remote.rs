@@ -13,9 +13,9 @@
 use crate::history::{Actor, Recorder, What};
 use crate::wire::{read_frame, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT};
 use async_trait::async_trait;
-use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord};
+use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
 use statelock::state::{StateError, StateSnapshot, StateStore, StateVersion};
-use statelock::store::{LockStore, StoreError};
+use statelock::store::{Listing, LockStore, StoreError};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,11 +157,43 @@ impl LockStore for RemoteLockStore {
         }
     }
 
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         match self.rpc.call(Request::List).await {
-            Ok(Response::Records(r)) => Ok(r),
+            Ok(Response::Records(r)) => Ok(Listing::of(r)),
             Ok(other) => Err(StoreError::Corrupt {
                 key: String::new(),
+                reason: unexpected(other),
+            }),
+            Err(e) => Err(StoreError::Unavailable(e.0)),
+        }
+    }
+
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        match self.rpc.call(Request::Floor).await {
+            Ok(Response::Floor(f)) => Ok(f),
+            Ok(other) => Err(StoreError::Corrupt {
+                key: String::new(),
+                reason: unexpected(other),
+            }),
+            Err(e) => Err(StoreError::Unavailable(e.0)),
+        }
+    }
+
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        let request = Request::Purge {
+            key: key.clone(),
+            observed,
+        };
+        match self.rpc.call(request).await {
+            Ok(Response::Purged(r)) => Ok(r),
+            Ok(Response::Conflict(current)) => Err(StoreError::conflict(current)),
+            Ok(Response::Error(e)) => Err(StoreError::Unavailable(e)),
+            Ok(other) => Err(StoreError::Corrupt {
+                key: key.to_string(),
                 reason: unexpected(other),
             }),
             Err(e) => Err(StoreError::Unavailable(e.0)),

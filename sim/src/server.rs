@@ -181,6 +181,12 @@ pub fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) -> Res
         }
         Request::Get(key) => Response::Record(durable.locks.get_now(&key)),
         Request::List => Response::Records(durable.locks.list_now()),
+        Request::Floor => Response::Floor(durable.locks.token_floor_now()),
+        Request::Purge { key, observed } => match durable.locks.purge_now(&key, observed) {
+            Ok(record) => Response::Purged(record),
+            Err(StoreError::Conflict { current }) => Response::Conflict(current.map(|r| *r)),
+            Err(e) => Response::Error(e.to_string()),
+        },
         Request::Load(key) => Response::State(durable.states.load_now(&key).map(Into::into)),
         Request::Save {
             key,

@@ -346,6 +346,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
                     cancel: None,
                     holder: HolderInfo::named(client_host(ctx.id)),
                     on_wait: None,
+                    on_store_error: None,
                 },
             };
             run_ops(&ctx, &session, &mut rng).await;

@@ -59,6 +59,7 @@ mod dynamodb;
 mod exec;
 mod progress;
 mod show;
+mod sightings;
 mod unlock;
 
 #[cfg(feature = "dynamodb")]

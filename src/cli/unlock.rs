@@ -7,10 +7,15 @@
 
 use super::duration::{human, wall, wall_with_age};
 use super::exec::{parse_key, parse_label};
+use super::show::with_sightings;
 use super::{default_who, exit, lock_failure, CliError, Context};
-use crate::client::LockError;
+use crate::client::{Liveness, LockError};
 use crate::protocol::{LockRecord, WallTime};
 use std::io::IsTerminal;
+use std::time::Duration;
+
+/// The longest the prompt watches a holder whose liveness is unknown.
+const OBSERVE_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Arguments of `statelock unlock`.
 #[derive(Debug, clap::Args)]
@@ -68,10 +73,30 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
     }
     let by = parse_label("who", args.who.unwrap_or_else(default_who))?;
     let client = ctx.client().await?;
-    let status = client
+    let mut status = client
         .status(&key)
         .await
         .map_err(|e| lock_failure(e, ctx.store_text()))?;
+    if let Some(s) = status.as_mut() {
+        with_sightings(&client, ctx.store_text(), std::slice::from_mut(s));
+    }
+    // Unknown liveness: watch the record for a moment (a live holder renews
+    // every third of its lease) before asking.
+    if let Some(s) = status.as_ref().filter(|s| s.liveness == Liveness::Unknown) {
+        let patience = (s.record.lease() / 3 + Duration::from_millis(500)).min(OBSERVE_AT_MOST);
+        errln!(
+            "statelock: watching {:?} for up to {} to see whether its holder is alive...",
+            key.as_str(),
+            human(patience)
+        );
+        status = client
+            .observe(&key, patience)
+            .await
+            .map_err(|e| lock_failure(e, ctx.store_text()))?;
+        if let Some(s) = status.as_mut() {
+            with_sightings(&client, ctx.store_text(), std::slice::from_mut(s));
+        }
+    }
     let now = client.clock().wall();
     let shown = match status {
         None => {
@@ -92,14 +117,21 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
         Some(s) => s,
     };
     let record = &shown.record;
-    let silent_for = human(now.saturating_since(record.heartbeat_at));
-    let staleness = if shown.stale {
-        format!("no heartbeat for {silent_for}, longer than a takeover wait, so the holder is probably gone")
-    } else {
-        format!(
-            "its last heartbeat was {silent_for} ago, within its {} lease, so the holder may still be running",
-            human(record.lease())
-        )
+    let unchanged = human(Duration::from_millis(shown.unchanged_ms));
+    let renew = human(record.lease() / 3);
+    let staleness = match shown.liveness {
+        Liveness::Stale => format!(
+            "this machine has seen it unchanged for {unchanged}, longer than a takeover wait, so the holder is probably gone"
+        ),
+        Liveness::Alive => format!(
+            "its holder renewed it while this machine watched (every {renew}), so the holder IS running"
+        ),
+        Liveness::NeverExpires => {
+            "it never expires (a Terraform lock): make sure its holder is gone".to_string()
+        }
+        _ => format!(
+            "this machine has seen it unchanged for only {unchanged} (a live holder renews every {renew}), so the holder may still be running"
+        ),
     };
     errln!(
         "{:?} is {} (record version {}); {staleness}.",

@@ -185,19 +185,39 @@ impl Drop for LockGuard {
     }
 }
 
+/// How long a release keeps trying when the store does not answer. Past it,
+/// the lock frees itself one lease after its last heartbeat anyway.
+pub const RELEASE_BUDGET: Duration = Duration::from_secs(5);
+
 async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> {
     let inner = &shared.inner;
+    let clock = &inner.clock;
+    let until = clock.now() + RELEASE_BUDGET;
+    let gave_up = || {
+        LockError::Store(StoreError::Unavailable(format!(
+            "no answer to the release within {RELEASE_BUDGET:?}; the lock frees itself one lease after its last heartbeat"
+        )))
+    };
     let mut attempts: u32 = 0;
     loop {
         attempts += 1;
-        let outcome = outcome_of(inner.store.apply(&op).await)?;
+        let left = until.saturating_since(clock.now());
+        if left.is_zero() {
+            return Err(gave_up());
+        }
+        let answer = tokio::select! {
+            r = inner.store.apply(&op) => r,
+            _ = clock.sleep(left) => return Err(gave_up()),
+        };
+        let outcome = outcome_of(answer)?;
         let step = {
             let mut cell = shared.cell.lock();
             cell.lease
-                .handle_release(outcome, inner.rng.rvn(), inner.clock.wall())
+                .handle_release(outcome, inner.rng.rvn(), clock.wall())
         };
         match step {
             ReleaseStep::Done(record) => {
+                inner.remember(&record);
                 metrics::counter!(observe::LOCK_RELEASED).increment(1);
                 let held = record
                     .heartbeat_at
@@ -214,20 +234,22 @@ async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> 
                 );
                 return Ok(());
             }
-            ReleaseStep::NotHeld(_) => return Ok(()),
-            ReleaseStep::Retry(next) if attempts < 6 => {
+            ReleaseStep::NotHeld(current) => {
+                if let Some(current) = current {
+                    inner.remember(&current);
+                }
+                return Ok(());
+            }
+            ReleaseStep::Retry(next) => {
                 if next == op {
-                    inner
-                        .clock
-                        .sleep(Duration::from_millis(50u64 << attempts.min(6)))
-                        .await;
+                    let pause = Duration::from_millis(50u64 << attempts.min(6));
+                    let left = until.saturating_since(clock.now());
+                    if pause >= left {
+                        return Err(gave_up());
+                    }
+                    clock.sleep(pause).await;
                 }
                 op = next;
-            }
-            ReleaseStep::Retry(_) => {
-                return Err(LockError::Store(StoreError::Unavailable(
-                    "no answer to the release; the lock frees itself after one lease".into(),
-                )))
             }
         }
     }

@@ -25,22 +25,19 @@
 //! | `released` | BOOL | true when nobody holds the lock |
 //! | `lockedAt` / `lockedAtMs` | N | grant time (writer's wall clock), unix s / ms |
 //! | `lastHeartbeat` / `lastHeartbeatMs` | N | time of the last write, unix s / ms |
-//! | `expiresAt` | N | released records only: unix s after which DynamoDB TTL may delete the item (see below) |
 //! | `forcedBy` | S | who forced the last release, when it was forced |
 //!
 //! Wall-clock attributes are informational: no condition ever compares them.
 //!
-//! `expiresAt` exists only on *released* records: `released at +`
-//! [`GC_RETENTION`] (90 days). [`DynamoDbStore::create_table`] enables DynamoDB
-//! TTL on it, so records released and untouched for that long are garbage
-//! collected. A grant removes it, so TTL can never delete a record that
-//! someone holds, whatever anyone's wall clock says (a held record deleted by
-//! TTL could be granted twice). It is deliberately *not* `lastHeartbeat +
-//! lease` as in the original design: TTL would then delete crashed holders'
-//! and released records within a day or two. A key acquired again after its
-//! record was collected starts over at token 1, like after an admin purge
-//! (PROTOCOL.md): fenced state stores then refuse its writers as stale until
-//! the token is re-based.
+//! No item carries a TTL attribute: DynamoDB TTL deletes items by the
+//! writer's *wall clock*, and a deleted record would restart its key's tokens.
+//! Every write removes the `expiresAt` attribute that older versions set on
+//! released records, so a table whose TTL is still enabled on it never loses
+//! a record statelock wrote since. Long-released records are removed only by
+//! [`LockStore::purge`], which first raises the token floor: the item
+//! `lockKey = "\u{1}statelock:token-floor"` with a number attribute `floor`
+//! (the key contains a control character, so no lock key can collide with it;
+//! listings skip it).
 //!
 //! Metadata keys `operation`, `host` and `pid` hold the holder's fields of
 //! those names; holder metadata whose key collides with them (or starts with
@@ -61,25 +58,31 @@
 //! `dynamodb:UpdateTimeToLive`.
 
 use super::url::{LockFormat, StoreUrl};
-use super::{LockStore, StoreError};
+use super::{purge_reference, DamagedRecord, Listing, LockStore, StoreError};
 use crate::protocol::{
-    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
+    FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind,
+    RecordVersion, WallTime,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-    TimeToLiveStatus,
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, ConditionCheck,
+    KeySchemaElement, KeyType, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem,
+    Update,
 };
 use aws_sdk_dynamodb::Client;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// How long after its release a record may be deleted by DynamoDB TTL
-/// (`expiresAt = released at + GC_RETENTION`, on released records only): 90 days.
-pub const GC_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The hash key of the item holding the store's token floor.
+pub const FLOOR_KEY: &str = "\u{1}statelock:token-floor";
+
+/// The number attribute of the token floor item.
+const FLOOR_ATTR: &str = "floor";
 
 /// Connect timeout of [`DynamoDbStore::connect`]'s client.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -105,6 +108,8 @@ pub(crate) mod attr {
     pub const LOCKED_AT_MS: &str = "lockedAtMs";
     pub const HEARTBEAT: &str = "lastHeartbeat";
     pub const HEARTBEAT_MS: &str = "lastHeartbeatMs";
+    /// Set by older versions on released records for DynamoDB TTL; every
+    /// write now removes it.
     pub const EXPIRES_AT: &str = "expiresAt";
     pub const FORCED_BY: &str = "forcedBy";
 }
@@ -226,22 +231,31 @@ impl DynamoDbStore {
     }
 
     /// Creates the lock table if it does not exist: on-demand billing, hash
-    /// key `lockKey` (S), TTL on `expiresAt`; waits until it is active.
-    /// Idempotent: an existing table with this key schema is accepted (TTL is
-    /// enabled if it was off); a table with another key schema is a
+    /// key `lockKey` (S), no TTL; waits until it is active. Idempotent: an
+    /// existing table with this key schema is accepted (its settings are left
+    /// as they are); a table with another key schema is a
     /// [`StoreError::Misconfigured`] error.
     pub async fn create_table(&self) -> Result<TableSetup, StoreError> {
-        ensure_table(
-            &self.t.client,
-            &self.t.name,
-            attr::KEY,
-            Some(attr::EXPIRES_AT),
-            &self.t.ctx,
-        )
-        .await
+        ensure_table(&self.t.client, &self.t.name, attr::KEY, None, &self.t.ctx).await
     }
 
     async fn update(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+        if let OpKind::Acquire {
+            from: GrantFrom::Absent { floor },
+            ..
+        } = &op.kind
+        {
+            return self.grant_absent(op, *floor).await;
+        }
+        if let OpKind::ForceUnlock { observed, .. } = &op.kind {
+            // An operator's rare override reads the record first, so a
+            // damaged one (which no condition expression can fully
+            // recognise, e.g. a token of 1.5) is reported, never rewritten.
+            match self.get(&op.key).await? {
+                Some(current) if current.rvn == *observed => {}
+                current => return Err(StoreError::conflict(current)),
+            }
+        }
         let mut e = Expr::default();
         let (update, condition) = build_update(&mut e, op);
         let result = self
@@ -290,6 +304,196 @@ impl DynamoDbStore {
     }
 }
 
+impl DynamoDbStore {
+    /// A grant on an absent record: one transaction of a condition check on
+    /// the token floor item (still the floor the acquirer read) and the
+    /// conditional creation of the record. Rare: a key's first grant, or its
+    /// first after a purge.
+    async fn grant_absent(
+        &self,
+        op: &LockOp,
+        floor: FencingToken,
+    ) -> Result<LockRecord, StoreError> {
+        let mut e = Expr::default();
+        let (update, condition) = build_update(&mut e, op);
+        let update = Update::builder()
+            .table_name(&self.t.name)
+            .key(attr::KEY, s(op.key.as_str()))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(Some(e.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(|e| StoreError::Misconfigured(e.to_string()))?;
+        let mut f = Expr::default();
+        let floor_condition = if floor == FencingToken(0) {
+            format!(
+                "attribute_not_exists({}) OR {} = {}",
+                f.n(attr::KEY),
+                f.n(FLOOR_ATTR),
+                f.v("floor", n(floor.0))
+            )
+        } else {
+            format!("{} = {}", f.n(FLOOR_ATTR), f.v("floor", n(floor.0)))
+        };
+        let check = ConditionCheck::builder()
+            .table_name(&self.t.name)
+            .key(attr::KEY, s(FLOOR_KEY))
+            .condition_expression(floor_condition)
+            .set_expression_attribute_names(f.names())
+            .set_expression_attribute_values(Some(f.values))
+            .build()
+            .map_err(|e| StoreError::Misconfigured(e.to_string()))?;
+        let result = self
+            .t
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().condition_check(check).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .customize()
+            .config_override(write_once())
+            .send()
+            .await;
+        match result {
+            // The transaction returns no item: read back what it wrote.
+            Ok(_) => match self.get(&op.key).await? {
+                Some(record) if op.is_own_write(&record) => Ok(record),
+                other => Err(StoreError::Unavailable(format!(
+                    "the grant of {:?} was accepted but the record reads back as {other:?}",
+                    op.key.as_str()
+                ))),
+            },
+            Err(err) => match split_sdk_error(err, &self.t.ctx) {
+                Failure::Service(TransactWriteItemsError::TransactionCanceledException(tce), _) => {
+                    let reasons = tce.cancellation_reasons();
+                    let failed = |i: usize| {
+                        reasons.get(i).and_then(CancellationReason::code)
+                            == Some("ConditionalCheckFailed")
+                    };
+                    if failed(1) {
+                        let current = match reasons.get(1).and_then(CancellationReason::item) {
+                            Some(item) => Some(record_from_item(item)?),
+                            None => self.get(&op.key).await?,
+                        };
+                        Err(StoreError::conflict(current))
+                    } else if failed(0) {
+                        // The floor moved (a purge): the acquirer reads again.
+                        Err(StoreError::conflict(None))
+                    } else {
+                        let codes: Vec<&str> = reasons
+                            .iter()
+                            .filter_map(CancellationReason::code)
+                            .collect();
+                        Err(StoreError::Unavailable(format!(
+                            "DynamoDB cancelled the grant of {:?} ({codes:?}); retry",
+                            op.key.as_str()
+                        )))
+                    }
+                }
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
+                Failure::Store(e) => Err(e),
+            },
+        }
+    }
+
+    async fn read_floor(&self) -> Result<FencingToken, StoreError> {
+        let out = self
+            .t
+            .client
+            .get_item()
+            .table_name(&self.t.name)
+            .key(attr::KEY, s(FLOOR_KEY))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error(e, &self.t.ctx))?;
+        match out.item() {
+            None => Ok(FencingToken(0)),
+            Some(item) => Ok(FencingToken(
+                ItemReader::new(item, attr::KEY).number(FLOOR_ATTR)?,
+            )),
+        }
+    }
+
+    async fn raise_floor(&self, to: FencingToken) -> Result<(), StoreError> {
+        let mut e = Expr::default();
+        let set = e.assign(FLOOR_ATTR, "to", n(to.0));
+        let condition = format!(
+            "attribute_not_exists({}) OR {} < {}",
+            e.n(attr::KEY),
+            e.n(FLOOR_ATTR),
+            e.v("to", n(to.0))
+        );
+        let result = self
+            .t
+            .client
+            .update_item()
+            .table_name(&self.t.name)
+            .key(attr::KEY, s(FLOOR_KEY))
+            .update_expression(format!("SET {set}"))
+            .condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(Some(e.values))
+            .customize()
+            .config_override(write_once())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match split_sdk_error(err, &self.t.ctx) {
+                // Already at least that high.
+                Failure::Service(UpdateItemError::ConditionalCheckFailedException(_), _) => Ok(()),
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
+                Failure::Store(e) => Err(e),
+            },
+        }
+    }
+
+    async fn delete_released(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<(), StoreError> {
+        let mut e = Expr::default();
+        let condition = format!(
+            "{} = {} AND {} = {}",
+            e.n(attr::RVN),
+            e.v("observed", s(observed.to_string())),
+            e.n(attr::RELEASED),
+            e.v("yes", AttributeValue::Bool(true))
+        );
+        let result = self
+            .t
+            .client
+            .delete_item()
+            .table_name(&self.t.name)
+            .key(attr::KEY, s(key.as_str()))
+            .condition_expression(condition)
+            .set_expression_attribute_names(e.names())
+            .set_expression_attribute_values(Some(e.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .customize()
+            .config_override(write_once())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match split_sdk_error(err, &self.t.ctx) {
+                Failure::Service(DeleteItemError::ConditionalCheckFailedException(ccf), _) => {
+                    let current = match ccf.item() {
+                        Some(item) => Some(record_from_item(item)?),
+                        None => self.get(key).await?,
+                    };
+                    Err(StoreError::conflict(current))
+                }
+                Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
+                Failure::Store(e) => Err(e),
+            },
+        }
+    }
+}
+
 #[async_trait]
 impl LockStore for DynamoDbStore {
     async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
@@ -310,14 +514,40 @@ impl LockStore for DynamoDbStore {
         out.item().map(record_from_item).transpose()
     }
 
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         let items = scan_all(&self.t.client, &self.t.name, &self.t.ctx).await?;
-        let mut records = items
-            .iter()
-            .map(record_from_item)
-            .collect::<Result<Vec<_>, _>>()?;
-        records.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(records)
+        let mut listing = Listing::default();
+        for item in &items {
+            if matches!(item.get(attr::KEY), Some(AttributeValue::S(k)) if k == FLOOR_KEY) {
+                continue;
+            }
+            match record_from_item(item) {
+                Ok(record) => listing.records.push(record),
+                Err(StoreError::Corrupt { key, reason }) => {
+                    listing.damaged.push(DamagedRecord { key, reason })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        listing.records.sort_by(|a, b| a.key.cmp(&b.key));
+        listing.damaged.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
+    }
+
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        self.read_floor().await
+    }
+
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        let current = self.get(key).await?;
+        let purged = purge_reference(current.as_ref(), observed)?;
+        self.raise_floor(purged.token).await?;
+        self.delete_released(key, observed).await?;
+        Ok(purged)
     }
 
     fn describe(&self) -> String {
@@ -357,7 +587,7 @@ pub(crate) async fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn LockStore>
 }
 
 /// Creates the lock table named by a `dynamodb://` URL with the key schema of
-/// its format (`lockKey` for statelock's own records with TTL on `expiresAt`;
+/// its format (`lockKey` for statelock's own records, no TTL;
 /// `LockID` for `format=terraform`, as Terraform's S3 backend expects).
 /// Idempotent; see [`DynamoDbStore::create_table`].
 pub async fn create_table_for_url(url: &StoreUrl) -> Result<TableSetup, StoreError> {
@@ -498,22 +728,17 @@ fn touch(e: &mut Expr, op: &LockOp) -> Vec<String> {
     ]
 }
 
-/// The `SET` clause of the garbage-collection time of a released record.
-fn collect_after(e: &mut Expr, op: &LockOp) -> String {
-    let retention = i64::try_from(GC_RETENTION.as_secs()).unwrap_or(i64::MAX);
-    let gc = op.at.as_secs().saturating_add(retention);
-    e.assign(attr::EXPIRES_AT, "gc", n(gc))
-}
-
 /// The update and condition expressions of `op` (PROTOCOL.md, "Operations").
+/// Every write removes `expiresAt` (see the module docs: no TTL).
 fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
     let mut set = touch(e, op);
-    let mut remove = Vec::new();
+    let mut remove = vec![e.n(attr::EXPIRES_AT)];
     let condition = match &op.kind {
         OpKind::Acquire {
             owner,
             lease_ms,
             holder,
+            ..
         }
         | OpKind::Takeover {
             owner,
@@ -521,11 +746,12 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
             holder,
             ..
         } => {
-            let token = e.n(attr::TOKEN);
-            let (zero, one) = (e.v("zero", n(0)), e.v("one", n(1)));
+            // The op carries the token it installs: the one after the token
+            // of the version it names (or after the floor, when absent).
+            let new_token = op.granted_token().map_or(u64::MAX, |t| t.0);
             set.extend([
                 e.assign(attr::OWNER, "owner", s(owner.to_string())),
-                format!("{token} = if_not_exists({token}, {zero}) + {one}"),
+                e.assign(attr::TOKEN, "newToken", n(new_token)),
                 e.assign(attr::LEASE_MS, "leaseMs", n(*lease_ms)),
                 e.assign(attr::RELEASED, "no", AttributeValue::Bool(false)),
                 e.assign(attr::LOCKED_BY, "lockedBy", s(&holder.locked_by)),
@@ -534,35 +760,38 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
                 e.assign(attr::LOCKED_AT_MS, "atMs", n(op.at.as_millis())),
             ]);
             remove.push(e.n(attr::FORCED_BY));
-            // A held record never carries a TTL deadline.
-            remove.push(e.n(attr::EXPIRES_AT));
-            // A grant must not push the token past u64::MAX (TokensExhausted).
-            let max = e.v("maxToken", n(u64::MAX));
             match &op.kind {
-                OpKind::Takeover { observed, .. } => {
-                    let rvn = e.n(attr::RVN);
+                OpKind::Takeover {
+                    observed, token, ..
+                } => {
+                    let (rvn, tok) = (e.n(attr::RVN), e.n(attr::TOKEN));
                     let observed = e.v("observed", s(observed.to_string()));
+                    let token = e.v("token", n(token.0));
                     let wf = well_formed(e);
-                    format!("{rvn} = {observed} AND {token} < {max} AND {wf}")
+                    format!("{rvn} = {observed} AND {tok} = {token} AND {wf}")
                 }
-                _ => {
-                    // A grant rewrites every attribute but the token, so only
-                    // the token must be sound: a number in 0..u64::MAX (a
-                    // string or a missing token fails both comparisons).
-                    // `released = true` is a BOOL true, not a look-alike.
-                    let key = e.n(attr::KEY);
-                    let released = e.n(attr::RELEASED);
+                OpKind::Acquire {
+                    from: GrantFrom::Version { rvn: v, token },
+                    ..
+                } => {
+                    // Pinned to the released version the acquirer read (a
+                    // 128-bit value a statelock writer chose) and its token;
+                    // every other attribute is rewritten.
+                    let (rvn, tok, released) =
+                        (e.n(attr::RVN), e.n(attr::TOKEN), e.n(attr::RELEASED));
+                    let observed = e.v("observed", s(v.to_string()));
+                    let token = e.v("token", n(token.0));
                     let yes = e.v("yes", AttributeValue::Bool(true));
-                    format!(
-                        "attribute_not_exists({key}) OR ({released} = {yes} AND {token} < {max} AND {token} >= {zero})"
-                    )
+                    format!("{rvn} = {observed} AND {tok} = {token} AND {released} = {yes}")
                 }
+                // Absent: the record must not exist (the floor is checked in
+                // the same transaction, see `grant_absent`).
+                _ => format!("attribute_not_exists({})", e.n(attr::KEY)),
             }
         }
         OpKind::Heartbeat { owner, current } | OpKind::Release { owner, current } => {
             if matches!(op.kind, OpKind::Release { .. }) {
                 set.push(e.assign(attr::RELEASED, "yes", AttributeValue::Bool(true)));
-                set.push(collect_after(e, op));
             }
             let (owner_attr, rvn, released) =
                 (e.n(attr::OWNER), e.n(attr::RVN), e.n(attr::RELEASED));
@@ -578,17 +807,13 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
         OpKind::ForceUnlock { observed, by } => {
             set.push(e.assign(attr::RELEASED, "yes", AttributeValue::Bool(true)));
             set.push(e.assign(attr::FORCED_BY, "forcedBy", s(by)));
-            set.push(collect_after(e, op));
             let rvn = e.n(attr::RVN);
             let observed = e.v("observed", s(observed.to_string()));
             let wf = well_formed(e);
             format!("{rvn} = {observed} AND {wf}")
         }
     };
-    let mut update = format!("SET {}", set.join(", "));
-    if !remove.is_empty() {
-        update.push_str(&format!(" REMOVE {}", remove.join(", ")));
-    }
+    let update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
     (update, condition)
 }
 
@@ -1310,12 +1535,25 @@ mod tests {
         let owner = LeaseId(uuid::Uuid::from_u128(1));
         let kinds = [
             OpKind::Acquire {
+                from: GrantFrom::Version {
+                    rvn: RecordVersion(1),
+                    token: FencingToken(1),
+                },
+                owner,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+            },
+            OpKind::Acquire {
+                from: GrantFrom::Absent {
+                    floor: FencingToken(0),
+                },
                 owner,
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
             },
             OpKind::Takeover {
                 observed: RecordVersion(1),
+                token: FencingToken(1),
                 owner,
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),

@@ -20,8 +20,10 @@
 //! [`tokio::task::spawn_blocking`]). It is only as safe as the filesystem's
 //! advisory locks: do not point it at a network filesystem that ignores them.
 
-use super::{apply_reference, LockStore, StoreError};
-use crate::protocol::{LockKey, LockOp, LockRecord};
+use super::{
+    apply_reference, check_floor, purge_reference, DamagedRecord, Listing, LockStore, StoreError,
+};
+use crate::protocol::{FencingToken, LockKey, LockOp, LockRecord, OpKind, RecordVersion};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -158,10 +160,10 @@ impl FileStore {
     }
 
     /// [`LockStore::list`] without the async wrapper (blocking file I/O).
-    pub fn list_blocking(&self) -> Result<Vec<LockRecord>, StoreError> {
+    pub fn list_blocking(&self) -> Result<Listing, StoreError> {
         let entries = fs::read_dir(&self.dir)
             .map_err(|e| io_error("list the lock directory", &self.dir, e))?;
-        let mut records = Vec::new();
+        let mut listing = Listing::default();
         for entry in entries {
             let entry = entry.map_err(|e| io_error("list the lock directory", &self.dir, e))?;
             let file_name = entry.file_name();
@@ -171,12 +173,84 @@ impl FileStore {
             let Some(hash) = record_file_hash(name) else {
                 continue;
             };
-            if let Some(record) = read_record(&entry.path(), hash, name)? {
-                records.push(record);
+            match read_record(&entry.path(), hash, name) {
+                Ok(Some(record)) => listing.records.push(record),
+                Ok(None) => {}
+                Err(StoreError::Corrupt { key, reason }) => {
+                    listing.damaged.push(DamagedRecord { key, reason })
+                }
+                Err(e) => return Err(e),
             }
         }
-        records.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(records)
+        listing.records.sort_by(|a, b| a.key.cmp(&b.key));
+        listing.damaged.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
+    }
+
+    /// [`LockStore::token_floor`] without the async wrapper (blocking file I/O).
+    pub fn token_floor_blocking(&self) -> Result<FencingToken, StoreError> {
+        read_floor(&self.dir.join(FLOOR_FILE))
+    }
+
+    /// [`LockStore::purge`] without the async wrapper: under the key's lock
+    /// file, checks the record, raises the floor file (under its own lock,
+    /// durably) and only then removes the record.
+    pub fn purge_blocking(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        let hash = key_hash(key);
+        let _key_lock = self.lock_file(&format!("{hash}.lock"))?;
+        let record_path = self.dir.join(format!("{hash}.json"));
+        let current = read_record(&record_path, &hash, key.as_str())?;
+        let purged = purge_reference(current.as_ref(), observed)?;
+        {
+            let _floor_lock = self.lock_file(FLOOR_LOCK)?;
+            let floor_path = self.dir.join(FLOOR_FILE);
+            let floor = read_floor(&floor_path)?;
+            if purged.token > floor {
+                self.replace_file(FLOOR_FILE, &encode_floor(purged.token)?)?;
+            }
+        }
+        fs::remove_file(&record_path).map_err(|e| io_error("remove", &record_path, e))?;
+        sync_dir(&self.dir).map_err(|e| io_error("sync the lock directory", &self.dir, e))?;
+        Ok(purged)
+    }
+
+    /// Opens `name` in the store's directory and takes its exclusive lock;
+    /// the lock lasts as long as the returned file.
+    fn lock_file(&self, name: &str) -> Result<File, StoreError> {
+        let lock_path = self.dir.join(name);
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| io_error("open the lock file", &lock_path, e))?;
+        lock_file
+            .lock()
+            .map_err(|e| io_error("lock", &lock_path, e))?;
+        Ok(lock_file)
+    }
+
+    /// Replaces `name` with `bytes` atomically and durably: temporary file,
+    /// fsync, rename, directory fsync.
+    fn replace_file(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        let temp_path = self
+            .dir
+            .join(format!("{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        if let Err(e) = write_synced(&temp_path, bytes) {
+            remove_quietly(&temp_path);
+            return Err(io_error("write", &temp_path, e));
+        }
+        if let Err(e) = fs::rename(&temp_path, &path) {
+            remove_quietly(&temp_path);
+            return Err(io_error("replace", &path, e));
+        }
+        sync_dir(&self.dir).map_err(|e| io_error("sync the lock directory", &self.dir, e))
     }
 
     /// Applies `op` while holding the key's lock file.
@@ -184,6 +258,13 @@ impl FileStore {
         let record_path = self.dir.join(format!("{hash}.json"));
         // A corrupt record stops here: it is reported, never overwritten.
         let current = read_record(&record_path, hash, op.key.as_str())?;
+        // A grant on an absent record must name the current token floor (a
+        // purge of this key, under this lock, raised it above the key's
+        // tokens); a stale floor is a failed condition, and the acquirer
+        // reads again.
+        if let (None, OpKind::Acquire { .. }) = (&current, &op.kind) {
+            check_floor(op, None, read_floor(&self.dir.join(FLOOR_FILE))?)?;
+        }
         let next = apply_reference(op, current.as_ref())?;
         let bytes = encode(&next)?;
         let temp_path = self
@@ -270,7 +351,7 @@ fn is_temp_name(name: &str) -> bool {
     if !name.ends_with(".tmp") {
         return false;
     }
-    if name.starts_with(PROBE_PREFIX) {
+    if name.starts_with(PROBE_PREFIX) || name.starts_with(&format!("{FLOOR_FILE}.")) {
         return true;
     }
     name.get(..HASH_HEX_LEN + ".json.".len())
@@ -365,6 +446,52 @@ fn encode(record: &LockRecord) -> Result<Vec<u8>, StoreError> {
     Ok(bytes)
 }
 
+/// The file holding the store's token floor (see [`LockStore::token_floor`]).
+pub const FLOOR_FILE: &str = "token-floor.json";
+
+/// The lock file serialising writers of [`FLOOR_FILE`].
+const FLOOR_LOCK: &str = "token-floor.lock";
+
+/// The `format` tag of the token floor file.
+const FLOOR_FORMAT: &str = "statelock-token-floor-v1";
+
+/// Reads the token floor (absent: 0). A damaged floor file is corrupt: it is
+/// reported, and no grant of an absent record is made until it is repaired.
+fn read_floor(path: &Path) -> Result<FencingToken, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: FLOOR_FILE.to_string(),
+        reason: format!("{}: {reason}", path.display()),
+    };
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(FencingToken(0)),
+        Err(e) => return Err(io_error("read", path, e)),
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
+    match (
+        value.get("format"),
+        value.get("floor").and_then(|f| f.as_u64()),
+    ) {
+        (Some(serde_json::Value::String(f)), Some(floor)) if f == FLOOR_FORMAT => {
+            Ok(FencingToken(floor))
+        }
+        _ => Err(corrupt(format!(
+            "expected {{\"format\":\"{FLOOR_FORMAT}\",\"floor\":N}}"
+        ))),
+    }
+}
+
+fn encode_floor(floor: FencingToken) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = serde_json::to_vec_pretty(&serde_json::json!({
+        "format": FLOOR_FORMAT,
+        "floor": floor.0,
+    }))
+    .map_err(|e| StoreError::Misconfigured(format!("cannot encode the token floor: {e}")))?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
 /// Creates `path` (it must not exist), writes `bytes` and fsyncs it.
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
@@ -432,9 +559,24 @@ impl LockStore for FileStore {
         blocking(move || store.get_blocking(&key)).await
     }
 
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         let store = self.clone();
         blocking(move || store.list_blocking()).await
+    }
+
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        let store = self.clone();
+        blocking(move || store.token_floor_blocking()).await
+    }
+
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        let store = self.clone();
+        let key = key.clone();
+        blocking(move || store.purge_blocking(&key, observed)).await
     }
 
     fn describe(&self) -> String {
@@ -445,7 +587,7 @@ impl LockStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{FencingToken, HolderInfo, LeaseId, OpKind, RecordVersion, WallTime};
+    use crate::protocol::{GrantFrom, HolderInfo, LeaseId, WallTime};
     use std::collections::BTreeSet;
     use std::sync::{Arc, Barrier, Mutex};
 
@@ -453,17 +595,39 @@ mod tests {
         LockKey::new(name).unwrap()
     }
 
+    /// An acquire of a key with no record (the floor of a fresh store is 0).
     fn acquire(key: &LockKey, owner: LeaseId) -> LockOp {
+        acquire_from(
+            key,
+            owner,
+            GrantFrom::Absent {
+                floor: FencingToken(0),
+            },
+        )
+    }
+
+    fn acquire_from(key: &LockKey, owner: LeaseId, from: GrantFrom) -> LockOp {
         LockOp {
             key: key.clone(),
             new_rvn: RecordVersion::random(),
             at: WallTime(1_700_000_000_000),
             kind: OpKind::Acquire {
+                from,
                 owner,
                 lease_ms: 10_000,
                 holder: HolderInfo::named("tester"),
             },
         }
+    }
+
+    /// An acquire naming the record as `store` reads it now.
+    fn acquire_current(store: &FileStore, key: &LockKey) -> LockOp {
+        let current = store.get_blocking(key).unwrap();
+        acquire_from(
+            key,
+            LeaseId::random(),
+            GrantFrom::of(current.as_ref(), FencingToken(0)),
+        )
     }
 
     fn release(record: &LockRecord) -> LockOp {
@@ -489,12 +653,12 @@ mod tests {
         let (_dir, store) = store();
         let k = key("stack:user-platform:env:production");
         assert_eq!(store.get(&k).await, Ok(None));
-        assert_eq!(store.list().await, Ok(vec![]));
+        assert_eq!(store.list().await, Ok(Listing::default()));
         let op = acquire(&k, LeaseId::random());
         let record = store.apply(&op).await.unwrap();
         assert_eq!(record, op.apply(None).unwrap());
         assert_eq!(store.get(&k).await, Ok(Some(record.clone())));
-        assert_eq!(store.list().await, Ok(vec![record.clone()]));
+        assert_eq!(store.list().await, Ok(Listing::of(vec![record.clone()])));
 
         // The file is named by the key's hash and is pretty JSON in its envelope.
         let path = store.record_path(&k);
@@ -603,6 +767,10 @@ mod tests {
     async fn corrupt_records_are_reported_and_never_overwritten() {
         let (_dir, store) = store();
         let k = key("k");
+        let healthy = store
+            .apply(&acquire(&key("healthy"), LeaseId::random()))
+            .await
+            .unwrap();
         for (what, bytes) in bad_contents(&k) {
             let path = store.record_path(&k);
             fs::write(&path, &bytes).unwrap();
@@ -616,11 +784,18 @@ mod tests {
                 }
                 other => panic!("{what}: get should say Corrupt, got {other:?}"),
             }
+            // The listing flags it and still lists the healthy records.
             match store.list().await {
-                Err(StoreError::Corrupt { key, .. }) => {
-                    assert_eq!(key, path.file_name().unwrap().to_str().unwrap(), "{what}")
+                Ok(listing) => {
+                    assert_eq!(listing.records, vec![healthy.clone()], "{what}");
+                    assert_eq!(listing.damaged.len(), 1, "{what}");
+                    assert_eq!(
+                        listing.damaged[0].key,
+                        path.file_name().unwrap().to_str().unwrap(),
+                        "{what}"
+                    )
                 }
-                other => panic!("{what}: list should say Corrupt, got {other:?}"),
+                other => panic!("{what}: list should flag it, got {other:?}"),
             }
             match store.apply(&acquire(&k, LeaseId::random())).await {
                 Err(StoreError::Corrupt { .. }) => {}
@@ -672,7 +847,7 @@ mod tests {
             fs::write(store.dir().join(name), b"{half a record").unwrap();
         }
         fs::create_dir(store.dir().join("subdir")).unwrap();
-        assert_eq!(store.list().await, Ok(vec![record.clone()]));
+        assert_eq!(store.list().await, Ok(Listing::of(vec![record.clone()])));
         assert_eq!(store.get(&k).await, Ok(Some(record.clone())));
         assert_eq!(store.get(&key("other")).await, Ok(None));
         // Writes still work next to a leftover temporary file of the same key.
@@ -721,7 +896,7 @@ mod tests {
             Err(StoreError::conflict(Some(record.clone())))
         );
         let released = second.apply(&release(&record)).await.unwrap();
-        assert_eq!(first.list().await, Ok(vec![released]));
+        assert_eq!(first.list().await, Ok(Listing::of(vec![released])));
     }
 
     #[tokio::test]
@@ -782,8 +957,9 @@ mod tests {
                 let (k, barrier, results) = (k.clone(), barrier.clone(), results.clone());
                 std::thread::spawn(move || {
                     for round in 0..ROUNDS {
+                        let op = acquire_current(&store, &k);
                         barrier.wait();
-                        let outcome = store.apply_blocking(&acquire(&k, LeaseId::random()));
+                        let outcome = store.apply_blocking(&op);
                         results.lock().unwrap()[round].push(outcome.clone());
                         barrier.wait();
                         if let Ok(record) = outcome {
@@ -829,7 +1005,7 @@ mod tests {
         let k = key("cross-process");
         let mut granted = 0;
         while granted < CHILD_GRANTS {
-            match store.apply_blocking(&acquire(&k, LeaseId::random())) {
+            match store.apply_blocking(&acquire_current(&store, &k)) {
                 Ok(record) => {
                     println!("{GRANT_MARK}{}", record.token.0);
                     store.apply_blocking(&release(&record)).unwrap();

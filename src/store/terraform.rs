@@ -61,7 +61,7 @@ use super::dynamodb::{
     Failure, Item, ItemReader, Table, TableSetup,
 };
 use super::url::LockFormat;
-use super::{LockStore, StoreError};
+use super::{DamagedRecord, Listing, LockStore, StoreError};
 use crate::protocol::{
     FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
 };
@@ -428,6 +428,7 @@ impl LockStore for TerraformDynamoStore {
                 owner,
                 lease_ms,
                 holder,
+                ..
             } => self.acquire(op, *owner, *lease_ms, holder).await,
             OpKind::Takeover { owner, .. } => match self.read(&op.key).await? {
                 // Our own earlier acquire landed unheard.
@@ -467,15 +468,39 @@ impl LockStore for TerraformDynamoStore {
         Ok(self.read(key).await?.map(|(r, _)| r))
     }
 
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         let items = scan_all(&self.t.client, &self.t.name, &self.t.ctx).await?;
-        let mut records = items
-            .iter()
-            .filter(|item| !is_digest(item))
-            .map(|item| parse_item(item).map(|(r, _)| r))
-            .collect::<Result<Vec<_>, _>>()?;
-        records.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(records)
+        let mut listing = Listing::default();
+        for item in items.iter().filter(|item| !is_digest(item)) {
+            match parse_item(item) {
+                Ok((record, _)) => listing.records.push(record),
+                Err(StoreError::Corrupt { key, reason }) => {
+                    listing.damaged.push(DamagedRecord { key, reason })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        listing.records.sort_by(|a, b| a.key.cmp(&b.key));
+        listing.damaged.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
+    }
+
+    /// Terraform locks carry no tokens: the floor is always 0.
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        Ok(FencingToken::NONE)
+    }
+
+    /// Terraform deletes its lock items itself on unlock: there is nothing
+    /// to purge.
+    async fn purge(
+        &self,
+        key: &LockKey,
+        _observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        Err(StoreError::Misconfigured(format!(
+            "Terraform-format locks are deleted on unlock and carry no tokens: nothing to purge for {:?}",
+            key.as_str()
+        )))
     }
 
     fn describe(&self) -> String {
@@ -679,6 +704,9 @@ mod tests {
             new_rvn: RecordVersion(1),
             at: WallTime(1_705_328_400_123),
             kind: OpKind::Acquire {
+                from: crate::protocol::GrantFrom::Absent {
+                    floor: FencingToken::NONE,
+                },
                 owner,
                 lease_ms: 1000,
                 holder: holder.clone(),
