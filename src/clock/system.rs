@@ -134,11 +134,17 @@ impl ClockSources for BootAndRawSources {
 
 /// CLOCK_MONOTONIC for both sources: the fallback where the OS has neither
 /// CLOCK_BOOTTIME nor CLOCK_MONOTONIC_RAW. (Built on Linux only for its test.)
-#[cfg(any(not(any(target_os = "linux", target_os = "android")), test))]
+#[cfg(any(
+    not(any(target_os = "linux", target_os = "android")),
+    all(test, not(loom))
+))]
 #[derive(Debug, Default, Clone, Copy)]
 struct MonotonicSources;
 
-#[cfg(any(not(any(target_os = "linux", target_os = "android")), test))]
+#[cfg(any(
+    not(any(target_os = "linux", target_os = "android")),
+    all(test, not(loom))
+))]
 impl ClockSources for MonotonicSources {
     fn boottime(&self) -> Duration {
         read_os_clock(ClockId::CLOCK_MONOTONIC).unwrap_or_default()
