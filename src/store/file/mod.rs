@@ -136,6 +136,18 @@ impl FileStore {
         FileStore::open_with_ops(dir.into(), Arc::new(RealOps))
     }
 
+    /// Opens the store in the per-user default directory, as
+    /// [`default_store_dir`](super::url::default_store_dir) finds it in this
+    /// process's environment (`$STATELOCK_HOME/locks`, else
+    /// `$XDG_STATE_HOME/statelock/locks`, else
+    /// `$HOME/.local/state/statelock/locks`). Fails with
+    /// [`StoreError::Misconfigured`] if none of them is set.
+    pub fn open_default() -> Result<FileStore, StoreError> {
+        FileStore::open(super::url::default_store_dir(|name| {
+            std::env::var_os(name)
+        })?)
+    }
+
     /// This store with `limit` as the bound on one wait for a key's lock
     /// file (default [`DEFAULT_LOCK_WAIT`]); `Duration::ZERO` makes a single
     /// attempt.
@@ -590,7 +602,7 @@ impl LockStore for FileStore {
     }
 
     fn describe(&self) -> String {
-        format!("file://{}", self.dir.display())
+        super::url::file_store_url(&self.dir)
     }
 }
 
