@@ -1,7 +1,8 @@
 //! The `statelock` command-line tool: clap commands, thin over the library.
 //!
 //! Each command validates its input, opens the store named by `--store` (or
-//! `STATELOCK_STORE`, default [`DEFAULT_STORE_URL`]), calls
+//! `STATELOCK_STORE`, default [`default_store_url`]: a per-user directory),
+//! calls
 //! [`LockClient`], and turns the answer into text or JSON and an exit code.
 //! Nothing here decides anything about locking: waiting, takeover, heartbeats
 //! and fencing are the library's. Errors become one sentence on stderr that
@@ -12,7 +13,7 @@
 //! | --- | --- |
 //! | 0 | success; `status` of a free, held or never-locked key; `unlock` of a lock that is not held |
 //! | 1 | `unlock`: the operator answered no at the prompt (nothing changed); or an unexpected error |
-//! | 2 | bad input: usage error, invalid key, bad duration, unknown store URL, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
+//! | 2 | bad input: usage error, invalid key, bad duration, unknown store URL, no `--store` and no default store location, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
 //! | 3 | `exec`: the lock is held and `--wait` ran out (immediately with `--wait 0s`) |
 //! | 4 | `unlock`: the lock record changed after it was shown; nothing was forced |
 //! | 5 | the lock store failed (unreachable, misconfigured or a damaged record) |
@@ -70,7 +71,7 @@ pub use unlock::UnlockArgs;
 
 use crate::client::{LockClient, LockError};
 use crate::observe;
-use crate::store::url::{StoreUrl, DEFAULT_STORE_URL};
+use crate::store::url::{default_store_url, file_store_url, StoreUrl};
 use crate::store::{open_lock_store, StoreError};
 use clap::{ArgAction, Parser, Subcommand};
 use std::fs::OpenOptions;
@@ -113,20 +114,27 @@ its environment. If the lease is lost, CMD gets SIGTERM (SIGKILL after
 --grace). A crashed holder's lock is taken over about one lease after its last
 heartbeat.
 
-Store URLs (--store or STATELOCK_STORE; default file://.statelock):
-  file://DIR                   a directory on this machine (the default)
+Store URLs (--store or STATELOCK_STORE):
+  file://DIR                   a directory on this machine (a relative DIR is
+                               taken from the working directory; messages
+                               show the absolute path)
   mem://                       in-process only (forgets on exit; for trials)
   dynamodb://TABLE?region=R&endpoint=URL[&format=terraform]
                                (create the table once with
                                `statelock --store URL dynamodb create-table`)
+
+Default store: a directory per user, the same from any working directory:
+$STATELOCK_HOME/locks, else $XDG_STATE_HOME/statelock/locks, else
+$HOME/.local/state/statelock/locks. Processes of other users or on other
+machines do not see it: give every party the same --store to exclude them.
 
 Exit codes:
   0      success; status of a free, held or never-locked key; unlock of a
          lock that is not held
   1      unlock: answered no at the prompt (nothing changed); unexpected error
   2      bad input: usage error, invalid key, bad duration, unknown store URL,
-         missing command after --, unlock without --force, or without --yes
-         when stdin is not a terminal
+         no --store and no default store location, missing command after --,
+         unlock without --force, or without --yes when stdin is not a terminal
   3      exec: the lock is held and --wait ran out (at once with --wait 0s)
   4      unlock: the lock changed after it was shown; nothing was forced
   5      the lock store failed (unreachable, misconfigured, damaged record)
@@ -152,15 +160,13 @@ Examples:
     long_about = LONG_ABOUT
 )]
 pub struct Cli {
-    /// Where the locks live: file://DIR, mem:// or dynamodb://TABLE?region=R
-    #[arg(
-        long,
-        global = true,
-        env = "STATELOCK_STORE",
-        default_value = DEFAULT_STORE_URL,
-        value_name = "URL"
-    )]
-    pub store: String,
+    /// Where the locks live: file://DIR, mem:// or dynamodb://TABLE?region=R [default: a directory per user]
+    ///
+    /// The default is file://$STATELOCK_HOME/locks, else
+    /// file://$XDG_STATE_HOME/statelock/locks, else
+    /// file://$HOME/.local/state/statelock/locks.
+    #[arg(long, global = true, env = "STATELOCK_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides the filter
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -256,7 +262,8 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    /// The store as the user named it.
+    /// The store as messages name it: a `file://` store by its absolute
+    /// path, other stores as the user wrote them.
     pub(crate) fn store_text(&self) -> &str {
         &self.store_text
     }
@@ -347,16 +354,41 @@ fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<i32, CliError> {
-    let store_url = StoreUrl::parse(&cli.store).map_err(|e| match e {
-        StoreError::Misconfigured(why) => CliError::usage(format!(
-            "{why}; set --store or STATELOCK_STORE to e.g. {DEFAULT_STORE_URL}"
-        )),
+/// The store named by `--store` / `STATELOCK_STORE` (`given`), else the
+/// per-user default from `env`, with a `file://` path made absolute; and
+/// the text that names it in messages.
+fn resolve_store(
+    given: Option<String>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<(StoreUrl, String), CliError> {
+    let usage = |e: StoreError| match e {
+        StoreError::Misconfigured(why) => CliError::usage(why),
         other => CliError::usage(other.to_string()),
-    })?;
+    };
+    let url = match &given {
+        Some(text) => StoreUrl::parse(text).map_err(|e| match e {
+            StoreError::Misconfigured(why) => CliError::usage(format!(
+                "{why}; fix --store / STATELOCK_STORE, or leave both unset for the per-user \
+                 default store"
+            )),
+            other => usage(other),
+        })?,
+        None => default_store_url(env).map_err(usage)?,
+    };
+    let url = url.into_absolute().map_err(usage)?;
+    let text = match (&url, given) {
+        (StoreUrl::File(dir), _) => file_store_url(dir),
+        (_, Some(text)) => text,
+        (other, None) => format!("{other:?}"),
+    };
+    Ok((url, text))
+}
+
+async fn run(cli: Cli) -> Result<i32, CliError> {
+    let (store_url, store_text) = resolve_store(cli.store, |name| std::env::var_os(name))?;
     let ctx = Context {
         store_url,
-        store_text: cli.store,
+        store_text,
     };
     match cli.command {
         Command::Exec(args) => exec::run(args, &ctx).await,
@@ -421,6 +453,36 @@ mod tests {
     #[test]
     fn clap_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
+        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.into())
+    }
+
+    #[test]
+    fn the_store_is_named_by_its_absolute_path() {
+        let home = [("HOME", "/home/u")];
+        assert_eq!(
+            resolve_store(None, env(&home)),
+            Ok((
+                StoreUrl::File("/home/u/.local/state/statelock/locks".into()),
+                "file:///home/u/.local/state/statelock/locks".to_string()
+            ))
+        );
+        // An explicit store wins over the default, and a relative path is
+        // shown absolute.
+        let cwd = std::env::current_dir().unwrap();
+        let (url, text) = resolve_store(Some("file://rel/locks".into()), env(&home)).unwrap();
+        assert_eq!(url, StoreUrl::File(cwd.join("rel/locks")));
+        assert_eq!(text, format!("file://{}", cwd.join("rel/locks").display()));
+        assert_eq!(
+            resolve_store(Some("mem://".into()), env(&[])),
+            Ok((StoreUrl::Memory, "mem://".to_string()))
+        );
+        // No store and no default location: exit 2, telling to pass --store.
+        let err = resolve_store(None, env(&[])).unwrap_err();
+        assert_eq!(err.code, exit::USAGE);
+        assert!(err.message.contains("--store"), "{}", err.message);
     }
 
     #[test]

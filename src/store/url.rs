@@ -1,18 +1,89 @@
-//! Store URLs: how users name a store (`--store` / `STATELOCK_STORE`).
+//! Store URLs: how users name a store (`--store` / `STATELOCK_STORE`), and
+//! where the store is when they name none.
 //!
-//! - `file://PATH` — a directory on this machine (the embedded default,
-//!   `file://.statelock`); a relative PATH is relative to the working directory.
+//! - `file://PATH` — a directory on this machine. A relative PATH is taken
+//!   from the working directory once, when the URL is resolved
+//!   ([`StoreUrl::into_absolute`]) or the store opened; messages show the
+//!   absolute path.
 //! - `mem://` — an in-process store (tests and demos; forgets on exit).
 //! - `dynamodb://TABLE?region=R&endpoint=URL[&format=terraform]` — a DynamoDB
 //!   table (feature `dynamodb`).
+//!
+//! The default store ([`default_store_url`]) is a per-user directory that
+//! does not depend on the working directory, so two processes of one user
+//! started from different directories use the same locks.
+//!
+//! This module only computes names and paths: it must not touch the
+//! filesystem or read the process environment itself (the environment is
+//! passed in, so the resolution is testable without changing it).
 
 use super::StoreError;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The default store: a `.statelock` directory in the working directory.
-pub const DEFAULT_STORE_URL: &str = "file://.statelock";
+/// The variable naming statelock's own directory; the default store is its
+/// [`DEFAULT_STORE_SUBDIR`] subdirectory. Takes precedence over the XDG and
+/// home locations.
+pub const STATELOCK_HOME_ENV: &str = "STATELOCK_HOME";
+
+/// The subdirectory of statelock's directory that holds the default store's
+/// lock records. A subdirectory rather than the directory itself, so the
+/// store's directory holds only the store's files even when
+/// `STATELOCK_HOME` points at a directory that holds other things.
+pub const DEFAULT_STORE_SUBDIR: &str = "locks";
+
+/// Where the default store lives, from the environment `env` (a lookup such
+/// as `|name| std::env::var_os(name)`), in order of precedence:
+///
+/// 1. `$STATELOCK_HOME/locks`, if `STATELOCK_HOME` is set (it must then be an
+///    absolute path: a relative one would depend on the working directory);
+/// 2. `$XDG_STATE_HOME/statelock/locks`, if `XDG_STATE_HOME` is an absolute
+///    path (a relative one is ignored, as the XDG specification says);
+/// 3. `$HOME/.local/state/statelock/locks`, if `HOME` is an absolute path.
+///
+/// Empty variables count as unset. If none applies the error is
+/// [`StoreError::Misconfigured`], telling the user to pass `--store`.
+///
+/// The location is per user: processes of different users (or on different
+/// machines) do not exclude each other through it; give them a shared
+/// `--store` for that.
+pub fn default_store_dir(env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, StoreError> {
+    let var = |name: &str| {
+        env(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(home) = var(STATELOCK_HOME_ENV) {
+        if !home.is_absolute() {
+            return Err(StoreError::Misconfigured(format!(
+                "{STATELOCK_HOME_ENV} is the relative path {}, which would depend on the \
+                 working directory; set it to an absolute path, or pass --store file:///DIR",
+                home.display()
+            )));
+        }
+        return Ok(home.join(DEFAULT_STORE_SUBDIR));
+    }
+    if let Some(state) = var("XDG_STATE_HOME").filter(|p| p.is_absolute()) {
+        return Ok(state.join("statelock").join(DEFAULT_STORE_SUBDIR));
+    }
+    if let Some(home) = var("HOME").filter(|p| p.is_absolute()) {
+        return Ok(home
+            .join(".local/state/statelock")
+            .join(DEFAULT_STORE_SUBDIR));
+    }
+    Err(StoreError::Misconfigured(format!(
+        "no default lock store: none of {STATELOCK_HOME_ENV}, XDG_STATE_HOME and HOME is set \
+         to an absolute path; pass --store file:///DIR (or set STATELOCK_STORE, or \
+         {STATELOCK_HOME_ENV})"
+    )))
+}
+
+/// The default store's URL: a `file://` store in [`default_store_dir`].
+pub fn default_store_url(env: impl Fn(&str) -> Option<OsString>) -> Result<StoreUrl, StoreError> {
+    default_store_dir(env).map(StoreUrl::File)
+}
 
 /// Which lock format a DynamoDB table holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +138,7 @@ impl StoreUrl {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             bad(
                 url,
-                "expected SCHEME://..., e.g. file://.statelock or dynamodb://TABLE",
+                "expected SCHEME://..., e.g. file:///srv/locks or dynamodb://TABLE",
             )
         })?;
         match scheme {
@@ -127,6 +198,34 @@ impl StoreUrl {
             )),
         }
     }
+
+    /// This URL with a relative `file://` path made absolute against the
+    /// working directory (no filesystem access besides reading the working
+    /// directory; symbolic links are not resolved). Other URLs are returned
+    /// unchanged.
+    pub fn into_absolute(self) -> Result<StoreUrl, StoreError> {
+        match self {
+            StoreUrl::File(dir) => absolute_dir(&dir).map(StoreUrl::File),
+            other => Ok(other),
+        }
+    }
+}
+
+/// `dir` made absolute against the working directory.
+fn absolute_dir(dir: &Path) -> Result<PathBuf, StoreError> {
+    std::path::absolute(dir).map_err(|e| {
+        StoreError::Misconfigured(format!(
+            "cannot resolve the store directory {} to an absolute path: {e}; \
+             pass an absolute path, e.g. file:///srv/locks",
+            dir.display()
+        ))
+    })
+}
+
+/// The URL of a `file://` store in `dir`, as messages show it
+/// (`file:///abs/path` when `dir` is absolute).
+pub fn file_store_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
 }
 
 #[cfg(test)]
@@ -156,6 +255,10 @@ mod tests {
                 format: LockFormat::Terraform
             }
         );
+        assert_eq!(
+            StoreUrl::parse("file://relative/locks").unwrap(),
+            StoreUrl::File("relative/locks".into())
+        );
         for bad in [
             "",
             "locks",
@@ -172,5 +275,115 @@ mod tests {
             let err = StoreUrl::parse(bad).unwrap_err();
             assert!(matches!(err, StoreError::Misconfigured(_)), "{bad:?}");
         }
+    }
+
+    /// An environment lookup over `vars` only.
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn default_store_dir_table() {
+        let full = [
+            ("STATELOCK_HOME", "/opt/statelock"),
+            ("XDG_STATE_HOME", "/home/u/state"),
+            ("HOME", "/home/u"),
+        ];
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&full, "/opt/statelock/locks"),
+            (&full[1..], "/home/u/state/statelock/locks"),
+            (&full[2..], "/home/u/.local/state/statelock/locks"),
+            // Empty counts as unset.
+            (
+                &[
+                    ("STATELOCK_HOME", ""),
+                    ("XDG_STATE_HOME", ""),
+                    ("HOME", "/home/u"),
+                ],
+                "/home/u/.local/state/statelock/locks",
+            ),
+            // A relative XDG_STATE_HOME is ignored (XDG specification).
+            (
+                &[("XDG_STATE_HOME", "state"), ("HOME", "/home/u")],
+                "/home/u/.local/state/statelock/locks",
+            ),
+            (
+                &[("STATELOCK_HOME", "/srv/sl"), ("HOME", "relative")],
+                "/srv/sl/locks",
+            ),
+        ];
+        for (vars, expected) in cases {
+            assert_eq!(
+                default_store_dir(env(vars)),
+                Ok(PathBuf::from(expected)),
+                "{vars:?}"
+            );
+            assert_eq!(
+                default_store_url(env(vars)),
+                Ok(StoreUrl::File(PathBuf::from(expected))),
+                "{vars:?}"
+            );
+        }
+        assert_eq!(
+            file_store_url(&default_store_dir(env(&full[2..])).unwrap()),
+            "file:///home/u/.local/state/statelock/locks"
+        );
+    }
+
+    #[test]
+    fn no_default_store_dir_is_a_misconfiguration_naming_store() {
+        for vars in [
+            &[][..],
+            &[("HOME", "")],
+            &[
+                ("HOME", "relative/home"),
+                ("XDG_STATE_HOME", "also/relative"),
+            ],
+        ] {
+            match default_store_dir(env(vars)) {
+                Err(StoreError::Misconfigured(msg)) => {
+                    assert!(msg.contains("--store"), "{msg}");
+                    assert!(msg.contains("HOME"), "{msg}");
+                }
+                other => panic!("{vars:?}: expected Misconfigured, got {other:?}"),
+            }
+        }
+        // A relative STATELOCK_HOME is an error, not a silent fallback.
+        match default_store_dir(env(&[("STATELOCK_HOME", "sl"), ("HOME", "/home/u")])) {
+            Err(StoreError::Misconfigured(msg)) => {
+                assert!(msg.contains("STATELOCK_HOME"), "{msg}");
+                assert!(msg.contains("absolute"), "{msg}");
+            }
+            other => panic!("expected Misconfigured, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn relative_file_urls_resolve_against_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            StoreUrl::parse("file://locks").unwrap().into_absolute(),
+            Ok(StoreUrl::File(cwd.join("locks")))
+        );
+        assert_eq!(
+            StoreUrl::parse("file://./a/locks").unwrap().into_absolute(),
+            Ok(StoreUrl::File(cwd.join("a/locks")))
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///srv/locks")
+                .unwrap()
+                .into_absolute(),
+            Ok(StoreUrl::File("/srv/locks".into()))
+        );
+        assert_eq!(StoreUrl::Memory.into_absolute(), Ok(StoreUrl::Memory));
+        let resolved = StoreUrl::parse("file://locks").unwrap().into_absolute();
+        let Ok(StoreUrl::File(dir)) = resolved else {
+            panic!("{resolved:?}");
+        };
+        assert!(file_store_url(&dir).starts_with("file:///"));
     }
 }
