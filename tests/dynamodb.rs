@@ -1024,3 +1024,256 @@ async fn sdk_resends_reads_but_never_writes() {
         "a state write is sent once"
     );
 }
+
+/// Every store error is one readable line naming the endpoint or table and
+/// the cause, classified by whether retrying can help: nothing listening is
+/// `Unavailable`; `https://` to DynamoDB Local's http port, a missing table
+/// and rejected credentials are `Misconfigured`, and the client fails at
+/// once, whatever its wait. Endpoint userinfo and credentials never show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_are_one_line_and_classified() {
+    let Some(endpoint) = endpoint() else { return };
+    store(&endpoint).await;
+    let key = unique_key("errors");
+    let acquire = || LockOp {
+        key: key.clone(),
+        new_rvn: RecordVersion::random(),
+        at: WallTime(1),
+        kind: OpKind::Acquire {
+            from: GrantFrom::Version {
+                rvn: RecordVersion(1),
+                token: FencingToken(1),
+            },
+            owner: LeaseId::random(),
+            lease_ms: 20_000,
+            holder: HolderInfo::named("errors"),
+        },
+    };
+    // A client that would wait ten minutes for a lock it could get.
+    let fails_at_once = |store: DynamoDbStore| async {
+        let client = LockClient::new(store);
+        let acquired = tokio::time::timeout(
+            Duration::from_secs(60),
+            client.acquire(
+                &key,
+                opts(
+                    "errors",
+                    Duration::from_secs(20),
+                    Some(Duration::from_secs(600)),
+                ),
+            ),
+        )
+        .await
+        .expect("a misconfigured store must fail the acquire at once, not wait");
+        match acquired {
+            Err(LockError::Store(e @ StoreError::Misconfigured(_))) => e,
+            other => panic!("expected a Misconfigured store error, got {other:?}"),
+        }
+    };
+
+    // Nothing listens: retryable, and says so.
+    let dead = common::closed_port_endpoint();
+    let store = DynamoDbStore::connect(TABLE, Some("us-east-1"), Some(&dead))
+        .await
+        .expect("connect is lazy");
+    let read = store.get(&key).await.map(|_| ());
+    let write = store.apply(&acquire()).await.map(|_| ());
+    for result in [read, write] {
+        match result {
+            Err(e @ StoreError::Unavailable(_)) => {
+                let text = e.to_string();
+                common::assert_one_readable_line(&text);
+                assert!(text.len() < 300, "{} characters: {text}", text.len());
+                assert!(
+                    text.contains(&format!("cannot connect to {dead} (connection refused)")),
+                    "{text}"
+                );
+            }
+            other => panic!("a dead endpoint must be Unavailable, got {other:?}"),
+        }
+    }
+
+    // https:// to an http port: retrying cannot help.
+    let https = endpoint.replacen("http://", "https://", 1);
+    let store = DynamoDbStore::connect(TABLE, Some("us-east-1"), Some(&https))
+        .await
+        .expect("connect is lazy");
+    match store.get(&key).await {
+        Err(e @ StoreError::Misconfigured(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            assert!(
+                text.contains(&format!("TLS handshake with {https} failed"))
+                    && text.contains("is the endpoint http?"),
+                "{text}"
+            );
+        }
+        other => panic!("https to an http port must be Misconfigured, got {other:?}"),
+    }
+    common::assert_one_readable_line(&fails_at_once(store).await.to_string());
+
+    // A missing table.
+    let missing = format!("statelock-test-missing-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoDbStore::connect(&missing, Some("us-east-1"), Some(&endpoint))
+        .await
+        .expect("connect is lazy");
+    let read = store.get(&key).await.map(|_| ());
+    let write = store.apply(&acquire()).await.map(|_| ());
+    for result in [read, write] {
+        match result {
+            Err(e @ StoreError::Misconfigured(_)) => {
+                let text = e.to_string();
+                common::assert_one_readable_line(&text);
+                assert!(
+                    text.contains(&format!(
+                        "the table {missing:?} does not exist at {endpoint}"
+                    )),
+                    "{text}"
+                );
+            }
+            other => panic!("a missing table must be Misconfigured, got {other:?}"),
+        }
+    }
+    let text = fails_at_once(store).await.to_string();
+    assert!(text.contains("does not exist"), "{text}");
+
+    // Userinfo in the endpoint URL is never shown.
+    let with_userinfo = endpoint.replacen("http://", "http://statelock:s3cr3t-pass@", 1);
+    let store = DynamoDbStore::connect(&missing, Some("us-east-1"), Some(&with_userinfo))
+        .await
+        .expect("connect is lazy");
+    let redacted = endpoint.replacen("http://", "http://***@", 1);
+    assert!(
+        store.describe().contains(&redacted) && !store.describe().contains("s3cr3t"),
+        "{}",
+        store.describe()
+    );
+    match store.get(&key).await {
+        Err(e @ StoreError::Misconfigured(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            assert!(text.contains(&redacted), "{text}");
+            assert!(
+                !text.contains("s3cr3t") && !text.contains("statelock:"),
+                "{text}"
+            );
+        }
+        other => panic!("a missing table must be Misconfigured, got {other:?}"),
+    }
+
+    // Rejected credentials (DynamoDB Local refuses access keys that are not
+    // alphanumeric): no key, secret or token in the message.
+    let (key_id, secret, token) = (
+        "BAD-KEY-7EXAMPLE",
+        "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY0",
+        "IQoJb3JpZ2luX2VjEJrSESSIONTOKENEXAMPLE0123456789",
+    );
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(Credentials::new(
+            key_id,
+            secret,
+            Some(token.to_string()),
+            None,
+            "test",
+        ))
+        .build();
+    let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);
+    match store.get(&key).await {
+        Err(e @ StoreError::Misconfigured(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            assert!(text.contains("the credentials were rejected"), "{text}");
+            for hidden in [key_id, secret, token] {
+                assert!(!text.contains(hidden), "{hidden} shown: {text}");
+            }
+        }
+        other => panic!("rejected credentials must be Misconfigured, got {other:?}"),
+    }
+    let text = fails_at_once(store).await.to_string();
+    assert!(text.contains("UnrecognizedClientException"), "{text}");
+}
+
+/// `statelock exec` says what is wrong with the store in one line and exits
+/// 5: at once for `https://` to an http port (whatever `--wait`), after its
+/// wait for an endpoint where nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reports_store_failures_in_one_line() {
+    let Some(endpoint) = endpoint() else { return };
+    let exec = |store: String, wait: &'static str| async move {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_statelock"))
+            .arg("--store")
+            .arg(store)
+            .args(["exec", "--key", "errors/cli", "--wait", wait, "--", "true"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), child)
+            .await
+            .expect("statelock exec must give up, not wait")
+            .expect("run statelock");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let https = endpoint.replacen("http://", "https://", 1);
+    let (code, stderr) = exec(format!("dynamodb://{TABLE}?endpoint={https}"), "10m").await;
+    assert_eq!(code, Some(5), "{stderr}");
+    let line = stderr.trim_end();
+    assert!(!line.contains('\n'), "one line: {stderr}");
+    assert!(line.contains("TLS handshake"), "{stderr}");
+    assert!(!line.contains("DispatchFailure"), "{stderr}");
+
+    let dead = common::closed_port_endpoint();
+    let (code, stderr) = exec(format!("dynamodb://{TABLE}?endpoint={dead}"), "1s").await;
+    assert_eq!(code, Some(5), "{stderr}");
+    let line = stderr.trim_end();
+    assert!(!line.contains('\n'), "one line: {stderr}");
+    assert!(line.contains("connection refused"), "{stderr}");
+    assert!(!line.contains("DispatchFailure"), "{stderr}");
+}
+
+/// An endpoint that accepts connections but never answers: a write (sent
+/// once) times out after the attempt timeout, said in one line. Needs no
+/// DynamoDB Local.
+#[tokio::test]
+async fn silent_endpoint_times_out_in_one_line() {
+    let silent = common::silent_endpoint();
+    let store = DynamoDbStore::connect(TABLE, Some("us-east-1"), Some(&silent))
+        .await
+        .expect("connect is lazy");
+    let written = store
+        .apply(&LockOp {
+            key: unique_key("silent"),
+            new_rvn: RecordVersion::random(),
+            at: WallTime(1),
+            kind: OpKind::Acquire {
+                from: GrantFrom::Version {
+                    rvn: RecordVersion(1),
+                    token: FencingToken(1),
+                },
+                owner: LeaseId::random(),
+                lease_ms: 20_000,
+                holder: HolderInfo::named("silent"),
+            },
+        })
+        .await;
+    match written {
+        Err(e @ StoreError::Unavailable(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            let after = statelock::store::dynamodb::ATTEMPT_TIMEOUT.as_secs();
+            assert!(
+                text.contains(&format!(
+                    "no answer from {silent}: the request timed out after {after} s"
+                )),
+                "{text}"
+            );
+        }
+        other => panic!("a silent endpoint must be Unavailable, got {other:?}"),
+    }
+}

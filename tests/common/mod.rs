@@ -75,3 +75,44 @@ pub async fn raw_item(
         .item()
         .cloned()
 }
+
+/// An `http://127.0.0.1:PORT` endpoint where nothing listens (a port the
+/// OS just handed out and that was closed again): connecting is refused.
+pub fn closed_port_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// An `http://127.0.0.1:PORT` endpoint that accepts connections and never
+/// answers (the connections are held open until the test process exits).
+pub fn silent_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in listener.incoming() {
+            open.push(conn);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Asserts that `text` is one readable line: no line break, under 500
+/// characters (a message may quote a whole store URL), and none of the
+/// SDK's debug output.
+pub fn assert_one_readable_line(text: &str) {
+    assert!(!text.contains('\n'), "more than one line: {text}");
+    assert!(text.len() < 500, "{} characters: {text}", text.len());
+    for debug in [
+        "DispatchFailure",
+        "ConnectorError",
+        "{ ",
+        "Some(",
+        "Request {",
+        "SdkBody",
+    ] {
+        assert!(!text.contains(debug), "debug text {debug:?} in: {text}");
+    }
+}
