@@ -860,17 +860,26 @@ fn leftovers_in_the_command_group_are_killed() {
     let store = Store::new();
     let leftover_file = store.path("leftover.pid");
     let script = format!("sleep 1000 & echo $! > '{}'", leftover_file.display());
+    // Not a pipe: a surviving leftover would keep it open.
+    let stderr_file = store.path("leftover.stderr");
     let mut exec = store
         .cmd(&["exec", "--key", "stack:leftover", "--", "sh", "-c", &script])
         .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_file).expect("stderr file"))
         .spawn()
         .expect("spawn exec");
-    let (status, stderr) = finish(&mut exec);
+    let (status, _) = finish(&mut exec);
+    let stderr = std::fs::read_to_string(&stderr_file).unwrap_or_default();
     assert_eq!(status.code(), Some(0), "{stderr}");
     let leftover = read_pid(&leftover_file).expect("the leftover's pid");
-    wait_within("the leftover is dead", Duration::from_millis(500), || {
-        is_gone(leftover)
-    });
+    let limit = Instant::now() + Duration::from_millis(500);
+    while !is_gone(leftover) && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !is_gone(leftover) {
+        let _ = kill(Pid::from_raw(leftover), Signal::SIGKILL);
+        panic!("the leftover {leftover} outlived statelock");
+    }
     assert!(!store.is_held("stack:leftover"));
 }
 
