@@ -418,6 +418,16 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
     Ok(code)
 }
 
+/// A duration to a tenth of a second below a minute (`850ms`, `1.4s`),
+/// else as [`human`] renders it.
+fn tenths(d: Duration) -> String {
+    if d < Duration::from_secs(1) || d >= Duration::from_secs(60) {
+        human(d)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 /// Says in one line why the command is being stopped and when SIGKILL
 /// comes (`kill_in`; `None`: it was sent at once).
 fn report_lease_stop(
@@ -435,14 +445,14 @@ fn report_lease_stop(
             let silent = now.saturating_since(guard.deadline() - validity);
             format!(
                 "no heartbeat of {key:?} was confirmed for {}: the lease is running out",
-                human(silent)
+                tenths(silent)
             )
         }
     };
     match kill_in {
         Some(kill_in) => errln!(
             "statelock: {what}; sent SIGTERM to the command's process group, SIGKILL follows in {} unless it exits, before another process can hold the lock.",
-            human(kill_in)
+            tenths(kill_in)
         ),
         None => errln!(
             "statelock: {what}; killed the command's process group with SIGKILL at once, before another process can hold the lock."
