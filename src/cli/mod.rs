@@ -13,14 +13,14 @@
 //! | --- | --- |
 //! | 0 | success; `status` of a free, held or never-locked key; `unlock` of a lock that is not held |
 //! | 1 | `unlock`: the operator answered no at the prompt (nothing changed); or an unexpected error |
-//! | 2 | bad input: usage error, invalid key, bad duration, unknown store URL, no `--store` and no default store location, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
+//! | 2 | bad input: usage error, invalid key, bad duration, a `--grace` that does not fit the lease, unknown store URL, no `--store` and no default store location, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
 //! | 3 | `exec`: the lock is held and `--wait` ran out (immediately with `--wait 0s`) |
 //! | 4 | `unlock`: the lock record changed after it was shown; nothing was forced |
 //! | 5 | the lock store failed (unreachable, misconfigured or a damaged record) |
-//! | 75 | `exec`: the lease was lost while the command ran; the command was stopped |
+//! | 75 | `exec`: the lease ran out or was lost while the command ran; the command was stopped |
 //! | 126 | `exec`: the command could not be executed |
 //! | 127 | `exec`: the command was not found |
-//! | 128+N | `exec`: the command was killed by signal N, or statelock was interrupted by signal N while waiting |
+//! | 128+N | `exec`: the command was killed by signal N, or statelock was interrupted by signal N (while waiting, or while the command ran: its process group got the signal) |
 //! | other | `exec`: the command's own exit code |
 
 // Output that never panics: a closed pipe (`statelock locks | head -1`) or a
@@ -58,6 +58,7 @@ mod duration;
 #[cfg(feature = "dynamodb")]
 mod dynamodb;
 mod exec;
+mod launcher;
 mod progress;
 mod show;
 mod sightings;
@@ -110,9 +111,11 @@ that is safe under clock skew, and a fencing token per grant.
 
 `statelock exec --key KEY -- CMD...` runs CMD while holding KEY, with
 STATELOCK_KEY, STATELOCK_TOKEN (the fencing token) and STATELOCK_LEASE_ID in
-its environment. If the lease is lost, CMD gets SIGTERM (SIGKILL after
---grace). A crashed holder's lock is taken over about one lease after its last
-heartbeat.
+its environment. CMD runs in its own process group: if heartbeats go
+unconfirmed or the lock is lost, the group gets SIGTERM, then SIGKILL after
+--grace, both before the lease can end; the group dies with statelock (even
+on kill -9), and SIGINT/SIGTERM/SIGHUP to statelock go to the group. A
+crashed holder's lock is taken over about one lease after its last heartbeat.
 
 Store URLs (--store or STATELOCK_STORE):
   file://DIR                   a directory on this machine (a relative DIR is
@@ -132,17 +135,20 @@ Exit codes:
   0      success; status of a free, held or never-locked key; unlock of a
          lock that is not held
   1      unlock: answered no at the prompt (nothing changed); unexpected error
-  2      bad input: usage error, invalid key, bad duration, unknown store URL,
-         no --store and no default store location, missing command after --,
+  2      bad input: usage error, invalid key, bad duration, a --grace that
+         does not fit the lease, unknown store URL, no --store and no default
+         store location, missing command after --,
          unlock without --force, or without --yes when stdin is not a terminal
   3      exec: the lock is held and --wait ran out (at once with --wait 0s)
   4      unlock: the lock changed after it was shown; nothing was forced
   5      the lock store failed (unreachable, misconfigured, damaged record)
-  75     exec: the lease was lost while the command ran; it was stopped
+  75     exec: the lease ran out or was lost while the command ran; it was
+         stopped
   126    exec: the command could not be executed
   127    exec: the command was not found
   128+N  exec: the command was killed by signal N, or statelock was
-         interrupted by signal N while waiting (130 = SIGINT, 143 = SIGTERM)
+         interrupted by signal N, while waiting or while the command ran (its
+         process group got the signal); 130 = SIGINT, 143 = SIGTERM
   other  exec: the command's own exit code";
 
 const EXEC_EXAMPLES: &str = "\
@@ -412,6 +418,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    // `statelock exec`'s launcher: before any parsing or runtime.
+    if let Some(code) = launcher::dispatch(&args) {
+        return code;
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
