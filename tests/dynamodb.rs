@@ -1228,13 +1228,66 @@ async fn cli_reports_store_failures_in_one_line() {
     assert!(line.contains("TLS handshake"), "{stderr}");
     assert!(!line.contains("DispatchFailure"), "{stderr}");
 
+    // A store that does not answer is said at once, then retried until the
+    // wait runs out: one readable line each time, and the last one exits 5.
     let dead = common::closed_port_endpoint();
     let (code, stderr) = exec(format!("dynamodb://{TABLE}?endpoint={dead}"), "1s").await;
     assert_eq!(code, Some(5), "{stderr}");
-    let line = stderr.trim_end();
-    assert!(!line.contains('\n'), "one line: {stderr}");
-    assert!(line.contains("connection refused"), "{stderr}");
-    assert!(!line.contains("DispatchFailure"), "{stderr}");
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert!(lines.len() >= 2, "a retry line, then the failure: {stderr}");
+    assert!(
+        lines[0].contains("connection refused") && lines[0].contains("retrying"),
+        "{stderr}"
+    );
+    for line in &lines {
+        assert!(line.contains("connection refused"), "{stderr}");
+        assert!(!line.contains("DispatchFailure"), "{stderr}");
+    }
+}
+
+/// With a long wait, a store that does not answer is said on stderr within
+/// seconds (not after the wait), and SIGINT still ends the wait at once.
+#[tokio::test]
+async fn cli_says_at_once_that_the_store_does_not_answer() {
+    use tokio::io::AsyncBufReadExt;
+    let dead = common::closed_port_endpoint();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_statelock"))
+        .arg("--store")
+        .arg(format!(
+            "dynamodb://{TABLE}?region=us-east-1&endpoint={dead}"
+        ))
+        .args([
+            "exec",
+            "--key",
+            "errors/long-wait",
+            "--wait",
+            "10m",
+            "--",
+            "true",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run statelock");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the store's trouble must be said within seconds, not after --wait")
+        .expect("read stderr")
+        .expect("a line");
+    assert!(
+        first.contains("connection refused") && first.contains("retrying until --wait"),
+        "{first}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("SIGINT ends the wait")
+        .expect("wait");
+    assert_eq!(status.code(), Some(130));
 }
 
 /// An endpoint that accepts connections but never answers: a write (sent

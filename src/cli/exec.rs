@@ -28,7 +28,7 @@ use super::duration::{self, human, wall_with_age};
 use super::launcher::CommandGroup;
 use super::progress::WaitReporter;
 use super::{default_who, exit, hostname, lock_failure, CliError, Context};
-use crate::client::{AcquireOptions, LockError, LockGuard, WaitProgress};
+use crate::client::{AcquireOptions, LockError, LockGuard, StoreTrouble, WaitProgress};
 use crate::clock::Clock;
 use crate::protocol::{
     GraceTooLong, HolderInfo, LockKey, LockRecord, LostReason, MonoTime, ProtocolConfig, StopCause,
@@ -328,9 +328,14 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
     };
     // With --wait 0s the only report would come just before giving up.
     if plan.wait != Some(Duration::ZERO) {
-        let reporter = reporter.clone();
-        opts.on_wait = Some(Arc::new(move |p: &WaitProgress| reporter.report(p)));
+        let on_wait = reporter.clone();
+        opts.on_wait = Some(Arc::new(move |p: &WaitProgress| on_wait.report(p)));
     }
+    // A store that does not answer is said at once, whatever the wait.
+    let on_trouble = reporter.clone();
+    opts.on_store_error = Some(Arc::new(move |t: &StoreTrouble| {
+        on_trouble.store_trouble(t)
+    }));
     let (acquired, interrupted) = {
         let acquire = client.acquire(&plan.key, opts);
         tokio::pin!(acquire);

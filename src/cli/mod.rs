@@ -392,6 +392,8 @@ fn resolve_store(
 
 async fn run(cli: Cli) -> Result<i32, CliError> {
     let (store_url, store_text) = resolve_store(cli.store, |name| std::env::var_os(name))?;
+    // What messages call the store: never with credentials typed into it.
+    let store_text = crate::store::url::redact_credentials(&store_text);
     let ctx = Context {
         store_url,
         store_text,

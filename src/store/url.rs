@@ -228,9 +228,53 @@ pub fn file_store_url(dir: &Path) -> String {
     format!("file://{}", dir.display())
 }
 
+/// `text` with the userinfo of every URL in it (`scheme://user:pass@host`,
+/// also URLs nested in a store URL's query) replaced by `***`, so
+/// credentials typed into a store URL never reach a message or a log.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '&' | '"' | '\'') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(userinfo_end) => {
+                out.push_str("***");
+                rest = &tail[userinfo_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        let cases = [
+            ("file:///srv/locks", "file:///srv/locks"),
+            ("http://u:p@host:8000/x", "http://***@host:8000/x"),
+            (
+                "dynamodb://locks?region=r&endpoint=http://AKIA:secret@localhost:8000&format=terraform",
+                "dynamodb://locks?region=r&endpoint=http://***@localhost:8000&format=terraform",
+            ),
+            (
+                "store s3://b/p?endpoint=https://me@h and http://x:y@z",
+                "store s3://b/p?endpoint=https://***@h and http://***@z",
+            ),
+            ("no url here", "no url here"),
+        ];
+        for (given, want) in cases {
+            assert_eq!(redact_credentials(given), want, "{given}");
+        }
+    }
 
     #[test]
     fn parse_table() {
