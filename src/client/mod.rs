@@ -740,10 +740,13 @@ impl LockClient {
                 guarded(&inner.abandoned).retain(|(_, o, _)| *o != waiter.owner());
             }
             Bounded::Done(Err(StoreError::Conflict { current }))
-                if current.as_ref().is_some_and(|c| c.owner != waiter.owner()) =>
+                if !op.condition_holds(current.as_deref())
+                    && current.as_ref().is_none_or(|c| c.owner != waiter.owner()) =>
             {
-                // Someone else's version: our grant named an older one and
-                // can never land now.
+                // The record moved on from the version our grant named: the
+                // grant can never land now. (If it still could — it may be
+                // in flight — it stays remembered, and a later acquire of
+                // this client that finds it holding the key releases it.)
                 guarded(&inner.abandoned).retain(|(_, o, _)| *o != waiter.owner());
             }
             _ => {}
