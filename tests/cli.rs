@@ -1093,3 +1093,235 @@ fn partitioned_holder_run(endpoint: &str, table: &str, dir: &Path, run: usize) -
     );
     b_first - a_last
 }
+
+/// The record file of `key` in the file store at `store`.
+fn record_file(store: &Store, key: &str) -> PathBuf {
+    use sha2::Digest;
+    store
+        .dir
+        .path()
+        .join("locks")
+        .join(format!("{}.json", hex::encode(sha2::Sha256::digest(key))))
+}
+
+/// Moves the wall-clock times of `key`'s record `ms` into the past (as if
+/// its holder's clock were behind, or the release were that old); the record
+/// version is unchanged.
+fn age_record(store: &Store, key: &str, ms: i64) {
+    let path = record_file(store, key);
+    let mut envelope: Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("record file")).expect("JSON");
+    for field in ["acquired_at", "heartbeat_at"] {
+        let t = envelope["record"][field].as_i64().expect("wall time");
+        envelope["record"][field] = Value::from(t - ms);
+    }
+    replace_record(&path, &envelope);
+}
+
+/// Replaces a record file atomically (a live holder may read it meanwhile).
+fn replace_record(path: &Path, envelope: &Value) {
+    let temp = path.with_extension(format!("{}.edit", rand_suffix()));
+    std::fs::write(&temp, serde_json::to_vec_pretty(envelope).unwrap()).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// `purge --older-than` removes only long-released records, and a purged
+/// key's next grant continues above every token it ever had (the token
+/// floor); too short an age, or no confirmation without a terminal, is
+/// refused.
+#[test]
+fn purge_removes_old_released_records_and_tokens_never_restart() {
+    let store = Store::new();
+    let key = "stack:old:env:gone";
+    for _ in 0..3 {
+        let out = store.run(&["exec", "--key", key, "--", "true"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let out = store.run(&["exec", "--key", "stack:recent", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(store.status(key)["record"]["token"], Value::from(3));
+    age_record(&store, key, 2 * 24 * 3600 * 1000);
+
+    let out = store.run(&["purge", "--older-than", "10m"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("too short"));
+    let out = store.run(&["purge", "--older-than", "1d"]);
+    assert_eq!(out.status.code(), Some(2), "no --yes without a terminal");
+    let out = store.run(&["purge", "--older-than", "1d", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains(&format!("would remove {key}")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        record_file(&store, key).exists(),
+        "a dry run removes nothing"
+    );
+
+    let out = store.run(&["purge", "--older-than", "1d", "--yes", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let done: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(done["purged"].as_array().map(Vec::len), Some(1));
+    assert_eq!(done["kept_recent"], Value::from(1));
+    assert!(!record_file(&store, key).exists());
+    assert_eq!(store.status("stack:recent")["held"], Value::Bool(false));
+
+    let out = store.run(&[
+        "exec",
+        "--key",
+        key,
+        "--",
+        "sh",
+        "-c",
+        "echo token=$STATELOCK_TOKEN",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        printed_token(&out.stdout),
+        4,
+        "tokens continue above the purged ones"
+    );
+}
+
+/// Liveness is judged by how long this machine has seen the record
+/// unchanged, not by the holder's wall clock: a live holder whose clock is
+/// five hours behind is not STALE, and a dead holder whose clock was ahead
+/// (its last heartbeat "in the future") is STALE once this machine has seen
+/// it unchanged for a takeover wait.
+#[test]
+fn locks_and_status_judge_liveness_by_this_machines_observation() {
+    let store = Store::new();
+    let cache = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        store
+            .cmd(args)
+            .env("STATELOCK_CACHE_DIR", cache.path())
+            .output()
+            .expect("run statelock")
+    };
+    // A live holder (6 s lease: renews every 2 s) whose clock is 5 h
+    // behind: its record carries wall times five hours old.
+    let live = Holder::start(&store, "live", &["--lease", "6s"], "exec sleep 30");
+    age_record(&store, "live", 5 * 3600 * 1000);
+    let out = run(&["locks"]);
+    let table = text(&out.stdout);
+    let row = table.lines().find(|l| l.starts_with("live")).expect("row");
+    assert!(!row.contains("STALE"), "{table}");
+    let out = run(&["status", "live", "--observe", "4s", "--output", "json"]);
+    let status: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(status["liveness"], Value::from("alive"), "{status}");
+    drop(live);
+
+    // A dead holder whose clock was an hour ahead: a record written "in the
+    // future", never renewed.
+    let out = store.run(&["exec", "--key", "dead", "--lease", "1s", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0));
+    let path = record_file(&store, "dead");
+    let mut envelope: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    envelope["record"]["released"] = Value::Bool(false);
+    envelope["record"]["heartbeat_at"] =
+        Value::from(envelope["record"]["heartbeat_at"].as_i64().unwrap() + 3600 * 1000);
+    replace_record(&path, &envelope);
+    let first = run(&["status", "dead", "--output", "json"]);
+    let first: Value = serde_json::from_slice(&first.stdout).expect("JSON");
+    assert_eq!(first["liveness"], Value::from("unknown"), "{first}");
+    // Seen unchanged for longer than a takeover wait (1 s × 1.001 + 0.1 s)
+    // by this machine, across two runs of the CLI.
+    wait_within("a takeover wait passes", Duration::from_secs(10), || {
+        let out = run(&["status", "dead", "--output", "json"]);
+        let s: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        s["liveness"] == Value::from("stale")
+    });
+    let out = run(&["locks"]);
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("dead") && l.contains("STALE")),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+/// A damaged record is flagged by `locks` (exit 5) while every healthy one
+/// is still listed.
+#[test]
+fn locks_lists_healthy_records_next_to_a_damaged_one() {
+    let store = Store::new();
+    for key in ["a:ok", "b:damaged", "c:ok"] {
+        let out = store.run(&["exec", "--key", key, "--", "true"]);
+        assert_eq!(out.status.code(), Some(0));
+    }
+    std::fs::write(record_file(&store, "b:damaged"), b"{not json").unwrap();
+    let out = store.run(&["locks"]);
+    assert_eq!(out.status.code(), Some(5));
+    let table = text(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("a:ok") && l.contains("free")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("c:ok") && l.contains("free")),
+        "{table}"
+    );
+    assert!(table.contains("DAMAGED"), "{table}");
+    let out = store.run(&["locks", "--output", "json"]);
+    let listing: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(listing["locks"].as_array().map(Vec::len), Some(2));
+    assert_eq!(listing["damaged"].as_array().map(Vec::len), Some(1));
+}
+
+/// An audit log that cannot be written is an error, not silence: `exec`
+/// refuses to run the command (the grant's event is not on record) and
+/// releases the lock; other commands fail after doing their work.
+#[test]
+fn an_unwritable_audit_log_is_an_error() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full to make writes fail");
+        return;
+    }
+    let store = Store::new();
+    let marker = store.path("ran");
+    let out = store.run(&[
+        "--audit-log",
+        "/dev/full",
+        "exec",
+        "--key",
+        "audited",
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("audit log"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !marker.exists(),
+        "the command must not run without its audit event"
+    );
+    assert!(!store.is_held("audited"), "the lock was released");
+    // A writable log gets the event and the command runs.
+    let log = store.path("audit.jsonl");
+    let out = store.run(&[
+        "--audit-log",
+        log.to_str().unwrap(),
+        "exec",
+        "--key",
+        "audited",
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(marker.exists());
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("lock.acquired"));
+}

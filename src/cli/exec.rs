@@ -387,6 +387,14 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
         }
         Err(other) => return Err(lock_failure(other, ctx.store_text())),
     };
+    // The grant's audit event must be on record before the command runs.
+    if let Some(why) = super::audit_failure() {
+        release(guard, &plan, &clock).await;
+        return Err(CliError::new(
+            exit::FAILURE,
+            format!("{why}; the lock was released and the command was not run"),
+        ));
+    }
     if let Some(sig) = interrupted {
         release(guard, &plan, &clock).await;
         return Err(CliError::new(

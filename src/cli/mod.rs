@@ -12,7 +12,7 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | success; `status` of a free, held or never-locked key; `unlock` of a lock that is not held |
-//! | 1 | `unlock`: the operator answered no at the prompt (nothing changed); or an unexpected error |
+//! | 1 | `unlock`/`purge`: the operator answered no at the prompt (nothing changed); the `--audit-log` could not be written (`exec` then runs nothing); or an unexpected error |
 //! | 2 | bad input: usage error, invalid key, bad duration, a `--grace` that does not fit the lease, unknown store URL, no `--store` and no default store location, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
 //! | 3 | `exec`: the lock is held and `--wait` ran out (immediately with `--wait 0s`) |
 //! | 4 | `unlock`: the lock record changed after it was shown; nothing was forced |
@@ -60,6 +60,7 @@ mod dynamodb;
 mod exec;
 mod launcher;
 mod progress;
+mod purge;
 mod show;
 mod sightings;
 mod unlock;
@@ -67,6 +68,7 @@ mod unlock;
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::{CreateTableArgs, DynamoDbArgs, DynamoDbCommand};
 pub use exec::ExecArgs;
+pub use purge::PurgeArgs;
 pub use show::{LocksArgs, StatusArgs};
 pub use unlock::UnlockArgs;
 
@@ -134,7 +136,8 @@ machines do not see it: give every party the same --store to exclude them.
 Exit codes:
   0      success; status of a free, held or never-locked key; unlock of a
          lock that is not held
-  1      unlock: answered no at the prompt (nothing changed); unexpected error
+  1      unlock/purge: answered no at the prompt (nothing changed); the
+         --audit-log could not be written; unexpected error
   2      bad input: usage error, invalid key, bad duration, a --grace that
          does not fit the lease, unknown store URL, no --store and no default
          store location, missing command after --,
@@ -196,6 +199,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Force-release a lock, after showing its holder and asking for confirmation
     Unlock(UnlockArgs),
+    /// Remove records released long ago (their tokens stay in the store's token floor)
+    Purge(PurgeArgs),
     /// Set up a DynamoDB store: `dynamodb create-table`
     #[cfg(feature = "dynamodb")]
     #[command(name = "dynamodb")]
@@ -303,6 +308,59 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// The audit log file: appends every event as one write, and remembers the
+/// first write that failed, so a log that cannot be written is an error the
+/// command reports (see [`audit_failure`]), never silence.
+#[derive(Clone)]
+struct AuditLog {
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The audit log of this process, if `--audit-log` was given.
+static AUDIT_LOG: std::sync::OnceLock<AuditLog> = std::sync::OnceLock::new();
+
+/// Why the audit log could not be written, if a write failed.
+pub(crate) fn audit_failure() -> Option<String> {
+    let log = AUDIT_LOG.get()?;
+    let failed = log
+        .failed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    failed.clone()
+}
+
+/// One event's writer.
+struct AuditWriter(AuditLog);
+
+impl std::io::Write for AuditWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let result = (&*self.0.file).write(buf);
+        if let Err(e) = &result {
+            let mut failed = self
+                .0
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            failed.get_or_insert_with(|| {
+                format!("cannot write the audit log {}: {e}", self.0.path.display())
+            });
+        }
+        result
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self.0.file).flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AuditLog {
+    type Writer = AuditWriter;
+    fn make_writer(&'a self) -> AuditWriter {
+        AuditWriter(self.clone())
+    }
+}
+
 /// Sets up logging: `-v` logs to stderr, `--audit-log` appends the audit
 /// events (target [`observe::AUDIT_TARGET`]) to a file as JSON lines.
 fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError> {
@@ -338,13 +396,19 @@ fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError
                         path.display()
                     ))
                 })?;
+            let log = AuditLog {
+                file: Arc::new(file),
+                path: path.clone(),
+                failed: Arc::new(std::sync::Mutex::new(None)),
+            };
+            let _ = AUDIT_LOG.set(log.clone());
             Some(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(Arc::new(file))
+                    .with_writer(log)
                     .with_filter(
                         Targets::new().with_target(observe::AUDIT_TARGET, LevelFilter::TRACE),
                     ),
@@ -403,6 +467,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Locks(args) => show::locks(args, &ctx).await,
         Command::Status(args) => show::status(args, &ctx).await,
         Command::Unlock(args) => unlock::run(args, &ctx).await,
+        Command::Purge(args) => purge::run(args, &ctx).await,
         #[cfg(feature = "dynamodb")]
         Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
     }
@@ -446,13 +511,20 @@ where
             return exit::FAILURE;
         }
     };
-    let code = match runtime.block_on(run(cli)) {
+    let mut code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             errln!("statelock: {}.", e.message.trim_end_matches('.'));
             e.code
         }
     };
+    // An audit log that could not be written fails the command.
+    if let Some(why) = audit_failure() {
+        errln!("statelock: {why}; audit events were lost: free space or fix the file, then check what ran.");
+        if code == exit::OK {
+            code = exit::FAILURE;
+        }
+    }
     // Do not hang on a task stuck in the store (e.g. a release on drop).
     runtime.shutdown_timeout(Duration::from_secs(2));
     code

@@ -48,7 +48,7 @@ fn describe_current(current: Option<&LockRecord>, now: WallTime) -> String {
 }
 
 /// Asks on the terminal; true on `y` or `yes`.
-async fn confirm(question: String) -> bool {
+pub(crate) async fn confirm(question: String) -> bool {
     let answer = tokio::task::spawn_blocking(move || {
         err!("{question} [y/N] ");
         let mut line = String::new();
