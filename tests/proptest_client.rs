@@ -14,8 +14,9 @@ use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMac
 use statelock::client::{AcquireOptions, LockClient, LockError, LockGuard};
 use statelock::clock::SkewedClock;
 use statelock::protocol::{Backoff, LockOp, LockRecord, ProtocolConfig, RecordVersion, WallTime};
-use statelock::state::memory::MemoryStateStore;
-use statelock::state::{StateError, StateStore};
+use statelock::state::register::FencedRegister;
+use statelock::state::register_memory::MemoryRegister;
+use statelock::state::StateError;
 use statelock::store::memory::MemoryStore;
 use statelock::store::{Listing, LockStore, StoreError};
 use statelock::testkit::invariants::{
@@ -211,7 +212,7 @@ struct Sut {
     origin: tokio::time::Instant,
     rt: tokio::runtime::Runtime,
     store: Arc<LoggedStore>,
-    state: Arc<MemoryStateStore>,
+    state: Arc<MemoryRegister>,
     clocks: Vec<SkewedClock>,
     clients: Vec<LockClient>,
     guards: Vec<Option<LockGuard>>,
@@ -364,7 +365,7 @@ impl StateMachineTest for ClientUnderTest {
             origin,
             rt,
             store,
-            state: Arc::new(MemoryStateStore::new()),
+            state: Arc::new(MemoryRegister::new()),
             clocks,
             clients,
             guards: (0..CLIENTS).map(|_| None).collect(),

@@ -14,7 +14,8 @@ use crate::history::{Actor, Recorder, What};
 use crate::wire::{read_frame, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT};
 use async_trait::async_trait;
 use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
-use statelock::state::{StateError, StateSnapshot, StateStore, StateVersion};
+use statelock::state::register::{FencedRegister, StateSnapshot};
+use statelock::state::{StateError, StateVersion};
 use statelock::store::{Listing, LockStore, StoreError};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -205,7 +206,7 @@ impl LockStore for RemoteLockStore {
     }
 }
 
-/// A [`StateStore`] on the store host.
+/// A [`FencedRegister`] on the store host.
 #[derive(Debug, Clone)]
 pub struct RemoteStateStore {
     rpc: Rpc,
@@ -219,7 +220,7 @@ impl RemoteStateStore {
 }
 
 #[async_trait]
-impl StateStore for RemoteStateStore {
+impl FencedRegister for RemoteStateStore {
     async fn load(&self, key: &LockKey) -> Result<Option<StateSnapshot>, StateError> {
         match self.rpc.call(Request::Load(key.clone())).await {
             Ok(Response::State(s)) => Ok(s.map(Into::into)),

@@ -5,7 +5,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
-use statelock::state::{StateError, StateSnapshot, StateVersion};
+use statelock::state::register::StateSnapshot;
+use statelock::state::{StateError, StateVersion};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

@@ -76,9 +76,10 @@ impl LockGuard {
         &self.shared.key
     }
 
-    /// The fencing token of this grant: pass it with every state write.
+    /// The fencing token of this lease: pass it with every state write. It
+    /// is the grant's token, unless [`LockGuard::rebase_above`] raised it.
     pub fn token(&self) -> FencingToken {
-        self.shared.token
+        self.shared.cell.lock().lease.token()
     }
 
     /// This lease's id (the record's `owner`).
@@ -110,12 +111,85 @@ impl LockGuard {
     /// Returns the token if the lease is valid now, else why not.
     pub fn check(&self) -> Result<FencingToken, LockError> {
         if self.is_valid() {
-            return Ok(self.shared.token);
+            return Ok(self.token());
         }
         let cell = self.shared.cell.lock();
         match cell.lease.state() {
             LeaseState::Lost(reason) => Err(LockError::LeaseLost(reason.clone())),
             _ => Err(LockError::LeaseLost(crate::protocol::LostReason::Expired)),
+        }
+    }
+
+    /// Raises this lease's fencing token above `fence`, if it is not already:
+    /// one conditional write on the lock record, by its owner at its current
+    /// version, which also renews the lease. For a holder that finds, when it
+    /// seals the state, a fence at or above its token: the key's lock record
+    /// was deleted (or restored from an old copy) behind the protocol's back,
+    /// so tokens restarted below the state's fence. Returns the new token.
+    pub async fn rebase_above(&self, fence: FencingToken) -> Result<FencingToken, LockError> {
+        let inner = &self.shared.inner;
+        let clock = &inner.clock;
+        let Some(wanted) = fence.next() else {
+            return Err(LockError::TokensExhausted {
+                key: self.shared.key.to_string(),
+                record: None,
+            });
+        };
+        loop {
+            let (op, deadline) = {
+                let mut cell = self.shared.cell.lock();
+                let now = clock.now();
+                if cell.finish_heartbeat(now, None) == AfterHeartbeat::SignalLost {
+                    signal_lost(&self.shared, &cell);
+                }
+                if !cell.lease.is_valid(now) {
+                    drop(cell);
+                    return Err(self
+                        .check()
+                        .err()
+                        .unwrap_or(LockError::LeaseLost(crate::protocol::LostReason::Expired)));
+                }
+                if cell.lease.token() >= wanted {
+                    return Ok(cell.lease.token());
+                }
+                let op = cell
+                    .lease
+                    .poll_rebase(now, inner.rng.rvn(), clock.wall(), wanted);
+                (op, cell.lease.deadline())
+            };
+            let Some(op) = op else {
+                // A heartbeat is in flight: ask again once it is answered.
+                clock
+                    .sleep(inner.protocol.heartbeat_retry(self.shared.granted.lease()))
+                    .await;
+                continue;
+            };
+            let answer = tokio::select! {
+                r = inner.store.apply(&op) => Some(r),
+                _ = clock.sleep(deadline.saturating_since(clock.now())) => None,
+            };
+            let outcome = match answer {
+                Some(r) => outcome_of(r)?,
+                None => Outcome::Unknown,
+            };
+            let mut cell = self.shared.cell.lock();
+            if cell.finish_heartbeat(clock.now(), Some(outcome)) == AfterHeartbeat::SignalLost {
+                signal_lost(&self.shared, &cell);
+            }
+            let token = cell.lease.token();
+            drop(cell);
+            if token >= wanted {
+                tracing::warn!(
+                    target: observe::AUDIT_TARGET,
+                    event = "lock.rebased",
+                    lock_key = %self.shared.key,
+                    lock_id = %self.shared.owner,
+                    token = token.0,
+                    fence = fence.0,
+                    "fencing token raised above the state's fence"
+                );
+                return Ok(token);
+            }
         }
     }
 

@@ -114,6 +114,18 @@ pub enum OpKind {
         /// The version the holder last wrote.
         current: RecordVersion,
     },
+    /// Raise the holder's token to `token` (above a state store's fence
+    /// found at seal time, after a record was deleted behind the protocol's
+    /// back): only the current owner at its current version, and only
+    /// upwards. Renews the lease like a heartbeat.
+    Rebase {
+        /// The holder's lease.
+        owner: LeaseId,
+        /// The version the holder last wrote.
+        current: RecordVersion,
+        /// The new token (larger than the record's).
+        token: FencingToken,
+    },
     /// Release: only the current owner at its current version. Keeps the token.
     Release {
         /// The holder's lease.
@@ -137,6 +149,7 @@ impl OpKind {
             OpKind::Acquire { .. } => "acquire",
             OpKind::Takeover { .. } => "takeover",
             OpKind::Heartbeat { .. } => "heartbeat",
+            OpKind::Rebase { .. } => "rebase",
             OpKind::Release { .. } => "release",
             OpKind::ForceUnlock { .. } => "force_unlock",
         }
@@ -170,6 +183,14 @@ impl LockOp {
             | (OpKind::Release { owner, current: v }, Some(r)) => {
                 !r.released && r.owner == *owner && r.rvn == *v
             }
+            (
+                OpKind::Rebase {
+                    owner,
+                    current: v,
+                    token,
+                },
+                Some(r),
+            ) => !r.released && r.owner == *owner && r.rvn == *v && *token > r.token,
             (OpKind::ForceUnlock { observed, .. }, Some(r)) => r.rvn == *observed,
             (_, None) => false,
         }
@@ -228,6 +249,12 @@ impl LockOp {
             }
             (OpKind::Heartbeat { .. }, Some(r)) => Ok(LockRecord {
                 rvn: self.new_rvn,
+                heartbeat_at: self.at,
+                ..r.clone()
+            }),
+            (OpKind::Rebase { token, .. }, Some(r)) => Ok(LockRecord {
+                rvn: self.new_rvn,
+                token: *token,
                 heartbeat_at: self.at,
                 ..r.clone()
             }),
@@ -460,6 +487,42 @@ mod tests {
         assert!(forced.released);
         assert_eq!(forced.forced_by.as_deref(), Some("ops"));
         assert_eq!(forced.token, FencingToken(2));
+    }
+
+    #[test]
+    fn a_rebase_only_raises_the_holders_token() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let other = LeaseId(uuid::Uuid::from_u128(2));
+        let rebase = |owner, v, t| {
+            op(
+                OpKind::Rebase {
+                    owner,
+                    current: RecordVersion(v),
+                    token: FencingToken(t),
+                },
+                9,
+            )
+        };
+        let held = rec(me, 4, 7, false);
+        let raised = rebase(me, 7, 12).apply(Some(&held)).unwrap();
+        assert_eq!(
+            (raised.token, raised.rvn, raised.owner, raised.released),
+            (FencingToken(12), RecordVersion(9), me, false)
+        );
+        for (o, why) in [
+            (rebase(me, 7, 4), "not upwards"),
+            (rebase(me, 7, 3), "downwards"),
+            (rebase(me, 8, 12), "stale version"),
+            (rebase(other, 7, 12), "not the owner"),
+        ] {
+            assert_eq!(
+                o.apply(Some(&held)),
+                Err(Rejected::ConditionFailed),
+                "{why}"
+            );
+        }
+        assert!(rebase(me, 7, 12).apply(Some(&rec(me, 4, 7, true))).is_err());
+        assert!(rebase(me, 7, 12).apply(None).is_err());
     }
 
     #[test]

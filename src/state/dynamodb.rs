@@ -26,7 +26,7 @@
 //! Every save is one `TransactWriteItems`:
 //! 1. a `ConditionCheck` on the lock item: `lockId = :owner AND token = :token
 //!    AND released = false` — the writer is the current holder (with
-//!    [`StateStore::save`], which has no owner, `token = :token AND released =
+//!    [`FencedRegister::save`], which has no owner, `token = :token AND released =
 //!    false`: tokens are unique per grant, so that is the same grant);
 //! 2. a conditional `Put` of the head: `attribute_not_exists(lockKey)` when no
 //!    state is expected, else `fence <= :token AND version = :expected`.
@@ -42,7 +42,8 @@
 //! `dynamodb:GetItem` on the state table (`TransactWriteItems` is authorised
 //! per contained action); `CreateTable`/`DescribeTable` for `create_table`.
 
-use super::{StateError, StateSnapshot, StateStore, StateVersion};
+use super::register::{FencedRegister, StateSnapshot};
+use super::{StateError, StateVersion};
 use crate::clock::{Clock, SystemClock};
 use crate::protocol::{FencingToken, LeaseId, LockKey};
 use crate::store::dynamodb::{
@@ -394,7 +395,7 @@ fn snapshot_from_item(item: &Item) -> Result<StateSnapshot, StoreError> {
 }
 
 #[async_trait]
-impl StateStore for DynamoDbStateStore {
+impl FencedRegister for DynamoDbStateStore {
     async fn load(&self, key: &LockKey) -> Result<Option<StateSnapshot>, StateError> {
         let out = self
             .heads

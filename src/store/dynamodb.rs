@@ -815,9 +815,18 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
                 _ => format!("attribute_not_exists({})", e.n(attr::KEY)),
             }
         }
-        OpKind::Heartbeat { owner, current } | OpKind::Release { owner, current } => {
+        OpKind::Heartbeat { owner, current }
+        | OpKind::Release { owner, current }
+        | OpKind::Rebase { owner, current, .. } => {
             if matches!(op.kind, OpKind::Release { .. }) {
                 set.push(e.assign(attr::RELEASED, "yes", AttributeValue::Bool(true)));
+            }
+            let mut upwards = String::new();
+            if let OpKind::Rebase { token, .. } = &op.kind {
+                // Only upwards; the token is replaced, the rest kept.
+                set.push(e.assign(attr::TOKEN, "newToken", n(token.0)));
+                let (tok, new) = (e.n(attr::TOKEN), e.v("newToken", n(token.0)));
+                upwards = format!(" AND {tok} < {new}");
             }
             let (owner_attr, rvn, released) =
                 (e.n(attr::OWNER), e.n(attr::RVN), e.n(attr::RELEASED));
@@ -828,7 +837,7 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
             // the item to the record it wrote, so it needs no structure
             // check (an item edited by hand that kept both is still reported
             // as corrupt when the answer is parsed).
-            format!("{owner_attr} = {me} AND {rvn} = {current} AND {released} = {no}")
+            format!("{owner_attr} = {me} AND {rvn} = {current} AND {released} = {no}{upwards}")
         }
         OpKind::ForceUnlock { observed, by } => {
             set.push(e.assign(attr::RELEASED, "yes", AttributeValue::Bool(true)));

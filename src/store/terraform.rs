@@ -514,6 +514,10 @@ impl LockStore for TerraformDynamoStore {
             },
             // A Terraform lock has one version: the owner is all that
             // identifies it (see `our_info`).
+            // Terraform locks carry no tokens: there is nothing to raise.
+            OpKind::Rebase { .. } => Err(StoreError::Misconfigured(
+                "Terraform-format locks carry no fencing tokens: they cannot be re-based above a state fence".into(),
+            )),
             OpKind::Heartbeat { owner, .. } => self.heartbeat(op, *owner).await,
             OpKind::Release { owner, .. } => self.release(op, *owner).await,
             OpKind::ForceUnlock { observed, by } => match self.read(&op.key).await? {

@@ -50,6 +50,7 @@ pub const CASES: &[&str] = &[
     "concurrent_acquirers_exactly_one_wins",
     "grants_name_the_version_they_replace",
     "purge_raises_the_floor_and_tokens_continue",
+    "rebase_raises_only_the_holders_token",
 ];
 
 /// Mounts the conformance suite on a store: expands to one `#[test]` per case
@@ -99,6 +100,7 @@ macro_rules! lock_store_conformance {
             concurrent_acquirers_exactly_one_wins
             grants_name_the_version_they_replace
             purge_raises_the_floor_and_tokens_continue
+            rebase_raises_only_the_holders_token
         );
     };
 }
@@ -140,6 +142,7 @@ pub async fn run_all(store: SharedStore, prefix: &str) {
     written_record_matches_reference_semantics(store.clone(), &p(CASES[13])).await;
     concurrent_acquirers_exactly_one_wins(store.clone(), &p(CASES[14])).await;
     grants_name_the_version_they_replace(store.clone(), &p(CASES[15])).await;
+    rebase_raises_only_the_holders_token(store.clone(), &p(CASES[17])).await;
     // Last: it raises the store's token floor, which the cases above assume
     // to be 0.
     purge_raises_the_floor_and_tokens_continue(store, &p(CASES[16])).await;
@@ -1279,6 +1282,46 @@ pub async fn purge_raises_the_floor_and_tokens_continue(store: SharedStore, pref
     );
 }
 
+/// A rebase raises the holder's token (only upwards, only by the owner at
+/// its current version) and installs a new version, like a heartbeat; the
+/// next grant continues above the raised token.
+pub async fn rebase_raises_only_the_holders_token(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
+    let rebase = |owner: LeaseId, current: RecordVersion, token: u64| {
+        op(
+            &k,
+            OpKind::Rebase {
+                owner,
+                current,
+                token: FencingToken(token),
+            },
+        )
+    };
+    conflicts(s, &rebase(held.owner, held.rvn, 1), Some(&held)).await;
+    conflicts(s, &rebase(LeaseId::random(), held.rvn, 9), Some(&held)).await;
+    conflicts(
+        s,
+        &rebase(held.owner, RecordVersion::random(), 9),
+        Some(&held),
+    )
+    .await;
+    let raised = applied(s, &rebase(held.owner, held.rvn, 9), Some(&held)).await;
+    assert_eq!(raised.token, FencingToken(9));
+    let renewed = applied(s, &heartbeat_of(&raised), Some(&raised)).await;
+    assert_eq!(renewed.token, FencingToken(9));
+    let released = applied(s, &release_of(&renewed), Some(&renewed)).await;
+    conflicts(s, &rebase(held.owner, released.rvn, 20), Some(&released)).await;
+    let next = applied(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&released)),
+        Some(&released),
+    )
+    .await;
+    assert_eq!(next.token, FencingToken(10));
+}
+
 #[cfg(test)]
 mod tests {
     //! The suite must pass the reference store and fail stores with typical bugs.
@@ -1433,6 +1476,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CASES.len());
-        assert_eq!(CASES.len(), 17);
+        assert_eq!(CASES.len(), 18);
     }
 }
