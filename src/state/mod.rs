@@ -13,7 +13,7 @@
 //!
 //! [`fenced::FencedStore`] implements those rules once over any
 //! [`backend::StateBackend`] (objects with conditional puts): in memory, in a
-//! local directory ([`file`], the embedded default) and in S3. The older
+//! local directory ([`mod@file`], the embedded default) and in S3. The older
 //! [`register::FencedRegister`] is the minimal register the simulator and the
 //! DynamoDB state heads implement.
 
