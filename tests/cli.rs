@@ -1325,3 +1325,181 @@ fn an_unwritable_audit_log_is_an_error() {
         .unwrap()
         .contains("lock.acquired"));
 }
+
+/// Increments `outputs.counter` of the state document in the file named by
+/// `$1` (no jq on the machine: sed and shell arithmetic).
+const BUMP: &str = r#"n=$(grep -o '"counter": [0-9]*' "$1" | grep -o '[0-9]*$'); n=${n:-0}; if grep -q '"counter"' "$1"; then sed -i "s/\"counter\": $n/\"counter\": $((n+1))/" "$1"; else sed -i "s/\"outputs\": {}/\"outputs\": {\"counter\": 1}/" "$1"; fi"#;
+
+/// Deploy scripts pull the state, change it and push it back inside
+/// `statelock exec --state-store`: every push lands in order, the history
+/// lists each version, and a push based on an old pull is refused.
+#[test]
+fn deploys_pull_change_and_push_the_state_under_exec() {
+    let store = Store::new();
+    let state_url = format!("file://{}", store.path("state").display());
+    let key = "stack:web:env:prod";
+    let script = format!(
+        "bump() {{ {BUMP}; }}; statelock() {{ '{BIN}' \"$@\"; }}; \
+         statelock state pull {key} --to \"$1\" && bump \"$1\" && statelock state push \"$1\""
+    );
+    for i in 0..3 {
+        let doc = store.path(&format!("doc{i}.json"));
+        let out = store.run(&[
+            "--state-store",
+            &state_url,
+            "exec",
+            "--key",
+            key,
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            doc.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let out = store.run(&[
+        "--state-store",
+        &state_url,
+        "state",
+        "show",
+        key,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["outputs"]["counter"], Value::from(3));
+    assert_eq!(doc["statelock"]["serial"], Value::from(3));
+    let out = store.run(&[
+        "--state-store",
+        &state_url,
+        "state",
+        "history",
+        key,
+        "--output",
+        "json",
+    ]);
+    let history: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let serials: Vec<u64> = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|h| h["serial"].as_u64())
+        .collect();
+    assert_eq!(serials, [3, 2, 1]);
+    let tokens: Vec<u64> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["token"].as_u64())
+        .collect();
+    assert_eq!(
+        tokens,
+        [3, 2, 1],
+        "each deploy wrote with its own, larger token"
+    );
+    // A push based on an old pull changes nothing (exit 4).
+    let old = store.path("doc0.json");
+    let out = store.run(&[
+        "--state-store",
+        &state_url,
+        "state",
+        "push",
+        old.to_str().unwrap(),
+        "--key",
+        key,
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("changed since this document was pulled"));
+}
+
+/// The promise fencing keeps when supervision cannot: holder A pulls the
+/// state, then its statelock is frozen (SIGSTOP) while its command runs on;
+/// B takes the lock over and seals the state; A's command then pushes —
+/// refused (exit 75), nothing written; B's push stands.
+#[test]
+fn a_frozen_holders_push_after_a_takeover_is_refused() {
+    let store = Store::new();
+    let state_url = format!("file://{}", store.path("state").display());
+    let key = "stack:api:env:prod";
+    let a_doc = store.path("a.json");
+    let pulled = store.path("pulled");
+    let go = store.path("go");
+    let a_rc = store.path("a.rc");
+    let a_script = format!(
+        "'{BIN}' state pull {key} --to '{a}'; touch '{pulled}'; \
+         while [ ! -e '{go}' ]; do sleep 0.05; done; \
+         sed -i 's/\"outputs\": {{}}/\"outputs\": {{\"writer\": \"A\"}}/' '{a}'; \
+         '{BIN}' state push '{a}'; echo $? > '{rc}'",
+        a = a_doc.display(),
+        pulled = pulled.display(),
+        go = go.display(),
+        rc = a_rc.display()
+    );
+    let mut a = store
+        .cmd(&[
+            "--state-store",
+            &state_url,
+            "exec",
+            "--key",
+            key,
+            "--lease",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            &a_script,
+        ])
+        .spawn()
+        .expect("spawn A");
+    wait_until("A pulled the state", || pulled.exists());
+    let a_pid = Pid::from_raw(a.id() as i32);
+    kill(a_pid, Signal::SIGSTOP).expect("SIGSTOP A's statelock");
+    // B takes over after A's lease (2 s), seals, pushes.
+    let b_script = format!(
+        "'{BIN}' state pull {key} --to '{b}' && \
+         sed -i 's/\"outputs\": {{}}/\"outputs\": {{\"writer\": \"B\"}}/' '{b}' && \
+         '{BIN}' state push '{b}'",
+        b = store.path("b.json").display()
+    );
+    let out = store.run(&[
+        "--state-store",
+        &state_url,
+        "exec",
+        "--key",
+        key,
+        "--wait",
+        "30s",
+        "--",
+        "sh",
+        "-c",
+        &b_script,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A's command pushes now: refused.
+    std::fs::write(&go, b"").unwrap();
+    wait_until("A's push finished", || a_rc.exists());
+    let rc = std::fs::read_to_string(&a_rc).unwrap();
+    assert_eq!(
+        rc.trim(),
+        "75",
+        "a stale holder's push must be refused as stale"
+    );
+    let out = store.run(&[
+        "--state-store",
+        &state_url,
+        "state",
+        "show",
+        key,
+        "--output",
+        "json",
+    ]);
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["outputs"]["writer"], Value::from("B"), "{doc}");
+    assert_eq!(doc["statelock"]["fence"], Value::from(2));
+    kill(a_pid, Signal::SIGCONT).expect("SIGCONT");
+    let (status, stderr) = finish(&mut a);
+    assert_eq!(status.code(), Some(75), "A lost its lease: {stderr}");
+}

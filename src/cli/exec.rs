@@ -411,11 +411,30 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
     tracing::info!(lock_key = %plan.key, token = guard.token().0, program = %plan.program, args = ?plan.program_args, "running the command");
 
     // Run the command in its own process group, behind the launcher.
-    let env = [
+    // With a state store, seal the key's state before the command runs (the
+    // lock's token may be raised above the state's fence doing so), so from
+    // now on no older holder can write it.
+    let mut env = Vec::new();
+    if let Some(url) = ctx.state_store_url() {
+        match super::state::seal_for_exec(url, &guard, ctx).await {
+            Ok((text, _)) => env.push(("STATELOCK_STATE_STORE", text)),
+            Err(e) => {
+                release(guard, &plan, &clock).await;
+                return Err(CliError::new(
+                    e.code,
+                    format!(
+                        "{}; the lock was released and the command was not run",
+                        e.message
+                    ),
+                ));
+            }
+        }
+    }
+    env.extend([
         ("STATELOCK_KEY", key_text.clone()),
         ("STATELOCK_TOKEN", guard.token().to_string()),
         ("STATELOCK_LEASE_ID", guard.lease_id().to_string()),
-    ];
+    ]);
     let group = match CommandGroup::start(&plan.program, &plan.program_args, &env).await {
         Ok(group) => group,
         Err(e) => {

@@ -63,6 +63,7 @@ mod progress;
 mod purge;
 mod show;
 mod sightings;
+mod state;
 mod unlock;
 
 #[cfg(feature = "dynamodb")]
@@ -70,6 +71,7 @@ pub use dynamodb::{CreateTableArgs, DynamoDbArgs, DynamoDbCommand};
 pub use exec::ExecArgs;
 pub use purge::PurgeArgs;
 pub use show::{LocksArgs, StatusArgs};
+pub use state::{StateArgs, StateCommand};
 pub use unlock::UnlockArgs;
 
 use crate::client::{LockClient, LockError};
@@ -182,6 +184,9 @@ pub struct Cli {
     /// Append audit events (acquired, released, lost, force-unlocked) to FILE as JSON lines
     #[arg(long, global = true, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Where state documents live: file://DIR or s3://BUCKET/PREFIX [default: a directory per user beside the locks]; `exec` seals the key's state there when given
+    #[arg(long, global = true, env = "STATELOCK_STATE_STORE", value_name = "URL")]
+    pub state_store: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -201,6 +206,8 @@ pub enum Command {
     Unlock(UnlockArgs),
     /// Remove records released long ago (their tokens stay in the store's token floor)
     Purge(PurgeArgs),
+    /// The state documents: show, pull, push, history, backup, restore
+    State(StateArgs),
     /// Set up a DynamoDB store: `dynamodb create-table`
     #[cfg(feature = "dynamodb")]
     #[command(name = "dynamodb")]
@@ -270,6 +277,7 @@ pub(crate) fn lock_failure(err: LockError, store: &str) -> CliError {
 pub(crate) struct Context {
     store_url: StoreUrl,
     store_text: String,
+    state_store: Option<String>,
 }
 
 impl Context {
@@ -277,6 +285,11 @@ impl Context {
     /// path, other stores as the user wrote them.
     pub(crate) fn store_text(&self) -> &str {
         &self.store_text
+    }
+
+    /// The state store URL given (`--state-store` / `STATELOCK_STATE_STORE`).
+    pub(crate) fn state_store_url(&self) -> Option<&str> {
+        self.state_store.as_deref()
     }
 
     /// Opens the store and a client over it.
@@ -461,6 +474,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     let ctx = Context {
         store_url,
         store_text,
+        state_store: cli.state_store,
     };
     match cli.command {
         Command::Exec(args) => exec::run(args, &ctx).await,
@@ -468,6 +482,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status(args) => show::status(args, &ctx).await,
         Command::Unlock(args) => unlock::run(args, &ctx).await,
         Command::Purge(args) => purge::run(args, &ctx).await,
+        Command::State(args) => state::run(args, &ctx).await,
         #[cfg(feature = "dynamodb")]
         Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
     }

@@ -82,8 +82,16 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
     }
     // Unknown liveness: watch the record for a moment (a live holder renews
     // every third of its lease) before asking.
-    if let Some(s) = status.as_ref().filter(|s| s.liveness == Liveness::Unknown) {
-        let patience = (s.record.lease() / 3 + Duration::from_millis(500)).min(OBSERVE_AT_MOST);
+    // Only when a live holder would renew within the watch (and the operator
+    // did not already answer with --yes).
+    let renews_within = |s: &crate::client::LockStatus| {
+        s.record.lease() / 3 + Duration::from_millis(500) <= OBSERVE_AT_MOST
+    };
+    if let Some(s) = status
+        .as_ref()
+        .filter(|s| s.liveness == Liveness::Unknown && !args.yes && renews_within(s))
+    {
+        let patience = s.record.lease() / 3 + Duration::from_millis(500);
         errln!(
             "statelock: watching {:?} for up to {} to see whether its holder is alive...",
             key.as_str(),

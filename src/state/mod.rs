@@ -24,6 +24,7 @@ pub mod dynamodb;
 pub mod fenced;
 pub mod file;
 pub mod layout;
+pub mod open;
 pub mod register;
 pub mod register_memory;
 
