@@ -25,6 +25,7 @@
 //! nothing here sleeps except where the supervisor says.
 
 use super::duration::{self, human, wall_with_age};
+use super::input::{parse_key, parse_label};
 use super::launcher::CommandGroup;
 use super::progress::WaitReporter;
 use super::{default_who, exit, hostname, lock_failure, CliError, Context};
@@ -86,25 +87,6 @@ struct ExecPlan {
     /// The program to run and its arguments.
     program: String,
     program_args: Vec<String>,
-}
-
-/// Parses and checks `--key`; one line even for keys with newlines.
-pub(crate) fn parse_key(key: &str) -> Result<LockKey, CliError> {
-    LockKey::new(key).map_err(|e| {
-        let shown: String = key.chars().take(80).collect();
-        let ellipsis = if shown.len() < key.len() { "..." } else { "" };
-        CliError::usage(format!("invalid lock key {shown:?}{ellipsis}: {e}"))
-    })
-}
-
-/// Checks a free-text holder field shown to others: one line, not empty.
-pub(crate) fn parse_label(flag: &str, value: String) -> Result<String, CliError> {
-    if value.trim().is_empty() || value.chars().any(char::is_control) {
-        return Err(CliError::usage(format!(
-            "invalid --{flag} {value:?}: it must be non-empty text without control characters"
-        )));
-    }
-    Ok(value)
 }
 
 /// The shortest lease, in whole seconds, whose stop schedule fits `grace`;

@@ -58,6 +58,7 @@ mod duration;
 #[cfg(feature = "dynamodb")]
 mod dynamodb;
 mod exec;
+mod input;
 mod launcher;
 mod progress;
 mod purge;

@@ -85,7 +85,7 @@ pub(crate) async fn run(args: PurgeArgs, ctx: &Context) -> Result<i32, CliError>
             preview.purged.len(),
             ctx.store_text()
         );
-        if !super::unlock::confirm(question).await {
+        if !super::input::confirm(question).await {
             errln!("statelock: nothing was purged.");
             return Ok(exit::FAILURE);
         }

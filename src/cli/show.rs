@@ -7,7 +7,7 @@
 //! information only.
 
 use super::duration::{self, human, wall, wall_with_age};
-use super::exec::parse_key;
+use super::input::parse_key;
 use super::sightings::Sightings;
 use super::{exit, lock_failure, CliError, Context, OutputFormat};
 use crate::client::{Liveness, LockClient, LockStatus};

@@ -16,7 +16,7 @@
 //!   snapshot as a new version (the fence never goes back).
 
 use super::duration::{self, human, wall};
-use super::exec::{parse_key, parse_label};
+use super::input::{parse_key, parse_label};
 use super::{default_who, exit, lock_failure, CliError, Context, OutputFormat};
 use crate::client::{AcquireOptions, LockClient, LockGuard};
 use crate::protocol::{FencingToken, HolderInfo, LeaseId, LockKey};
@@ -500,7 +500,7 @@ pub(crate) async fn run(args: StateArgs, ctx: &Context) -> Result<i32, CliError>
                     doc.statelock
                         .map_or_else(|| "-".to_string(), |s| s.fence.to_string())
                 );
-                if !super::unlock::confirm(question).await {
+                if !super::input::confirm(question).await {
                     errln!("statelock: nothing was restored.");
                     return Ok(exit::FAILURE);
                 }

@@ -6,7 +6,7 @@
 //! Without `--yes` it asks on the terminal, and refuses when stdin is not one.
 
 use super::duration::{human, wall, wall_with_age};
-use super::exec::{parse_key, parse_label};
+use super::input::{confirm, parse_key, parse_label};
 use super::show::with_sightings;
 use super::{default_who, exit, lock_failure, CliError, Context};
 use crate::client::{Liveness, LockError};
@@ -45,21 +45,6 @@ fn describe_current(current: Option<&LockRecord>, now: WallTime) -> String {
             r.token
         ),
     }
-}
-
-/// Asks on the terminal; true on `y` or `yes`.
-pub(crate) async fn confirm(question: String) -> bool {
-    let answer = tokio::task::spawn_blocking(move || {
-        err!("{question} [y/N] ");
-        let mut line = String::new();
-        match std::io::stdin().read_line(&mut line) {
-            Ok(_) => line,
-            Err(_) => String::new(),
-        }
-    })
-    .await
-    .unwrap_or_default();
-    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 /// Runs `statelock unlock`.
