@@ -12,6 +12,7 @@ pub mod dynamodb;
 pub mod file;
 pub mod memory;
 pub mod open;
+pub mod record_json;
 #[cfg(feature = "dynamodb")]
 pub mod terraform;
 pub mod url;
