@@ -61,6 +61,8 @@ mod exec;
 mod launcher;
 mod progress;
 mod purge;
+#[cfg(feature = "s3")]
+mod s3;
 mod show;
 mod sightings;
 mod unlock;
@@ -69,6 +71,8 @@ mod unlock;
 pub use dynamodb::{CreateTableArgs, DynamoDbArgs, DynamoDbCommand};
 pub use exec::ExecArgs;
 pub use purge::PurgeArgs;
+#[cfg(feature = "s3")]
+pub use s3::{ProbeArgs, S3Args, S3Command};
 pub use show::{LocksArgs, StatusArgs};
 pub use unlock::UnlockArgs;
 
@@ -127,6 +131,10 @@ Store URLs (--store or STATELOCK_STORE):
   dynamodb://TABLE?region=R&endpoint=URL[&format=terraform]
                                (create the table once with
                                `statelock --store URL dynamodb create-table`)
+  s3://BUCKET/PREFIX?region=R&endpoint=URL[&format=terraform]
+                               records under PREFIX/locks/ (format=terraform:
+                               Terraform's PREFIX/<state key>.tflock files);
+                               check the service with `statelock s3 probe URL`
 
 Default store: a directory per user, the same from any working directory:
 $STATELOCK_HOME/locks, else $XDG_STATE_HOME/statelock/locks, else
@@ -169,7 +177,7 @@ Examples:
     long_about = LONG_ABOUT
 )]
 pub struct Cli {
-    /// Where the locks live: file://DIR, mem:// or dynamodb://TABLE?region=R [default: a directory per user]
+    /// Where the locks live: file://DIR, mem://, dynamodb://TABLE?region=R or s3://BUCKET/PREFIX?region=R [default: a directory per user]
     ///
     /// The default is file://$STATELOCK_HOME/locks, else
     /// file://$XDG_STATE_HOME/statelock/locks, else
@@ -205,6 +213,10 @@ pub enum Command {
     #[cfg(feature = "dynamodb")]
     #[command(name = "dynamodb")]
     DynamoDb(DynamoDbArgs),
+    /// Check an S3 store's service: `s3 probe [URL]`
+    #[cfg(feature = "s3")]
+    #[command(name = "s3")]
+    S3(S3Args),
 }
 
 /// Output format of `locks` and `status`.
@@ -470,6 +482,8 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Purge(args) => purge::run(args, &ctx).await,
         #[cfg(feature = "dynamodb")]
         Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
+        #[cfg(feature = "s3")]
+        Command::S3(args) => s3::run(args, &ctx).await,
     }
 }
 

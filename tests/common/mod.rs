@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;

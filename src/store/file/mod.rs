@@ -45,8 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use super::record_json::{MAX_RECORD_BYTES, RECORD_FORMAT};
 use super::record_json::{decode_floor, encode, encode_floor};
+pub use super::record_json::{MAX_RECORD_BYTES, RECORD_FORMAT};
 
 /// How long a write waits for its key's lock file while another writer holds
 /// it, before giving up with [`StoreError::Unavailable`].
