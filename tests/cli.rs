@@ -1231,7 +1231,7 @@ fn locks_and_status_judge_liveness_by_this_machines_observation() {
     wait_within("a takeover wait passes", Duration::from_secs(10), || {
         let out = run(&["status", "dead", "--output", "json"]);
         let s: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        s["liveness"] == Value::from("stale")
+        s["liveness"] == "stale"
     });
     let out = run(&["locks"]);
     assert!(

@@ -564,6 +564,7 @@ async fn sdk_resends_reads_but_never_writes() {
     let failing = FakeS3::start(Behaviour {
         honour_conditions: true,
         fail: vec!["GET", "PUT", "DELETE", "HEAD"],
+        ..Behaviour::default()
     });
     let mut loc = location(&failing.endpoint(), BUCKET, "p");
     loc.accept_unsafe_conditional_writes = true;
@@ -578,6 +579,7 @@ async fn sdk_resends_reads_but_never_writes() {
     let writes_fail = FakeS3::start(Behaviour {
         honour_conditions: true,
         fail: vec!["PUT", "DELETE"],
+        ..Behaviour::default()
     });
     let mut loc = location(&writes_fail.endpoint(), BUCKET, "p");
     loc.accept_unsafe_conditional_writes = true;
@@ -598,6 +600,7 @@ async fn sdk_resends_reads_but_never_writes() {
     let deletes_fail = FakeS3::start(Behaviour {
         honour_conditions: true,
         fail: vec!["DELETE"],
+        ..Behaviour::default()
     });
     let mut loc = location(&deletes_fail.endpoint(), BUCKET, "p");
     loc.accept_unsafe_conditional_writes = true;
@@ -740,7 +743,7 @@ async fn stores_refuse_a_service_that_ignores_conditions() {
 async fn the_marker_spares_later_processes_the_probe() {
     let careful = FakeS3::start(Behaviour {
         honour_conditions: true,
-        fail: Vec::new(),
+        ..Behaviour::default()
     });
     let url = format!(
         "s3://careful-bucket/p?region=us-east-1&endpoint={}",
@@ -998,4 +1001,474 @@ async fn a_silent_endpoint_times_out_in_one_line() {
         waited < statelock::store::s3::client::OPERATION_TIMEOUT + Duration::from_secs(3),
         "{waited:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Terraform's lockfiles (`format=terraform`).
+
+mod terraform {
+    use super::*;
+    use common::s3::tf_location;
+    use statelock::store::s3::terraform::{TerraformS3Store, NO_EXPIRY_LEASE_MS};
+
+    /// A lockfile exactly as Terraform ≥ 1.10 writes it: `json.Marshal` of
+    /// its `LockInfo` (fields in declaration order, no json tags), `Created`
+    /// in UTC with nanoseconds, `Path` = `<bucket>/<state key>`.
+    fn golden(path: &str) -> Vec<u8> {
+        format!(
+            r#"{{"ID":"5b9f1c2e-8d4a-4f51-9c0e-2a7b3d6e1f40","Operation":"OperationTypeApply","Info":"","Who":"carol@build-7","Version":"1.10.3","Created":"2025-01-15T14:20:00.123456789Z","Path":"{path}"}}"#
+        )
+        .into_bytes()
+    }
+
+    /// Terraform's reader: `json.Unmarshal` into `LockInfo`.
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(non_snake_case, dead_code)]
+    struct LockInfo {
+        ID: String,
+        Operation: String,
+        Info: String,
+        Who: String,
+        Version: String,
+        Created: String,
+        Path: String,
+    }
+
+    async fn tf_store(endpoint: &str, name: &str) -> (TerraformS3Store, String) {
+        ensure_bucket(&raw_client(endpoint), BUCKET).await;
+        let prefix = unique_prefix(name);
+        let store = TerraformS3Store::connect(&tf_location(endpoint, BUCKET, &prefix))
+            .await
+            .expect("connect");
+        (store, prefix)
+    }
+
+    fn tf_opts(who: &str, lease: Duration, wait: Option<Duration>) -> AcquireOptions {
+        let mut o = opts(who, lease, wait);
+        o.holder.operation = Some("OperationTypeApply".into());
+        o
+    }
+
+    /// statelock writes Terraform's lockfile (under the URL's prefix, with
+    /// Terraform's `Path`), which Terraform's reader accepts; waits on and
+    /// reports it; releases by deleting it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn statelock_writes_terraform_lockfiles() {
+        let Some(endpoint) = endpoint() else { return };
+        let (store, prefix) = tf_store(&endpoint, "tf-round-trip").await;
+        let raw = raw_client(&endpoint);
+        let k = key("app/terraform.tfstate");
+        let object = store.lockfile_object(&k);
+        assert_eq!(object, format!("{prefix}/app/terraform.tfstate.tflock"));
+        let client = LockClient::new(store);
+        let guard = client
+            .acquire(
+                &k,
+                tf_opts(
+                    "alice@laptop",
+                    Duration::from_secs(20),
+                    Some(Duration::ZERO),
+                ),
+            )
+            .await
+            .expect("acquire");
+        assert_eq!(
+            guard.token(),
+            FencingToken::NONE,
+            "no tokens in this format"
+        );
+
+        let body = raw_get(&raw, BUCKET, &object).await.expect("the lockfile");
+        let text = String::from_utf8(body.clone()).expect("UTF-8");
+        let positions: Vec<usize> = [
+            "ID",
+            "Operation",
+            "Info",
+            "Who",
+            "Version",
+            "Created",
+            "Path",
+        ]
+        .iter()
+        .map(|f| {
+            text.find(&format!("\"{f}\":"))
+                .unwrap_or_else(|| panic!("{f} in {text}"))
+        })
+        .collect();
+        assert!(
+            positions.windows(2).all(|p| p[0] < p[1]),
+            "field order: {text}"
+        );
+        let info: LockInfo = serde_json::from_slice(&body).expect("Terraform's reader accepts it");
+        assert_eq!(info.ID, guard.lease_id().to_string());
+        assert_eq!(info.Who, "alice@laptop");
+        assert_eq!(info.Operation, "OperationTypeApply");
+        assert!(info.Version.starts_with("statelock "), "{info:?}");
+        assert_eq!(
+            info.Path,
+            format!("{BUCKET}/{prefix}/app/terraform.tfstate")
+        );
+        assert!(humantime::parse_rfc3339(&info.Created).is_ok(), "{info:?}");
+
+        match client
+            .acquire(
+                &k,
+                tf_opts("bob@desk", Duration::from_secs(20), Some(Duration::ZERO)),
+            )
+            .await
+        {
+            Err(LockError::Held { holder }) => {
+                assert_eq!(holder.holder.locked_by, "alice@laptop");
+                assert_eq!(holder.lease_ms, NO_EXPIRY_LEASE_MS);
+            }
+            other => panic!("the lock is held, got {other:?}"),
+        }
+        let listing = client.store().list().await.expect("list");
+        assert_eq!(
+            listing
+                .records
+                .iter()
+                .map(|r| r.key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["app/terraform.tfstate"]
+        );
+        guard.release().await.expect("release");
+        assert!(
+            raw_get(&raw, BUCKET, &object).await.is_none(),
+            "deleted on release"
+        );
+        assert!(client.status(&k).await.expect("status").is_none());
+    }
+
+    /// A lockfile written as Terraform writes it (a workspace's `env:/` key)
+    /// is shown, never taken over, and force-unlocked only at the version
+    /// the operator saw.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn terraform_lockfiles_are_respected() {
+        let Some(endpoint) = endpoint() else { return };
+        let (store, prefix) = tf_store(&endpoint, "tf-respected").await;
+        let raw = raw_client(&endpoint);
+        let k = key("env:/dev/app/terraform.tfstate");
+        let object = store.lockfile_object(&k);
+        assert_eq!(
+            object,
+            format!("{prefix}/env:/dev/app/terraform.tfstate.tflock")
+        );
+        let body = golden(&format!("{BUCKET}/{prefix}/env:/dev/app/terraform.tfstate"));
+        raw_put(&raw, BUCKET, &object, &body).await;
+
+        let record = store.get(&k).await.expect("get").expect("a lock");
+        assert_eq!(
+            record.owner.to_string(),
+            "5b9f1c2e-8d4a-4f51-9c0e-2a7b3d6e1f40"
+        );
+        assert_eq!(record.holder.locked_by, "carol@build-7");
+        assert_eq!(
+            record.holder.operation.as_deref(),
+            Some("OperationTypeApply")
+        );
+        assert_eq!(
+            record
+                .holder
+                .metadata
+                .get("terraform_version")
+                .map(String::as_str),
+            Some("1.10.3")
+        );
+        assert_eq!(record.acquired_at, WallTime(1_736_950_800_123));
+        assert_eq!(record.lease_ms, NO_EXPIRY_LEASE_MS);
+        assert_eq!(
+            store.list().await.expect("list").records,
+            vec![record.clone()]
+        );
+
+        // Created in 2025, never renewed: still never taken over.
+        let client = LockClient::new(store);
+        let started = Instant::now();
+        match client
+            .acquire(
+                &k,
+                tf_opts(
+                    "me@here",
+                    Duration::from_millis(300),
+                    Some(Duration::from_millis(1500)),
+                ),
+            )
+            .await
+        {
+            Err(LockError::Timeout {
+                holder: Some(h), ..
+            }) => assert_eq!(h.holder.locked_by, "carol@build-7"),
+            other => panic!("a Terraform lock must never be taken over, got {other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1500));
+        assert_eq!(raw_get(&raw, BUCKET, &object).await, Some(body.clone()));
+
+        // Force-unlock: only at the version shown.
+        let stale = RecordVersion(record.rvn.0 ^ 1);
+        assert!(matches!(
+            client.force_unlock(&k, stale, "ops@admin").await,
+            Err(LockError::Changed { .. })
+        ));
+        assert_eq!(raw_get(&raw, BUCKET, &object).await, Some(body));
+        let forced = client
+            .force_unlock(&k, record.rvn, "ops@admin")
+            .await
+            .expect("force");
+        assert_eq!(forced.forced_by.as_deref(), Some("ops@admin"));
+        assert!(raw_get(&raw, BUCKET, &object).await.is_none());
+        let guard = client
+            .acquire(
+                &k,
+                tf_opts("me@here", Duration::from_secs(20), Some(Duration::ZERO)),
+            )
+            .await
+            .expect("free after the force-unlock");
+        guard.release().await.expect("release");
+    }
+
+    /// The command line sees a Terraform lockfile: `status` shows its Who
+    /// and Operation, `exec --wait 0s` exits 3, `unlock` refuses a version
+    /// the lockfile no longer has.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cli_respects_terraform_lockfiles() {
+        let Some(endpoint) = endpoint() else { return };
+        let (store, prefix) = tf_store(&endpoint, "tf-cli").await;
+        let raw = raw_client(&endpoint);
+        let k = key("stacks/web/terraform.tfstate");
+        raw_put(
+            &raw,
+            BUCKET,
+            &store.lockfile_object(&k),
+            &golden(&format!("{BUCKET}/{prefix}/{k}")),
+        )
+        .await;
+        let url = format!("s3://{BUCKET}/{prefix}?endpoint={endpoint}&format=terraform");
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_statelock"))
+                .arg("--store")
+                .arg(&url)
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run statelock");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (code, stdout, stderr) = cli(&["status", k.as_str()]);
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        for expected in [
+            "state:          held",
+            "holder:         carol@build-7",
+            "operation:      OperationTypeApply",
+            "token:          none (this lock format has no fencing tokens)",
+        ] {
+            assert!(stdout.contains(expected), "{expected:?} in:\n{stdout}");
+        }
+        let (code, stdout, stderr) =
+            cli(&["exec", "--key", k.as_str(), "--wait", "0s", "--", "true"]);
+        assert_eq!(code, Some(3), "{stdout}{stderr}");
+        assert!(stderr.contains("carol@build-7"), "{stderr}");
+        let (code, stdout, _) = cli(&["locks"]);
+        assert_eq!(code, Some(0));
+        assert!(stdout.contains("stacks/web/terraform.tfstate"), "{stdout}");
+    }
+
+    /// Heartbeats are one conditional HEAD and notice a deleted or replaced
+    /// lockfile; a release deletes only the lease's own lockfile (by
+    /// `If-Match`), retrying once when it was rewritten with the same ID;
+    /// another holder's lockfile is never deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_are_conditional_on_the_lockfile() {
+        let Some(endpoint) = endpoint() else { return };
+        let (store, _prefix) = tf_store(&endpoint, "tf-conditional").await;
+        let raw = raw_client(&endpoint);
+        let k = key("app.tfstate");
+        let object = store.lockfile_object(&k);
+        let owner = LeaseId::random();
+        let grant = || {
+            op(
+                &k,
+                OpKind::Acquire {
+                    from: absent(),
+                    owner,
+                    lease_ms: 20_000,
+                    holder: HolderInfo::named("me@here"),
+                },
+            )
+        };
+        let mine =
+            |kind: fn(LeaseId, RecordVersion) -> OpKind| op(&k, kind(owner, RecordVersion(7)));
+        let beat = |owner, current| OpKind::Heartbeat { owner, current };
+        let rel = |owner, current| OpKind::Release { owner, current };
+
+        let granted = store.apply(&grant()).await.expect("acquire");
+        assert_eq!(granted.lease_ms, 20_000);
+        let before = store.request_counts();
+        let renewed = store.apply(&mine(beat)).await.expect("heartbeat");
+        assert_eq!((renewed.owner, renewed.rvn), (owner, granted.rvn));
+        let spent = store.request_counts().since(before);
+        assert_eq!(
+            spent,
+            RequestCounts {
+                head: 1,
+                ..RequestCounts::default()
+            },
+            "a heartbeat is one conditional HEAD"
+        );
+
+        // Rewritten with the same ID (another store's lost acquire): the
+        // heartbeat and the release follow it.
+        let body = raw_get(&raw, BUCKET, &object).await.expect("lockfile");
+        let rewritten = String::from_utf8(body)
+            .unwrap()
+            .replace("\"Who\":\"me@here\"", "\"Who\":\"me@elsewhere\"");
+        raw_put(&raw, BUCKET, &object, rewritten.as_bytes()).await;
+        let renewed = store
+            .apply(&mine(beat))
+            .await
+            .expect("heartbeat of the rewrite");
+        assert_eq!(renewed.holder.locked_by, "me@elsewhere");
+        raw_put(
+            &raw,
+            BUCKET,
+            &object,
+            rewritten.replace("elsewhere", "there").as_bytes(),
+        )
+        .await;
+        let released = store.apply(&mine(rel)).await.expect("release");
+        assert!(released.released);
+        assert!(raw_get(&raw, BUCKET, &object).await.is_none());
+
+        // Replaced by another holder's lockfile: refused, never deleted.
+        store.apply(&grant()).await.expect("acquire again");
+        let theirs = golden(&format!("{BUCKET}/{k}"));
+        raw_put(&raw, BUCKET, &object, &theirs).await;
+        for kind in [beat as fn(LeaseId, RecordVersion) -> OpKind, rel] {
+            match store.apply(&mine(kind)).await {
+                Err(StoreError::Conflict { current: Some(c) }) => {
+                    assert_eq!(c.holder.locked_by, "carol@build-7")
+                }
+                other => panic!("another holder's lockfile must conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(raw_get(&raw, BUCKET, &object).await, Some(theirs));
+        raw_delete(&raw, BUCKET, &object).await;
+
+        // Deleted (`terraform force-unlock`): the holder learns it at once.
+        let client = LockClient::new(store);
+        let guard = client
+            .acquire(
+                &k,
+                tf_opts("me@here", Duration::from_millis(900), Some(Duration::ZERO)),
+            )
+            .await
+            .expect("acquire");
+        raw_delete(&raw, BUCKET, &object).await;
+        tokio::time::timeout(Duration::from_secs(5), guard.lost())
+            .await
+            .expect("the holder must notice the force-unlock");
+        assert!(matches!(guard.check(), Err(LockError::LeaseLost(_))));
+    }
+
+    /// A force-unlock deletes with `If-Match` of the lockfile it checked: a
+    /// lockfile replaced between that look and the delete (another ETag) is
+    /// refused and kept. Needs no moto.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn force_unlock_with_a_stale_etag_refuses() {
+        let theirs = golden("careful-bucket/app.tfstate");
+        let replacement = String::from_utf8(theirs.clone())
+            .unwrap()
+            .replace("carol@build-7", "dave@build-8")
+            .into_bytes();
+        let careful = FakeS3::start(Behaviour {
+            honour_conditions: true,
+            replace_before_delete: Some(replacement.clone()),
+            ..Behaviour::default()
+        });
+        careful.seed("/careful-bucket/app.tfstate.tflock", &theirs);
+        let mut loc = tf_location(&careful.endpoint(), "careful-bucket", "");
+        // This fake is not what is under test here: skip the probe.
+        loc.accept_unsafe_conditional_writes = true;
+        let store = TerraformS3Store::connect(&loc).await.expect("connect");
+        let k = key("app.tfstate");
+        let seen = store.get(&k).await.expect("get").expect("a lock");
+        assert_eq!(seen.holder.locked_by, "carol@build-7");
+        let forced = store
+            .apply(&op(
+                &k,
+                OpKind::ForceUnlock {
+                    observed: seen.rvn,
+                    by: "ops".into(),
+                },
+            ))
+            .await;
+        match forced {
+            Err(StoreError::Conflict { current: Some(c) }) => {
+                assert_eq!(c.holder.locked_by, "dave@build-8")
+            }
+            other => panic!("a replaced lockfile must not be force-unlocked, got {other:?}"),
+        }
+        let log = careful.take_log();
+        let delete = log
+            .iter()
+            .position(|(m, _)| m == "DELETE")
+            .expect("a conditional delete was sent");
+        assert!(
+            log[delete + 1..].iter().any(|(m, _)| m == "GET"),
+            "the refusal read the current lockfile: {log:?}"
+        );
+        let still = store.get(&k).await.expect("get").expect("kept");
+        assert_eq!(still.holder.locked_by, "dave@build-8");
+    }
+
+    /// An acquire that landed but whose answer never came back is abandoned
+    /// when the caller gives up: the release recognises the lockfile by its
+    /// `ID` and deletes it; otherwise it would never expire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_acquire_leaves_no_lockfile() {
+        let Some(endpoint) = endpoint() else { return };
+        let (store, prefix) = tf_store(&endpoint, "tf-abandoned").await;
+        let raw = raw_client(&endpoint);
+        let faulty = LoseResponses::new(store);
+        let switch = faulty.switch().clone();
+        let client = LockClient::new(faulty);
+        let k = key("abandoned.tfstate");
+        switch.lose_next_responses(1);
+        match client
+            .acquire(
+                &k,
+                tf_opts("me@here", Duration::from_secs(20), Some(Duration::ZERO)),
+            )
+            .await
+        {
+            Err(LockError::Store(e)) => assert!(e.is_retryable(), "{e:?}"),
+            other => panic!("a lost answer with no time to resend must fail, got {other:?}"),
+        }
+        assert_eq!(switch.injected(), 1);
+        assert!(
+            raw_get(&raw, BUCKET, &format!("{prefix}/abandoned.tfstate.tflock"))
+                .await
+                .is_none(),
+            "the abandoned lockfile must be deleted"
+        );
+        // With time to resend, the lost answer is recognised.
+        switch.lose_next_responses(1);
+        let guard = client
+            .acquire(
+                &k,
+                tf_opts(
+                    "me@here",
+                    Duration::from_secs(20),
+                    Some(Duration::from_secs(5)),
+                ),
+            )
+            .await
+            .expect("acquire despite the lost answer");
+        guard.release().await.expect("release");
+    }
 }

@@ -136,16 +136,23 @@ pub struct Behaviour {
     pub honour_conditions: bool,
     /// Methods answered with S3's 500 `InternalError` (e.g. `["PUT"]`).
     pub fail: Vec<&'static str>,
+    /// Replace the object with this body (a new ETag) just before the first
+    /// `DeleteObject` is served: the object changed between a client's look
+    /// and its delete.
+    pub replace_before_delete: Option<Vec<u8>>,
 }
 
 /// One request a [`FakeS3`] received: method and path (query included).
 pub type Logged = (String, String);
 
+/// A [`FakeS3`]'s objects: `/bucket/key` to body and ETag.
+type Objects = Mutex<HashMap<String, (Vec<u8>, String)>>;
+
 /// A tiny S3-like server on 127.0.0.1 (path-style: `/bucket/key`): objects
 /// in a map, any bucket, no authentication. For tests only.
 pub struct FakeS3 {
     endpoint: String,
-    objects: Arc<Mutex<HashMap<String, (Vec<u8>, String)>>>,
+    objects: Arc<Objects>,
     log: Arc<Mutex<Vec<Logged>>>,
 }
 
@@ -159,6 +166,7 @@ impl FakeS3 {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (shared, logged) = (objects.clone(), log.clone());
         std::thread::spawn(move || {
+            let mut behaviour = behaviour;
             let mut version = 0u64;
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
@@ -171,6 +179,13 @@ impl FakeS3 {
                     .unwrap()
                     .push((request.method.clone(), request.path.clone()));
                 version += 1;
+                if request.method == "DELETE" {
+                    if let Some(body) = behaviour.replace_before_delete.take() {
+                        let path = percent_decode(request.path.split('?').next().unwrap_or(""));
+                        let etag = format!("\"replaced-{version}\"");
+                        shared.lock().unwrap().insert(path, (body, etag));
+                    }
+                }
                 let response = answer(&behaviour, &shared, &request, version);
                 let _ = conn.write_all(&response);
             }
@@ -308,12 +323,7 @@ fn error(status: &str, code: &str) -> Vec<u8> {
     )
 }
 
-fn answer(
-    behaviour: &Behaviour,
-    objects: &Mutex<HashMap<String, (Vec<u8>, String)>>,
-    request: &Request,
-    version: u64,
-) -> Vec<u8> {
+fn answer(behaviour: &Behaviour, objects: &Objects, request: &Request, version: u64) -> Vec<u8> {
     if behaviour.fail.contains(&request.method.as_str()) {
         return error("500 Internal Server Error", "InternalError");
     }

@@ -2,7 +2,7 @@
 //! how the client is configured (timeouts, read retries, no resent writes,
 //! path-style addressing for custom endpoints, request checksums only where
 //! S3 requires them) and how SDK answers become either a conditional answer
-//! ([`Answer`]) or one readable [`StoreError`] line.
+//! (`Answer`) or one readable [`StoreError`] line.
 //!
 //! This module makes no decision about locks: it only sends the requests it
 //! is asked for, with the conditions it is given, and reports what came

@@ -6,7 +6,7 @@
 //! clients could both be granted one lock.
 //!
 //! [`probe`] runs the checks and reports each one (`statelock s3 probe`).
-//! The S3 stores run them once before their first write ([`Gate`]): once per
+//! The S3 stores run them once before their first write (`Gate`): once per
 //! process for each bucket and endpoint, and remembered in the bucket by a
 //! small marker object, `PREFIX/.statelock-probe/passed.json`, so that later
 //! processes skip them (delete the marker, or run `statelock s3 probe`, to
