@@ -206,12 +206,21 @@ struct Seen {
     etag: ETag,
 }
 
-/// A lock store in an S3 bucket (see the module documentation for the
-/// layout, the requests, the permissions and the bucket settings).
+/// A lock store in an S3 bucket, `s3://BUCKET/PREFIX` (the module
+/// documentation has the details).
+///
+/// - Objects: `PREFIX/locks/<percent-encoded key>.json` (or
+///   `PREFIX/locks/sha256-<hex>.json` for very long keys) per record,
+///   `PREFIX/token-floor.json`, and the probe's `PREFIX/.statelock-probe/`.
+/// - IAM: `s3:GetObject`, `s3:PutObject`, `s3:DeleteObject` on
+///   `BUCKET/PREFIX/*`; `s3:ListBucket` on the bucket.
+/// - Bucket: versioning optional; with versioning, expire **noncurrent**
+///   versions under `PREFIX/locks/` (every heartbeat makes one); never set a
+///   rule that expires current objects under `PREFIX/`.
 ///
 /// Any number of stores, in any number of processes, may use one bucket and
-/// prefix at once. Cheap to share behind an `Arc`; the per-key cache makes a
-/// long-lived store cheaper than a new one per op.
+/// prefix at once. Share one store behind an `Arc`: its per-key ETag cache
+/// makes heartbeats, releases and grants one request each.
 pub struct S3LockStore {
     bucket: Bucket,
     layout: Layout,

@@ -98,8 +98,11 @@ pub async fn probe(location: &S3Location) -> Result<ProbeReport, StoreError> {
         write_marker(&bucket, &marker, &report).await?;
         let _ = process_cell(&bucket).set(());
     } else {
-        // A marker from an earlier run must not let stores skip the probe.
-        let _ = bucket.delete(&marker, None).await?;
+        // A marker from an earlier run must not let stores skip the probe
+        // (best effort: the report matters more than this clean-up).
+        if let Err(e) = bucket.delete(&marker, None).await {
+            tracing::warn!("cannot remove the probe marker {marker} after a failed probe: {e}");
+        }
     }
     Ok(report)
 }

@@ -147,8 +147,17 @@ struct Lockfile {
     etag: ETag,
 }
 
-/// A lock store speaking Terraform's S3 lockfile protocol (see the module
-/// documentation). Keys are Terraform state keys.
+/// A lock store speaking Terraform's S3 lockfile protocol,
+/// `s3://BUCKET[/PREFIX]?format=terraform` (the module documentation has
+/// the details). Keys are Terraform state keys.
+///
+/// - Objects: `PREFIX/<state key>.tflock` (Terraform's own layout, the
+///   prefix prepended), plus the probe's `PREFIX/.statelock-probe/`.
+/// - IAM: `s3:GetObject`, `s3:PutObject`, `s3:DeleteObject` on
+///   `BUCKET/PREFIX/*`; `s3:ListBucket` on the bucket.
+/// - Bucket: as Terraform's; with versioning, every lock leaves a
+///   noncurrent version and a delete marker: expire noncurrent versions of
+///   `*.tflock` objects if you like, never the state files' current ones.
 pub struct TerraformS3Store {
     bucket: Bucket,
     /// `PREFIX/`, or empty.
