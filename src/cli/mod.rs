@@ -62,6 +62,8 @@ mod input;
 mod launcher;
 mod progress;
 mod purge;
+#[cfg(feature = "s3")]
+mod s3;
 mod show;
 mod sightings;
 mod state;
@@ -71,6 +73,8 @@ mod unlock;
 pub use dynamodb::{CreateTableArgs, DynamoDbArgs, DynamoDbCommand};
 pub use exec::ExecArgs;
 pub use purge::PurgeArgs;
+#[cfg(feature = "s3")]
+pub use s3::{ProbeArgs, S3Args, S3Command};
 pub use show::{LocksArgs, StatusArgs};
 pub use state::{StateArgs, StateCommand};
 pub use unlock::UnlockArgs;
@@ -130,6 +134,10 @@ Store URLs (--store or STATELOCK_STORE):
   dynamodb://TABLE?region=R&endpoint=URL[&format=terraform]
                                (create the table once with
                                `statelock --store URL dynamodb create-table`)
+  s3://BUCKET/PREFIX?region=R&endpoint=URL[&format=terraform]
+                               records under PREFIX/locks/ (format=terraform:
+                               Terraform's PREFIX/<state key>.tflock files);
+                               check the service with `statelock s3 probe URL`
 
 Default store: a directory per user, the same from any working directory:
 $STATELOCK_HOME/locks, else $XDG_STATE_HOME/statelock/locks, else
@@ -172,7 +180,7 @@ Examples:
     long_about = LONG_ABOUT
 )]
 pub struct Cli {
-    /// Where the locks live: file://DIR, mem:// or dynamodb://TABLE?region=R [default: a directory per user]
+    /// Where the locks live: file://DIR, mem://, dynamodb://TABLE?region=R or s3://BUCKET/PREFIX?region=R [default: a directory per user]
     ///
     /// The default is file://$STATELOCK_HOME/locks, else
     /// file://$XDG_STATE_HOME/statelock/locks, else
@@ -213,6 +221,10 @@ pub enum Command {
     #[cfg(feature = "dynamodb")]
     #[command(name = "dynamodb")]
     DynamoDb(DynamoDbArgs),
+    /// Check an S3 store's service: `s3 probe [URL]`
+    #[cfg(feature = "s3")]
+    #[command(name = "s3")]
+    S3(S3Args),
 }
 
 /// Output format of `locks` and `status`.
@@ -486,6 +498,8 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::State(args) => state::run(args, &ctx).await,
         #[cfg(feature = "dynamodb")]
         Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
+        #[cfg(feature = "s3")]
+        Command::S3(args) => s3::run(args, &ctx).await,
     }
 }
 

@@ -12,6 +12,9 @@ pub mod dynamodb;
 pub mod file;
 pub mod memory;
 pub mod open;
+pub mod record_json;
+#[cfg(feature = "s3")]
+pub mod s3;
 #[cfg(feature = "dynamodb")]
 pub mod terraform;
 pub mod url;

@@ -85,13 +85,141 @@ pub fn default_store_url(env: impl Fn(&str) -> Option<OsString>) -> Result<Store
     default_store_dir(env).map(StoreUrl::File)
 }
 
-/// Which lock format a DynamoDB table holds.
+/// Which lock format a DynamoDB table or an S3 bucket holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockFormat {
     /// statelock's own records (leases, tokens).
     Statelock,
-    /// Terraform's S3-backend lock items (`LockID` + `Info`).
+    /// Terraform's S3-backend locks: DynamoDB lock items (`LockID` + `Info`),
+    /// or `<state key>.tflock` lockfiles in S3.
     Terraform,
+}
+
+/// The URL parameter that lets an S3 store be used although the bucket's
+/// service failed the conditional-write probe (or without probing it). See
+/// [`S3Location::accept_unsafe_conditional_writes`].
+pub const ACCEPT_UNSAFE_CONDITIONAL_WRITES: &str = "accept_unsafe_conditional_writes";
+
+/// Where an S3 store lives: `s3://BUCKET[/PREFIX][?region=R&endpoint=URL&format=terraform]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix every object of the store lives under: empty, or
+    /// `/`-separated segments without a leading or trailing `/` (taken
+    /// literally from the URL: no percent-decoding).
+    pub prefix: String,
+    /// Region override.
+    pub region: Option<String>,
+    /// Endpoint override (an S3-compatible service, e.g. MinIO or moto);
+    /// requests then use path-style addressing.
+    pub endpoint: Option<String>,
+    /// Record format: statelock's records, or Terraform's `.tflock` lockfiles.
+    pub format: LockFormat,
+    /// Use the store even if its service does not honour conditional writes
+    /// (`accept_unsafe_conditional_writes=true`): the conditional-write probe
+    /// is skipped. DANGEROUS: on a service that ignores `If-None-Match` /
+    /// `If-Match`, two clients can both be granted the same lock and tokens
+    /// can repeat. Meant only for a service that honours the conditions on
+    /// writes but cannot pass the probe for another reason (e.g. it may not
+    /// write under the probe's prefix).
+    pub accept_unsafe_conditional_writes: bool,
+}
+
+impl S3Location {
+    /// A location in `bucket` under `prefix` (statelock format, default
+    /// region and endpoint, probed).
+    pub fn new(bucket: impl Into<String>, prefix: impl Into<String>) -> S3Location {
+        S3Location {
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            region: None,
+            endpoint: None,
+            format: LockFormat::Statelock,
+            accept_unsafe_conditional_writes: false,
+        }
+    }
+
+    /// The `s3://` URL of this location, without credentials (endpoint
+    /// userinfo shown as `***`).
+    pub fn url(&self) -> String {
+        let mut url = format!("s3://{}", self.bucket);
+        if !self.prefix.is_empty() {
+            url.push('/');
+            url.push_str(&self.prefix);
+        }
+        let mut params = Vec::new();
+        if let Some(r) = &self.region {
+            params.push(format!("region={r}"));
+        }
+        if let Some(e) = &self.endpoint {
+            params.push(format!("endpoint={}", redact_credentials(e)));
+        }
+        if self.format == LockFormat::Terraform {
+            params.push("format=terraform".to_string());
+        }
+        if self.accept_unsafe_conditional_writes {
+            params.push(format!("{ACCEPT_UNSAFE_CONDITIONAL_WRITES}=true"));
+        }
+        if !params.is_empty() {
+            url.push('?');
+            url.push_str(&params.join("&"));
+        }
+        url
+    }
+}
+
+/// Checks an S3 bucket name: 3-63 characters of `a-z 0-9 . -`, starting
+/// and ending with a letter or digit (the rules of general-purpose buckets).
+fn check_bucket(bucket: &str) -> Result<(), String> {
+    let valid = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && bucket
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && bucket
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{bucket:?} is not a valid S3 bucket name (3-63 characters of a-z 0-9 . -, \
+             starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+/// The longest prefix accepted, in bytes (S3 object keys have at most 1024).
+pub const MAX_S3_PREFIX_BYTES: usize = 512;
+
+/// Checks and normalises an S3 key prefix (a trailing `/` is dropped).
+fn check_prefix(prefix: &str) -> Result<String, String> {
+    let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+    if prefix.is_empty() {
+        return Ok(String::new());
+    }
+    if prefix.len() > MAX_S3_PREFIX_BYTES {
+        return Err(format!(
+            "the key prefix is longer than {MAX_S3_PREFIX_BYTES} bytes"
+        ));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err("the key prefix contains control characters".to_string());
+    }
+    if prefix
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "the key prefix {prefix:?} has an empty, \".\" or \"..\" segment"
+        ));
+    }
+    Ok(prefix.to_string())
 }
 
 /// A parsed store URL.
@@ -113,6 +241,8 @@ pub enum StoreUrl {
         /// Record format.
         format: LockFormat,
     },
+    /// An S3 bucket (and key prefix).
+    S3(S3Location),
 }
 
 fn bad(url: &str, why: impl fmt::Display) -> StoreError {
@@ -138,7 +268,7 @@ impl StoreUrl {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             bad(
                 url,
-                "expected SCHEME://..., e.g. file:///srv/locks or dynamodb://TABLE",
+                "expected SCHEME://..., e.g. file:///srv/locks, dynamodb://TABLE or s3://BUCKET/PREFIX",
             )
         })?;
         match scheme {
@@ -192,9 +322,10 @@ impl StoreUrl {
                     format,
                 })
             }
+            "s3" => parse_s3(url, rest).map(StoreUrl::S3),
             other => Err(bad(
                 url,
-                format!("unknown scheme {other:?} (known: file, mem, dynamodb)"),
+                format!("unknown scheme {other:?} (known: file, mem, dynamodb, s3)"),
             )),
         }
     }
@@ -209,6 +340,54 @@ impl StoreUrl {
             other => Ok(other),
         }
     }
+}
+
+/// Parses the part of an `s3://` URL after the scheme.
+fn parse_s3(url: &str, rest: &str) -> Result<S3Location, StoreError> {
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+    check_bucket(bucket).map_err(|why| bad(url, why))?;
+    let prefix = check_prefix(prefix).map_err(|why| bad(url, why))?;
+    let mut params = query_params(url, query)?;
+    let format = match params.remove("format").as_deref() {
+        None | Some("statelock") => LockFormat::Statelock,
+        Some("terraform") => LockFormat::Terraform,
+        Some(other) => {
+            return Err(bad(
+                url,
+                format!("format must be statelock or terraform, not {other:?}"),
+            ))
+        }
+    };
+    let accept_unsafe = match params.remove(ACCEPT_UNSAFE_CONDITIONAL_WRITES).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(bad(
+                url,
+                format!("{ACCEPT_UNSAFE_CONDITIONAL_WRITES} must be true or false, not {other:?}"),
+            ))
+        }
+    };
+    let region = params.remove("region");
+    let endpoint = params.remove("endpoint");
+    if let Some(unknown) = params.keys().next() {
+        return Err(bad(
+            url,
+            format!(
+                "unknown parameter {unknown:?} (known: region, endpoint, format, \
+                 {ACCEPT_UNSAFE_CONDITIONAL_WRITES})"
+            ),
+        ));
+    }
+    Ok(S3Location {
+        bucket: bucket.to_string(),
+        prefix,
+        region,
+        endpoint,
+        format,
+        accept_unsafe_conditional_writes: accept_unsafe,
+    })
 }
 
 /// `dir` made absolute against the working directory.
@@ -315,10 +494,63 @@ mod tests {
             "dynamodb://locks?colour=red",
             "dynamodb://locks?region",
             "dynamodb://locks?region=a&region=b",
+            "s3://",
+            "s3://ab",
+            "s3://Bucket",
+            "s3://-bucket/x",
+            "s3://bucket_1/x",
+            "s3://bucket//x",
+            "s3://bucket/a//b",
+            "s3://bucket/a/../b",
+            "s3://bucket/./b",
+            "s3://bucket/x?format=xml",
+            "s3://bucket/x?colour=red",
+            "s3://bucket/x?accept_unsafe_conditional_writes=yes",
+            "s3://bucket/x?region=a&region=b",
         ] {
             let err = StoreUrl::parse(bad).unwrap_err();
             assert!(matches!(err, StoreError::Misconfigured(_)), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn parse_s3_urls() {
+        assert_eq!(
+            StoreUrl::parse("s3://statelock-test").unwrap(),
+            StoreUrl::S3(S3Location::new("statelock-test", ""))
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://statelock-test/team/a/").unwrap(),
+            StoreUrl::S3(S3Location::new("statelock-test", "team/a"))
+        );
+        let full = StoreUrl::parse(
+            "s3://my.bucket-1/locks?region=eu-west-1&endpoint=http://127.0.0.1:9000\
+             &format=terraform&accept_unsafe_conditional_writes=true",
+        )
+        .unwrap();
+        let StoreUrl::S3(location) = full else {
+            panic!("{full:?}")
+        };
+        assert_eq!(
+            location,
+            S3Location {
+                bucket: "my.bucket-1".into(),
+                prefix: "locks".into(),
+                region: Some("eu-west-1".into()),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                format: LockFormat::Terraform,
+                accept_unsafe_conditional_writes: true,
+            }
+        );
+        assert_eq!(
+            location.url(),
+            "s3://my.bucket-1/locks?region=eu-west-1&endpoint=http://127.0.0.1:9000\
+             &format=terraform&accept_unsafe_conditional_writes=true"
+        );
+        let mut secret = S3Location::new("b-1", "");
+        secret.endpoint = Some("http://key:s3cr3t@host:9000".into());
+        assert_eq!(secret.url(), "s3://b-1?endpoint=http://***@host:9000");
+        assert!(StoreUrl::parse(&format!("s3://b-1/{}", "p".repeat(600))).is_err());
     }
 
     /// An environment lookup over `vars` only.

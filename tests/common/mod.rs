@@ -5,9 +5,14 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+#[cfg(feature = "s3")]
+pub mod s3;
 
+#[cfg(feature = "dynamodb")]
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+#[cfg(feature = "dynamodb")]
 use aws_sdk_dynamodb::types::AttributeValue;
+#[cfg(feature = "dynamodb")]
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -43,6 +48,7 @@ pub fn service(var: &str) -> Option<String> {
 }
 
 /// A fresh SDK client (its own connection pool) with test credentials.
+#[cfg(feature = "dynamodb")]
 pub fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -60,6 +66,7 @@ pub fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
 }
 
 /// The item of `table` whose hash key `key_attr` is `key`, read consistently.
+#[cfg(feature = "dynamodb")]
 pub async fn raw_item(
     client: &aws_sdk_dynamodb::Client,
     table: &str,

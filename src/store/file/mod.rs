@@ -3,7 +3,8 @@
 //!
 //! Layout of the directory (`H` is the lowercase hex SHA-256 of the key):
 //! - `H.json` — the record of one key, as
-//!   `{"format":"statelock-lock-v1","record":{...}}`, written pretty for humans;
+//!   `{"format":"statelock-lock-v1","record":{...}}`, written pretty for humans
+//!   (the encoding of [`super::record_json`], shared with the S3 store);
 //! - `H.lock` — an empty file whose exclusive advisory lock ([`File::lock`])
 //!   serialises the writers of that key across processes;
 //! - `H.json.R.tmp` — a write in flight (`R` random); readers ignore it.
@@ -37,7 +38,6 @@ use super::{
 };
 use crate::protocol::{FencingToken, LockKey, LockOp, LockRecord, OpKind, RecordVersion};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, ErrorKind, Read};
@@ -45,12 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// The `format` tag of every record file this store writes and reads.
-pub const RECORD_FORMAT: &str = "statelock-lock-v1";
-
-/// The largest record file accepted, in bytes. Larger files are reported as
-/// corrupt on reading, and a write that would produce one is refused.
-pub const MAX_RECORD_BYTES: u64 = 1 << 20;
+use super::record_json::{decode_floor, encode, encode_floor};
+pub use super::record_json::{MAX_RECORD_BYTES, RECORD_FORMAT};
 
 /// How long a write waits for its key's lock file while another writer holds
 /// it, before giving up with [`StoreError::Unavailable`].
@@ -113,13 +109,6 @@ pub struct FileStore {
     lock_wait: Duration,
     /// The filesystem operations of a write ([`RealOps`] outside tests).
     ops: Arc<dyn WriteOps>,
-}
-
-/// The file envelope, as written.
-#[derive(Serialize)]
-struct EnvelopeOut<'a> {
-    format: &'static str,
-    record: &'a LockRecord,
 }
 
 impl FileStore {
@@ -478,9 +467,6 @@ pub const FLOOR_FILE: &str = "token-floor.json";
 /// The lock file serialising writers of [`FLOOR_FILE`].
 const FLOOR_LOCK: &str = "token-floor.lock";
 
-/// The `format` tag of the token floor file.
-const FLOOR_FORMAT: &str = "statelock-token-floor-v1";
-
 /// Reads the token floor (absent: 0). A damaged floor file is corrupt: it is
 /// reported, and no grant of an absent record is made until it is repaired.
 fn read_floor(path: &Path) -> Result<FencingToken, StoreError> {
@@ -493,29 +479,7 @@ fn read_floor(path: &Path) -> Result<FencingToken, StoreError> {
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(FencingToken(0)),
         Err(e) => return Err(io_error("read", path, e)),
     };
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
-    match (
-        value.get("format"),
-        value.get("floor").and_then(|f| f.as_u64()),
-    ) {
-        (Some(serde_json::Value::String(f)), Some(floor)) if f == FLOOR_FORMAT => {
-            Ok(FencingToken(floor))
-        }
-        _ => Err(corrupt(format!(
-            "expected {{\"format\":\"{FLOOR_FORMAT}\",\"floor\":N}}"
-        ))),
-    }
-}
-
-fn encode_floor(floor: FencingToken) -> Result<Vec<u8>, StoreError> {
-    let mut bytes = serde_json::to_vec_pretty(&serde_json::json!({
-        "format": FLOOR_FORMAT,
-        "floor": floor.0,
-    }))
-    .map_err(|e| StoreError::Misconfigured(format!("cannot encode the token floor: {e}")))?;
-    bytes.push(b'\n');
-    Ok(bytes)
+    decode_floor(&bytes).map_err(corrupt)
 }
 
 /// True for the temporary files this store creates.
@@ -600,31 +564,7 @@ fn same_file(_a: &fs::Metadata, b: &fs::Metadata) -> bool {
 /// Parses a record file, checking its envelope and that the key inside hashes
 /// to `hash`. The error is a reason for [`StoreError::Corrupt`].
 fn decode(bytes: &[u8], hash: &str) -> Result<LockRecord, String> {
-    if bytes.is_empty() {
-        return Err("the file is empty".to_string());
-    }
-    if u64::try_from(bytes.len()).map_or(true, |len| len > MAX_RECORD_BYTES) {
-        return Err(format!("the file is larger than {MAX_RECORD_BYTES} bytes"));
-    }
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    let Some(envelope) = value.as_object() else {
-        return Err("not a statelock lock record: the JSON is not an object".to_string());
-    };
-    match envelope.get("format") {
-        Some(serde_json::Value::String(format)) if format == RECORD_FORMAT => {}
-        Some(other) => {
-            return Err(format!(
-                "unsupported format {other} (this version reads {RECORD_FORMAT:?})"
-            ))
-        }
-        None => return Err("not a statelock lock record: it has no \"format\" field".to_string()),
-    }
-    let Some(record) = envelope.get("record") else {
-        return Err("the envelope has no \"record\" field".to_string());
-    };
-    let record =
-        LockRecord::deserialize(record).map_err(|e| format!("the record is invalid: {e}"))?;
+    let record = super::record_json::decode(bytes)?;
     let expected = key_hash(&record.key);
     if expected != hash {
         return Err(format!(
@@ -633,30 +573,6 @@ fn decode(bytes: &[u8], hash: &str) -> Result<LockRecord, String> {
         ));
     }
     Ok(record)
-}
-
-/// The bytes of the record file for `record`.
-fn encode(record: &LockRecord) -> Result<Vec<u8>, StoreError> {
-    let envelope = EnvelopeOut {
-        format: RECORD_FORMAT,
-        record,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&envelope).map_err(|e| {
-        StoreError::Misconfigured(format!(
-            "cannot encode the lock record of {:?}: {e}",
-            record.key.as_str()
-        ))
-    })?;
-    bytes.push(b'\n');
-    if u64::try_from(bytes.len()).map_or(true, |len| len > MAX_RECORD_BYTES) {
-        return Err(StoreError::Misconfigured(format!(
-            "the lock record of {:?} would take {} bytes, more than the {MAX_RECORD_BYTES} \
-             this store accepts: shorten the holder metadata",
-            record.key.as_str(),
-            bytes.len()
-        )));
-    }
-    Ok(bytes)
 }
 
 /// Best effort removal of a file this store created (a probe or a stale
