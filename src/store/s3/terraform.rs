@@ -472,6 +472,10 @@ impl LockStore for TerraformS3Store {
                 // Terraform locks never expire: never take one over.
                 current => Err(StoreError::conflict(current.map(|l| l.record))),
             },
+            // Terraform locks carry no tokens: there is nothing to raise.
+            OpKind::Rebase { .. } => Err(StoreError::Misconfigured(
+                "Terraform-format locks carry no fencing tokens: they cannot be re-based above a state fence".into(),
+            )),
             OpKind::Heartbeat { owner, .. } => self.heartbeat(op, *owner).await,
             OpKind::Release { owner, .. } => self.release(op, *owner).await,
             OpKind::ForceUnlock { observed, by } => self.force_unlock(op, *observed, by).await,
