@@ -12,10 +12,10 @@ pub mod dynamodb;
 pub mod file;
 pub mod memory;
 pub mod open;
-#[cfg(feature = "dynamodb")]
-pub mod terraform;
 pub mod url;
 
+#[cfg(feature = "dynamodb")]
+pub use dynamodb::terraform;
 pub use open::open_lock_store;
 
 use crate::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};

@@ -67,12 +67,12 @@
 //! `dynamodb:GetItem`, `PutItem`, `UpdateItem`, `DeleteItem`, `Scan` on the
 //! lock table (plus `CreateTable`, `DescribeTable` for `create_table`).
 
-use super::dynamodb::{
+use super::locks::{
     ensure_table, s, scan_all, sdk_error, service_error, split_sdk_error, write_once, Expr,
     Failure, Item, ItemReader, Table, TableSetup,
 };
-use super::url::LockFormat;
-use super::{DamagedRecord, Listing, LockStore, StoreError};
+use crate::store::url::LockFormat;
+use crate::store::{DamagedRecord, Listing, LockStore, StoreError};
 use crate::protocol::{
     FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
 };
@@ -189,7 +189,7 @@ impl TerraformDynamoStore {
 
     /// A store over `table` with a client from the default AWS configuration
     /// chain and optional region / endpoint overrides (see
-    /// [`super::dynamodb::DynamoDbStore::connect`]).
+    /// [`super::DynamoDbStore::connect`]).
     pub async fn connect(
         table: &str,
         region: Option<&str>,

@@ -78,8 +78,8 @@
 //! `dynamodb:DescribeTable`, `dynamodb:DescribeTimeToLive` and
 //! `dynamodb:UpdateTimeToLive`.
 
-use super::url::{LockFormat, StoreUrl};
-use super::{purge_reference, DamagedRecord, Listing, LockStore, StoreError};
+use crate::store::url::{LockFormat, StoreUrl};
+use crate::store::{purge_reference, DamagedRecord, Listing, LockStore, StoreError};
 use crate::protocol::{
     FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind,
     RecordVersion, WallTime,
@@ -582,7 +582,7 @@ impl LockStore for DynamoDbStore {
 }
 
 /// Opens the DynamoDB store named by `url` (either format). Used by
-/// [`super::open_lock_store`].
+/// [`crate::store::open_lock_store`].
 pub(crate) async fn open(url: &StoreUrl) -> Result<std::sync::Arc<dyn LockStore>, StoreError> {
     match url {
         StoreUrl::DynamoDb {
