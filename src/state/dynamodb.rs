@@ -46,10 +46,11 @@ use super::register::{FencedRegister, StateSnapshot};
 use super::{StateError, StateVersion};
 use crate::clock::{Clock, SystemClock};
 use crate::protocol::{FencingToken, LeaseId, LockKey};
-use crate::store::dynamodb::{
-    attr, ensure_table, n, s, service_error, split_sdk_error, write_once, DynamoDbStore, Expr,
-    Failure, Item, ItemReader, Table, TableSetup,
+use crate::store::dynamodb::errors::{sdk_error, service_error, split_sdk_error, Failure};
+use crate::store::dynamodb::table::{
+    attr, ensure_table, n, s, write_once, Expr, Item, ItemReader, Table, TableSetup,
 };
+use crate::store::dynamodb::DynamoDbStore;
 use crate::store::url::LockFormat;
 use crate::store::StoreError;
 use async_trait::async_trait;
@@ -406,7 +407,7 @@ impl FencedRegister for DynamoDbStateStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| state_error(crate::store::dynamodb::sdk_error(e, &self.heads.ctx)))?;
+            .map_err(|e| state_error(sdk_error(e, &self.heads.ctx)))?;
         out.item()
             .map(snapshot_from_item)
             .transpose()

@@ -15,10 +15,10 @@ pub mod open;
 pub mod record_json;
 #[cfg(feature = "s3")]
 pub mod s3;
-#[cfg(feature = "dynamodb")]
-pub mod terraform;
 pub mod url;
 
+#[cfg(feature = "dynamodb")]
+pub use dynamodb::terraform;
 pub use open::open_lock_store;
 
 use crate::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};

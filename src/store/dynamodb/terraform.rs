@@ -67,15 +67,15 @@
 //! `dynamodb:GetItem`, `PutItem`, `UpdateItem`, `DeleteItem`, `Scan` on the
 //! lock table (plus `CreateTable`, `DescribeTable` for `create_table`).
 
-use super::dynamodb::{
-    ensure_table, s, scan_all, sdk_error, service_error, split_sdk_error, write_once, Expr,
-    Failure, Item, ItemReader, Table, TableSetup,
+use super::errors::{sdk_error, service_error, split_sdk_error, Failure};
+use super::table::{
+    ensure_table, s, scan_all, write_once, Expr, Item, ItemReader, Table, TableSetup,
 };
-use super::url::LockFormat;
-use super::{DamagedRecord, Listing, LockStore, StoreError};
 use crate::protocol::{
     FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
 };
+use crate::store::url::LockFormat;
+use crate::store::{DamagedRecord, Listing, LockStore, StoreError};
 use crate::sync::Mutex;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -189,7 +189,9 @@ impl TerraformDynamoStore {
 
     /// A store over `table` with a client from the default AWS configuration
     /// chain and optional region / endpoint overrides (see
-    /// [`super::dynamodb::DynamoDbStore::connect`]).
+    /// [`DynamoDbStore::connect`]).
+    ///
+    /// [`DynamoDbStore::connect`]: crate::store::dynamodb::DynamoDbStore::connect
     pub async fn connect(
         table: &str,
         region: Option<&str>,
