@@ -60,6 +60,29 @@ mod conformance {
     statelock::lock_store_conformance!(conformance_store());
 }
 
+/// The state backend for the state conformance suite, under a prefix of its
+/// own (or a memory backend when the service tests are explicitly skipped).
+async fn state_backend() -> statelock::testkit::state_conformance::SharedBackend {
+    match endpoint() {
+        Some(endpoint) => {
+            common::s3::ensure_bucket(&common::s3::raw_client(&endpoint), BUCKET).await;
+            let at = location(&endpoint, BUCKET, &unique_prefix("state"));
+            Arc::new(
+                statelock::state::s3::S3StateBackend::connect(&at)
+                    .await
+                    .expect("connect"),
+            )
+        }
+        None => Arc::new(statelock::state::backend::MemoryBackend::new()),
+    }
+}
+
+mod state_conformance {
+    use super::*;
+
+    statelock::state_backend_conformance!(state_backend());
+}
+
 fn key(name: &str) -> LockKey {
     LockKey::new(name).unwrap()
 }
@@ -1471,4 +1494,177 @@ mod terraform {
             .expect("acquire despite the lost answer");
         guard.release().await.expect("release");
     }
+}
+
+// --------------------------------------------------------------------------
+// Fenced state behind real locks: 8 clients × 50 rounds.
+
+const CLIENTS: usize = 8;
+const ROUNDS: usize = 50;
+
+/// `CLIENTS` clients, each with its own lock store (its own SDK client),
+/// run `ROUNDS` rounds each of: lock → seal → load → increment the counter
+/// in the document → save → unlock. The final counter is exactly the number
+/// of rounds, and the history holds every save, in order, each with a token
+/// at least the previous one's.
+async fn counter_rounds(
+    make_locks: impl Fn() -> futures_like::BoxFuture<Arc<dyn LockStore>>,
+    state: Arc<dyn statelock::state::StateStore>,
+    key: LockKey,
+) {
+    use statelock::state::{seal_for, StateDocument};
+    // The initial document: counter 0 (one save).
+    {
+        let client = LockClient::new(make_locks().await);
+        let guard = client
+            .acquire(
+                &key,
+                opts(
+                    "init",
+                    Duration::from_secs(20),
+                    Some(Duration::from_secs(60)),
+                ),
+            )
+            .await
+            .expect("acquire");
+        let (writer, sealed) = seal_for(&*state, &guard).await.expect("seal");
+        let mut doc = StateDocument::empty(Some("web"), Some("prod"));
+        doc.outputs
+            .insert("counter".into(), serde_json::Value::from(0));
+        state
+            .save(&writer, &sealed.version, doc)
+            .await
+            .expect("save");
+        guard.release().await.expect("release");
+    }
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let locks = make_locks().await;
+        let (state, key) = (state.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = LockClient::new(locks);
+            for round in 0..ROUNDS {
+                let name = format!("client-{c}-{round}");
+                let guard = client
+                    .acquire(
+                        &key,
+                        opts(
+                            &name,
+                            Duration::from_secs(20),
+                            Some(Duration::from_secs(300)),
+                        ),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: acquire: {e}"));
+                let (writer, sealed) = seal_for(&*state, &guard)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: seal: {e}"));
+                let mut doc = sealed.document.clone();
+                let n = doc
+                    .outputs
+                    .get("counter")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0);
+                doc.outputs
+                    .insert("counter".into(), serde_json::Value::from(n + 1));
+                state
+                    .save(&writer, &sealed.version, doc)
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: save: {e}"));
+                guard
+                    .release()
+                    .await
+                    .unwrap_or_else(|e| panic!("{name}: release: {e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let last = state.load(&key).await.expect("load").expect("state");
+    let total = (CLIENTS * ROUNDS) as u64;
+    assert_eq!(
+        last.document
+            .outputs
+            .get("counter")
+            .and_then(|v| v.as_u64()),
+        Some(total),
+        "every increment landed exactly once"
+    );
+    let mut history = state.history(&key, 10_000).await.expect("history");
+    history.reverse();
+    let serials: Vec<u64> = history.iter().map(|h| h.serial).collect();
+    assert_eq!(
+        serials,
+        (1..=total + 1).collect::<Vec<_>>(),
+        "one snapshot per save, in order"
+    );
+    for pair in history.windows(2) {
+        assert!(pair[0].token <= pair[1].token, "a token went back");
+    }
+    for (i, h) in history.iter().enumerate().step_by(57) {
+        let snap = state.snapshot(&key, &h.id).await.expect("snapshot");
+        assert_eq!(
+            snap.outputs.get("counter").and_then(|v| v.as_u64()),
+            Some(i as u64),
+            "snapshot {} holds the counter it saved",
+            h.id
+        );
+    }
+}
+
+/// A minimal boxed future, to pass store factories around.
+mod futures_like {
+    pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+}
+
+async fn s3_state(endpoint: &str) -> Arc<dyn statelock::state::StateStore> {
+    let at = location(endpoint, BUCKET, &unique_prefix("rounds-state"));
+    Arc::new(statelock::state::FencedStore::new(
+        statelock::state::s3::S3StateBackend::connect(&at)
+            .await
+            .expect("connect"),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_clients_fifty_rounds_on_s3_locks_and_s3_state() {
+    let Some(endpoint) = endpoint() else { return };
+    common::s3::ensure_bucket(&common::s3::raw_client(&endpoint), BUCKET).await;
+    let prefix = unique_prefix("rounds-locks");
+    let ep = endpoint.clone();
+    let make = move || -> futures_like::BoxFuture<Arc<dyn LockStore>> {
+        let (ep, prefix) = (ep.clone(), prefix.clone());
+        Box::pin(async move {
+            Arc::new(
+                S3LockStore::connect(&location(&ep, BUCKET, &prefix))
+                    .await
+                    .expect("connect"),
+            ) as Arc<dyn LockStore>
+        })
+    };
+    counter_rounds(make, s3_state(&endpoint).await, key("stack:web:env:prod")).await;
+}
+
+#[cfg(feature = "dynamodb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_clients_fifty_rounds_on_dynamodb_locks_and_s3_state() {
+    use statelock::store::dynamodb::DynamoDbStore;
+    let Some(endpoint) = endpoint() else { return };
+    let Some(ddb) = common::service("STATELOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    common::s3::ensure_bucket(&common::s3::raw_client(&endpoint), BUCKET).await;
+    let table = format!("statelock-rounds-{}", uuid::Uuid::new_v4().simple());
+    DynamoDbStore::new(common::sdk_client(&ddb), &table)
+        .create_table()
+        .await
+        .expect("create table");
+    let make = move || -> futures_like::BoxFuture<Arc<dyn LockStore>> {
+        let (ddb, table) = (ddb.clone(), table.clone());
+        Box::pin(async move {
+            Arc::new(DynamoDbStore::new(common::sdk_client(&ddb), table)) as Arc<dyn LockStore>
+        })
+    };
+    counter_rounds(make, s3_state(&endpoint).await, key("stack:web:env:prod")).await;
 }

@@ -27,6 +27,8 @@ pub mod layout;
 pub mod open;
 pub mod register;
 pub mod register_memory;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use document::{Stamp, StateDocument};
 pub use fenced::FencedStore;

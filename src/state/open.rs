@@ -54,6 +54,12 @@ pub async fn open_state_store(
             Arc::new(FencedStore::new(MemoryBackend::new())),
             "mem://".to_string(),
         )),
+        #[cfg(feature = "s3")]
+        StoreUrl::S3(location) => {
+            let backend = super::s3::S3StateBackend::connect(&location).await?;
+            let text = crate::store::url::redact_credentials(&location.url());
+            Ok((Arc::new(FencedStore::new(backend)), text))
+        }
         other => Err(StateError::Misconfigured(format!(
             "{} cannot hold state documents: use file://DIR or s3://BUCKET/PREFIX",
             crate::store::url::redact_credentials(&format!("{other:?}"))
