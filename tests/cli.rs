@@ -14,7 +14,7 @@
 //! terminal (so `unlock` never prompts). Waits poll for a condition (a marker
 //! file, the lock's status, a process gone) with a bounded deadline.
 
-#[cfg(feature = "dynamodb")]
+#[cfg(any(feature = "dynamodb", feature = "s3"))]
 mod common;
 
 use nix::sys::signal::{kill, killpg, Signal};
@@ -33,17 +33,32 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// A store in a fresh temporary directory.
 struct Store {
     dir: TempDir,
+    /// A lock store elsewhere (a service), instead of the directory's.
+    elsewhere: Option<String>,
 }
 
 impl Store {
     fn new() -> Store {
         Store {
             dir: tempfile::tempdir().expect("temporary directory"),
+            elsewhere: None,
+        }
+    }
+
+    /// Locks in the store at `url`; files in a fresh temporary directory.
+    #[cfg(feature = "s3")]
+    fn at(url: String) -> Store {
+        Store {
+            elsewhere: Some(url),
+            ..Store::new()
         }
     }
 
     fn url(&self) -> String {
-        format!("file://{}", self.dir.path().join("locks").display())
+        match &self.elsewhere {
+            Some(url) => url.clone(),
+            None => format!("file://{}", self.dir.path().join("locks").display()),
+        }
     }
 
     /// A file in the test's directory (outside the store).
@@ -1423,6 +1438,31 @@ fn deploys_pull_change_and_push_the_state_under_exec() {
 fn a_frozen_holders_push_after_a_takeover_is_refused() {
     let store = Store::new();
     let state_url = format!("file://{}", store.path("state").display());
+    frozen_holder_is_fenced_out(&store, &state_url);
+}
+
+/// The same with locks and state in the S3 server's bucket.
+#[cfg(feature = "s3")]
+#[test]
+fn a_frozen_holders_push_after_a_takeover_is_refused_on_s3() {
+    let Some(endpoint) = common::s3::endpoint() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let client = common::s3::raw_client(&endpoint);
+    runtime.block_on(common::s3::ensure_bucket(&client, common::s3::BUCKET));
+    let url = |what: &str| {
+        format!(
+            "s3://{}/{}?region=us-east-1&endpoint={endpoint}",
+            common::s3::BUCKET,
+            common::s3::unique_prefix(what)
+        )
+    };
+    let store = Store::at(url("frozen-locks"));
+    frozen_holder_is_fenced_out(&store, &url("frozen-state"));
+}
+
+fn frozen_holder_is_fenced_out(store: &Store, state_url: &str) {
     let key = "stack:api:env:prod";
     let a_doc = store.path("a.json");
     let pulled = store.path("pulled");
@@ -1441,7 +1481,7 @@ fn a_frozen_holders_push_after_a_takeover_is_refused() {
     let mut a = store
         .cmd(&[
             "--state-store",
-            &state_url,
+            state_url,
             "exec",
             "--key",
             key,
@@ -1466,7 +1506,7 @@ fn a_frozen_holders_push_after_a_takeover_is_refused() {
     );
     let out = store.run(&[
         "--state-store",
-        &state_url,
+        state_url,
         "exec",
         "--key",
         key,
@@ -1489,7 +1529,7 @@ fn a_frozen_holders_push_after_a_takeover_is_refused() {
     );
     let out = store.run(&[
         "--state-store",
-        &state_url,
+        state_url,
         "state",
         "show",
         key,
