@@ -11,6 +11,7 @@ mod cell;
 mod error;
 mod guard;
 mod rng;
+mod turns;
 
 pub use error::LockError;
 pub use guard::LockGuard;
@@ -247,12 +248,14 @@ impl LockClientBuilder {
     }
     /// Builds the client.
     pub fn build(self) -> LockClient {
+        let shared = self.store.shared_name();
         LockClient {
             inner: Arc::new(Inner {
                 store: self.store,
                 clock: self.clock,
                 protocol: self.protocol,
                 rng: ClientRng::new(self.seed),
+                shared,
                 hints: Mutex::new(HashMap::new()),
                 looked: Mutex::new(HashMap::new()),
                 abandoned: Mutex::new(Vec::new()),
@@ -267,6 +270,9 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) protocol: ProtocolConfig,
     pub(crate) rng: ClientRng,
+    /// The store's [`LockStore::shared_name`]: waiters of the process take
+    /// turns per key of it ([`turns`]).
+    shared: Option<String>,
     /// The last record this client wrote or saw per key (a hint for the next
     /// acquire, saving its first read).
     hints: Mutex<HashMap<LockKey, LockRecord>>,
@@ -290,6 +296,10 @@ impl Inner {
             hints.clear();
         }
         hints.insert(record.key.clone(), record.clone());
+        drop(hints);
+        if let Some(name) = &self.shared {
+            turns::announce(name, record);
+        }
     }
 
     fn hint(&self, key: &LockKey) -> Option<LockRecord> {
@@ -316,6 +326,9 @@ impl Inner {
         guarded(&self.abandoned).retain(|(k, o, _)| !(*k == record.key && *o == record.owner));
     }
 }
+
+/// Announcements of a key's records in this process ([`turns`]).
+type News = tokio::sync::watch::Receiver<Option<LockRecord>>;
 
 /// How a store call bounded by a deadline and a cancellation ended.
 enum Bounded<T> {
@@ -402,6 +415,15 @@ impl LockClient {
             last_failure: None,
         };
         let mut stale_grants: u32 = 0;
+        // Waiters of this process for this key take turns (see [`turns`]).
+        let turn = inner
+            .shared
+            .clone()
+            .map(|name| turns::Turn::join(name, key));
+        let mut news = match &turn {
+            Some(turn) => Some(self.await_turn(turn, &mut wait, &opts).await?),
+            None => None,
+        };
         loop {
             let mut waiter = Waiter::new(
                 key.clone(),
@@ -411,10 +433,14 @@ impl LockClient {
                 inner.protocol,
                 opts.backoff,
             )?;
-            if let Some(hint) = inner.hint(key) {
+            let latest = news.as_mut().and_then(|n| n.borrow_and_update().clone());
+            if let Some(hint) = latest.or_else(|| inner.hint(key)) {
                 waiter = waiter.with_hint(Seen::Record(hint));
             }
-            let (record, t_send, how) = self.wait_for_grant(&mut waiter, &mut wait, &opts).await?;
+            let (record, t_send, how) = self
+                .wait_for_grant(&mut waiter, &mut wait, &opts, news.as_mut())
+                .await?;
+            inner.remember(&record);
             let lease = Lease::granted(&record, t_send, inner.protocol);
             let now = clock.now();
             if lease.is_valid(now) {
@@ -450,7 +476,8 @@ impl LockClient {
             }
             let pause = opts.backoff.delay(stale_grants, inner.rng.jitter());
             let until = clock.now_waiter() + pause;
-            self.sleep_until(until, &mut wait, None, &opts).await?;
+            self.sleep_until(until, &mut wait, None, &opts, None)
+                .await?;
         }
     }
 
@@ -494,25 +521,40 @@ impl LockClient {
 
     /// Sleeps until `until` (waiter reading), or fails: the wait ran out (after
     /// giving up any unresolved grant of `waiter`) or was cancelled.
+    ///
+    /// With `news` (the key's announcements in this process, see [`turns`]),
+    /// a release announced meanwhile ends the sleep early: the released
+    /// record is returned, to be acted on at once.
     async fn sleep_until(
         &self,
         until: MonoTime,
         wait: &mut Wait,
         waiter: Option<&Waiter>,
         opts: &AcquireOptions,
-    ) -> Result<(), LockError> {
+        news: Option<&mut News>,
+    ) -> Result<Option<LockRecord>, LockError> {
         let now = self.inner.clock.now_waiter();
         let wake = match wait.deadline {
             Some(d) if now >= d => return Err(self.give_up(waiter, wait, opts).await),
             Some(d) => until.min(d),
             None => until,
         };
+        let released = async {
+            match news {
+                Some(news) => loop {
+                    if news.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    let latest = news.borrow_and_update().clone();
+                    if let Some(record) = latest.filter(|r| r.released) {
+                        return record;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
         match self
-            .bounded(
-                std::future::pending::<()>(),
-                Some(wake),
-                opts.cancel.as_ref(),
-            )
+            .bounded(released, Some(wake), opts.cancel.as_ref())
             .await
         {
             Bounded::Cancelled => {
@@ -521,7 +563,34 @@ impl LockClient {
                 }
                 Err(LockError::Cancelled)
             }
-            Bounded::Done(()) | Bounded::TimedOut => Ok(()),
+            Bounded::Done(record) => Ok(Some(record)),
+            Bounded::TimedOut => Ok(None),
+        }
+    }
+
+    /// Waits for `turn` within the wait's deadline and cancellation; returns
+    /// the key's announcements, to follow while this client waits.
+    async fn await_turn(
+        &self,
+        turn: &turns::Turn,
+        wait: &mut Wait,
+        opts: &AcquireOptions,
+    ) -> Result<News, LockError> {
+        match self
+            .bounded(turn.arrived(), wait.deadline, opts.cancel.as_ref())
+            .await
+        {
+            Bounded::Done(()) => Ok(turn.latest().1),
+            Bounded::Cancelled => Err(LockError::Cancelled),
+            Bounded::TimedOut => {
+                metrics::counter!(observe::LOCK_ACQUIRE_FAILED, "reason" => "timeout").increment(1);
+                let holder = turn.latest().0.filter(LockRecord::is_held).map(Box::new);
+                let waited = self.inner.clock.now_waiter().saturating_since(wait.started);
+                Err(match holder {
+                    Some(holder) if opts.wait == Some(Duration::ZERO) => LockError::Held { holder },
+                    holder => LockError::Timeout { waited, holder },
+                })
+            }
         }
     }
 
@@ -530,6 +599,7 @@ impl LockClient {
         waiter: &mut Waiter,
         wait: &mut Wait,
         opts: &AcquireOptions,
+        mut news: Option<&mut News>,
     ) -> Result<(LockRecord, MonoTime, &'static str), LockError> {
         let inner = &self.inner;
         let clock = &inner.clock;
@@ -622,7 +692,15 @@ impl LockClient {
             match step {
                 WaiterStep::Continue => {}
                 WaiterStep::Wait { until } => {
-                    self.sleep_until(until, wait, Some(waiter), opts).await?
+                    let released = self
+                        .sleep_until(until, wait, Some(waiter), opts, news.as_deref_mut())
+                        .await?;
+                    // A release in this process: grant from it at once (a
+                    // stale one costs one failed condition, which returns
+                    // the current record).
+                    if let Some(record) = released.filter(|_| waiter.unresolved().is_none()) {
+                        waiter.handle_read(clock.now_waiter(), Seen::Record(record));
+                    }
                 }
                 WaiterStep::Granted { record, t_send } => {
                     return Ok((*record, t_send, "acquire"));

@@ -9,9 +9,21 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 /// An in-memory lock store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     records: Mutex<Records>,
+    /// Tells this store apart from the process's other memory stores.
+    instance: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        MemoryStore {
+            records: Mutex::default(),
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -106,5 +118,8 @@ impl LockStore for MemoryStore {
     }
     fn describe(&self) -> String {
         "mem://".to_string()
+    }
+    fn shared_name(&self) -> Option<String> {
+        Some(format!("mem://#{}", self.instance))
     }
 }

@@ -138,6 +138,14 @@ pub trait LockStore: Send + Sync + fmt::Debug {
         -> Result<LockRecord, StoreError>;
     /// A short description for humans, such as `file:///srv/locks`.
     fn describe(&self) -> String;
+    /// A name of the place the records live that is the same for every
+    /// store value of this process opened on that place (and differs for
+    /// different places), or `None` if the store is not shared that way.
+    /// The lock clients of one process that wait for a key of the same named
+    /// store take turns in arrival order, and only the first asks the store.
+    fn shared_name(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait]
@@ -163,6 +171,9 @@ impl<S: LockStore + ?Sized> LockStore for std::sync::Arc<S> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn shared_name(&self) -> Option<String> {
+        (**self).shared_name()
     }
 }
 

@@ -475,6 +475,9 @@ impl LockStore for DynamoDbStore {
     fn describe(&self) -> String {
         self.t.ctx.url()
     }
+    fn shared_name(&self) -> Option<String> {
+        Some(self.describe())
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -581,6 +581,9 @@ impl LockStore for TerraformDynamoStore {
     fn describe(&self) -> String {
         self.t.ctx.url()
     }
+    fn shared_name(&self) -> Option<String> {
+        Some(self.describe())
+    }
 }
 
 /// True for Terraform's `<path>-md5` state digest items.

@@ -645,6 +645,9 @@ impl LockStore for FileStore {
     fn describe(&self) -> String {
         super::url::file_store_url(&self.dir)
     }
+    fn shared_name(&self) -> Option<String> {
+        Some(self.describe())
+    }
 }
 
 #[cfg(test)]

@@ -558,6 +558,9 @@ impl LockStore for S3LockStore {
     fn describe(&self) -> String {
         self.url.clone()
     }
+    fn shared_name(&self) -> Option<String> {
+        Some(self.describe())
+    }
 }
 
 /// Opens the S3 store named by `url` (either format). Used by

@@ -557,6 +557,9 @@ impl LockStore for TerraformS3Store {
     fn describe(&self) -> String {
         self.url.clone()
     }
+    fn shared_name(&self) -> Option<String> {
+        Some(self.describe())
+    }
 }
 
 /// The record of the lockfile `body` stored for `key`; the error is a reason
