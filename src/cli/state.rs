@@ -123,7 +123,7 @@ pub(crate) fn state_failure(e: StateError, store: &str) -> CliError {
         ),
         StateError::ChecksumMismatch { .. } => (
             exit::STORE,
-            "nothing was written; see `statelock state history` and restore a good snapshot with --force",
+            "nothing was written; `statelock state history` lists the snapshots",
         ),
         StateError::NotFound(_) => (exit::USAGE, "see `statelock state history`"),
         StateError::Unavailable(_) => (exit::STORE, "check that the state store is reachable, then try again"),
