@@ -7,6 +7,8 @@
 //! DynamoDB and S3 adapters behind their features. Every store must pass the
 //! conformance suite in `testkit`.
 
+#[cfg(any(feature = "dynamodb", feature = "s3"))]
+pub(crate) mod aws_errors;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
 pub mod file;

@@ -23,7 +23,8 @@
 //! [`DynamoDbStore::connect`]: crate::store::dynamodb::DynamoDbStore::connect
 //! [`DynamoDbStore::new`]: crate::store::dynamodb::DynamoDbStore::new
 
-use super::errors::{redact_userinfo, sdk_error, ErrorContext};
+use super::errors::{sdk_error, ErrorContext};
+use crate::store::aws_errors::check_endpoint;
 use crate::store::url::LockFormat;
 use crate::store::StoreError;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata;
@@ -133,41 +134,6 @@ pub(crate) fn write_once() -> aws_sdk_dynamodb::config::Builder {
         .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1))
 }
 
-/// Refuses an endpoint override that cannot work: not `http://` or
-/// `https://`, no host, or characters no URL may contain. The message shows
-/// the endpoint with any userinfo redacted.
-fn check_endpoint(endpoint: &str) -> Result<(), StoreError> {
-    let shown = redact_userinfo(endpoint);
-    let bad = |why: &str| {
-        Err(StoreError::Misconfigured(format!(
-            "the DynamoDB endpoint {shown:?} {why}: use e.g. http://localhost:8000 or \
-             https://dynamodb.us-east-1.amazonaws.com"
-        )))
-    };
-    let Some(rest) = endpoint
-        .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-    else {
-        return bad("must be an http:// or https:// URL");
-    };
-    if endpoint
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return bad("contains spaces or control characters");
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit('@').next().unwrap_or("");
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
-    };
-    if host.is_empty() {
-        return bad("names no host");
-    }
-    Ok(())
-}
-
 /// An SDK client from the default configuration chain, with `region` and
 /// `endpoint` overrides, fail-fast timeouts, and SDK retries for reads only
 /// ([`READ_ATTEMPTS`]; writes: [`write_once`]).
@@ -177,7 +143,11 @@ pub(crate) async fn load_client(
 ) -> Result<Client, StoreError> {
     use aws_sdk_dynamodb::config::{retry::RetryConfig, timeout::TimeoutConfig, Region};
     if let Some(e) = endpoint {
-        check_endpoint(e)?;
+        check_endpoint(
+            e,
+            "DynamoDB",
+            "http://localhost:8000 or https://dynamodb.us-east-1.amazonaws.com",
+        )?;
     }
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(r) = region {
@@ -630,7 +600,15 @@ mod tests {
             "http://[::1]:8000/",
             "http://user:pass@127.0.0.1:8000",
         ] {
-            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+            assert_eq!(
+                check_endpoint(
+                    good,
+                    "DynamoDB",
+                    "http://localhost:8000 or https://dynamodb.us-east-1.amazonaws.com"
+                ),
+                Ok(()),
+                "{good}"
+            );
         }
         for bad in [
             "127.0.0.1:8000",
@@ -640,7 +618,11 @@ mod tests {
             "http://exa mple:80",
             "http://user:secret@",
         ] {
-            match check_endpoint(bad) {
+            match check_endpoint(
+                bad,
+                "DynamoDB",
+                "http://localhost:8000 or https://dynamodb.us-east-1.amazonaws.com",
+            ) {
                 Err(StoreError::Misconfigured(why)) => {
                     assert!(!why.contains("secret"), "{why}");
                     line(&StoreError::Misconfigured(why));

@@ -10,6 +10,10 @@
 //! land after the writer's later operations), never show credentials or the
 //! userinfo of an endpoint URL, and never put SDK types into the public API.
 
+use crate::store::aws_errors::{
+    causes, check_endpoint, few_words, redact_userinfo, root_cause, timed_out, transport_error,
+    Whereabouts,
+};
 use crate::store::StoreError;
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -206,7 +210,11 @@ impl Bucket {
         use aws_sdk_s3::config::timeout::TimeoutConfig;
         use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
         if let Some(e) = endpoint {
-            check_endpoint(e)?;
+            check_endpoint(
+                e,
+                "S3",
+                "http://localhost:9000 or https://s3.eu-west-1.amazonaws.com",
+            )?;
         }
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(r) = region {
@@ -496,25 +504,19 @@ pub(crate) struct ErrorContext {
     pub(crate) endpoint: Option<String>,
 }
 
+impl Whereabouts for ErrorContext {
+    fn service(&self) -> &'static str {
+        "S3"
+    }
+    fn region(&self) -> Option<&str> {
+        self.region.as_deref()
+    }
+    fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+}
+
 impl ErrorContext {
-    /// The service, for messages: the endpoint, or S3 in the region.
-    pub(crate) fn endpoint_name(&self) -> String {
-        match (&self.endpoint, &self.region) {
-            (Some(e), _) => e.clone(),
-            (None, Some(r)) => format!("S3 in {r}"),
-            (None, None) => "S3".to_string(),
-        }
-    }
-
-    /// ` at ENDPOINT` / ` in REGION` / nothing.
-    fn whereabouts(&self) -> String {
-        match (&self.endpoint, &self.region) {
-            (Some(e), _) => format!(" at {e}"),
-            (None, Some(r)) => format!(" in {r}"),
-            (None, None) => String::new(),
-        }
-    }
-
     /// The bucket and where it lives.
     pub(crate) fn where_(&self) -> String {
         format!("s3://{}{}", self.bucket, self.whereabouts())
@@ -528,14 +530,6 @@ impl ErrorContext {
         } else {
             let cut: String = key.chars().take(MAX - 1).collect();
             format!("s3://{}/{cut}…", self.bucket)
-        }
-    }
-
-    fn endpoint_advice(&self) -> &'static str {
-        if self.endpoint.is_some() {
-            "check the endpoint URL"
-        } else {
-            "check the region"
         }
     }
 }
@@ -724,322 +718,6 @@ where
             root_cause(err)
         )),
     }
-}
-
-/// A timeout: of the connection (`connect timeout`) or of the request.
-fn timed_out(err: &(dyn std::error::Error + 'static), ctx: &ErrorContext) -> StoreError {
-    let text = causes(err)
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let after = text
-        .rfind(" after ")
-        .map(|i| readable_duration(&text[i + " after ".len()..]))
-        .filter(|d| !d.is_empty());
-    let connect = text.to_ascii_lowercase().contains("connect timeout");
-    let endpoint = ctx.endpoint_name();
-    StoreError::Unavailable(match (connect, after) {
-        (true, Some(d)) => format!("cannot connect to {endpoint}: no answer within {d}"),
-        (true, None) => format!("cannot connect to {endpoint}: timed out"),
-        (false, Some(d)) => format!("no answer from {endpoint}: the request timed out after {d}"),
-        (false, None) => format!("no answer from {endpoint}: the request timed out"),
-    })
-}
-
-/// Maps a failure to send a request (or to receive its answer) by its
-/// causes. `io`: the SDK saw an I/O failure; `user`: it blames the caller's
-/// configuration.
-fn transport_error(
-    err: &(dyn std::error::Error + 'static),
-    io: bool,
-    user: bool,
-    ctx: &ErrorContext,
-) -> StoreError {
-    let chain = causes(err);
-    let lower = chain
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(" | ")
-        .to_ascii_lowercase();
-    let endpoint = ctx.endpoint_name();
-    let cause = root_cause(err);
-    let mentions = |words: &[&str]| words.iter().any(|w| lower.contains(w));
-
-    if !io && mentions(&["credential", "imds", "identity"]) {
-        let cause = if mentions(&["no credentials found", "not enabled"]) {
-            "none found in the environment, profile, web identity, container or instance \
-             metadata"
-                .to_string()
-        } else {
-            cause
-        };
-        return StoreError::Misconfigured(format!(
-            "no usable AWS credentials for {endpoint} ({cause}): configure them (AWS_PROFILE, \
-             AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, SSO, an instance role...)"
-        ));
-    }
-    if mentions(&["dns error", "lookup address"]) {
-        let message = format!("cannot resolve the host of {endpoint} ({cause})");
-        return if mentions(&[
-            "not known",
-            "nodename nor servname",
-            "no such host",
-            "nxdomain",
-        ]) {
-            StoreError::Misconfigured(format!("{message}: {}", ctx.endpoint_advice()))
-        } else {
-            StoreError::Unavailable(message)
-        };
-    }
-    let tls = mentions(&["tls", "handshake", "certificate"]);
-    let retryable_io = chain
-        .iter()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind)
-        .find(|k| is_retryable_io(*k));
-    if let Some(kind) = retryable_io {
-        let what = io_kind_text(kind);
-        return StoreError::Unavailable(if tls {
-            format!("TLS handshake with {endpoint} failed ({what})")
-        } else if mentions(&["(connect)", "connect error"]) {
-            format!("cannot connect to {endpoint} ({what})")
-        } else {
-            format!("lost the connection to {endpoint} ({what})")
-        });
-    }
-    if tls {
-        let hint = if mentions(&["certificate", "notvalidforname"]) {
-            "check its certificate and host name (or the trusted CAs)"
-        } else if ctx
-            .endpoint
-            .as_deref()
-            .is_some_and(|e| e.starts_with("https://"))
-        {
-            "is the endpoint http?"
-        } else {
-            "check the endpoint and any proxy on the way"
-        };
-        return StoreError::Misconfigured(format!(
-            "TLS handshake with {endpoint} failed ({cause}): {hint}"
-        ));
-    }
-    if mentions(&["endpoint", "invalid uri", "scheme"]) {
-        return StoreError::Misconfigured(format!(
-            "the S3 endpoint {endpoint} is not a usable URL ({cause})"
-        ));
-    }
-    if user {
-        return StoreError::Misconfigured(format!("cannot send a request to {endpoint} ({cause})"));
-    }
-    if mentions(&["connection closed", "incomplete"]) {
-        return StoreError::Unavailable(format!("lost the connection to {endpoint} ({cause})"));
-    }
-    StoreError::Unavailable(format!("the request to {endpoint} failed ({cause})"))
-}
-
-/// I/O failures a new connection (or a later attempt) could avoid.
-fn is_retryable_io(kind: std::io::ErrorKind) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        kind,
-        ConnectionRefused
-            | ConnectionReset
-            | ConnectionAborted
-            | NotConnected
-            | AddrNotAvailable
-            | NetworkUnreachable
-            | HostUnreachable
-            | NetworkDown
-            | BrokenPipe
-            | TimedOut
-            | UnexpectedEof
-            | Interrupted
-    )
-}
-
-/// A few words for an I/O error kind.
-fn io_kind_text(kind: std::io::ErrorKind) -> String {
-    use std::io::ErrorKind::*;
-    match kind {
-        UnexpectedEof => "the connection closed early".to_string(),
-        TimedOut => "timed out".to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// `err` and its causes, outermost first (an `io::Error` wrapping another
-/// error is followed by it; at most 16).
-fn causes<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Vec<&'a (dyn std::error::Error + 'static)> {
-    let mut out: Vec<&'a (dyn std::error::Error + 'static)> = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if out.len() >= 16 {
-            break;
-        }
-        out.push(e);
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    out
-}
-
-/// The innermost cause of `err` that says something, in a few words.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let chain = causes(err);
-    let text = chain
-        .iter()
-        .rev()
-        .map(|e| e.to_string())
-        .find(|t| !t.trim().is_empty())
-        .unwrap_or_default();
-    few_words(&text)
-}
-
-/// `text` made fit for a one-line message: first line only, scrubbed
-/// ([`scrub`]), at most 120 characters.
-pub(crate) fn few_words(text: &str) -> String {
-    const MAX: usize = 120;
-    let line = text.lines().next().unwrap_or("").trim();
-    let line = line.trim_end_matches([':', '.', ' ']);
-    let clean = scrub(line);
-    if clean.chars().count() <= MAX {
-        clean
-    } else {
-        let cut: String = clean.chars().take(MAX - 1).collect();
-        format!("{}…", cut.trim_end())
-    }
-}
-
-/// `5s` / `500ms` / `1.5s` (a `Duration` as `Debug` prints it, maybe
-/// followed by more text) as `5 s` / `500 ms` / `1.5 s`.
-fn readable_duration(text: &str) -> String {
-    let token = text
-        .split(|c: char| c.is_whitespace() || c == ')' || c == ',')
-        .next()
-        .unwrap_or("");
-    let split = token
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(token.len());
-    let (number, unit) = token.split_at(split);
-    if number.is_empty() || unit.is_empty() || !unit.chars().all(|c| c.is_alphabetic()) {
-        return String::new();
-    }
-    format!("{number} {unit}")
-}
-
-/// `url` with any userinfo replaced by `***`
-/// (`http://user:pass@host` → `http://***@host`).
-pub(crate) fn redact_userinfo(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &url[rest_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..rest_start], &rest[at..]),
-        None => url.to_string(),
-    }
-}
-
-/// `text` without what must never be shown: the userinfo of any URL in it,
-/// AWS access key ids (`AKIA…`, `ASIA…`) and anything long enough to be a
-/// secret key or a session token (a run of 32 or more base64 characters).
-fn scrub(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (i, word) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        match word.find("://") {
-            Some(at) => {
-                let start = word[..at]
-                    .rfind(|c: char| !c.is_ascii_alphanumeric())
-                    .map_or(0, |i| i + 1);
-                out.push_str(&word[..start]);
-                out.push_str(&redact_userinfo(&word[start..]));
-            }
-            None => out.push_str(word),
-        }
-    }
-    let key_id = |run: &str| {
-        run.len() >= 16
-            && KEY_ID_PREFIXES.iter().any(|p| run.starts_with(p))
-            && run
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-    };
-    let out = replace_runs(&out, |c| c.is_ascii_alphanumeric(), key_id);
-    let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
-    replace_runs(&out, base64, |run| run.len() >= 32)
-}
-
-/// Prefixes of AWS access key ids (and other unique ids) in messages.
-const KEY_ID_PREFIXES: [&str; 9] = [
-    "AKIA", "ASIA", "AIDA", "AROA", "AGPA", "ANPA", "ANVA", "ABIA", "ACCA",
-];
-
-/// `text` with every maximal run of characters in `class` for which
-/// `secret` holds replaced by `***`.
-fn replace_runs(text: &str, class: impl Fn(char) -> bool, secret: impl Fn(&str) -> bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        out.push_str(if secret(run) { "***" } else { run });
-        run.clear();
-    };
-    for c in text.chars() {
-        if class(c) {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
-}
-
-/// Refuses an endpoint that cannot work before any request is built.
-fn check_endpoint(endpoint: &str) -> Result<(), StoreError> {
-    let shown = redact_userinfo(endpoint);
-    let bad = |why: &str| {
-        Err(StoreError::Misconfigured(format!(
-            "the S3 endpoint {shown:?} {why}: use e.g. http://localhost:9000 or \
-             https://s3.eu-west-1.amazonaws.com"
-        )))
-    };
-    let Some(rest) = endpoint
-        .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-    else {
-        return bad("must be an http:// or https:// URL");
-    };
-    if endpoint
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return bad("contains spaces or control characters");
-    }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host_port = authority.rsplit('@').next().unwrap_or("");
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host_port.split(':').next().unwrap_or(""),
-    };
-    if host.is_empty() {
-        return bad("names no host");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1266,7 +944,7 @@ mod tests {
             "https://s3.eu-west-1.amazonaws.com",
             "http://[::1]:9000/",
         ] {
-            assert_eq!(check_endpoint(good), Ok(()), "{good}");
+            assert_eq!(check_endpoint(good, "S3", "x"), Ok(()), "{good}");
         }
         for bad in [
             "127.0.0.1:9000",
@@ -1275,7 +953,7 @@ mod tests {
             "http://exa mple",
             "http://u:secret@",
         ] {
-            match check_endpoint(bad) {
+            match check_endpoint(bad, "S3", "x") {
                 Err(StoreError::Misconfigured(why)) => assert!(!why.contains("secret"), "{why}"),
                 other => panic!("{bad}: {other:?}"),
             }

@@ -18,6 +18,7 @@
 //! marker, and must leave no scratch object behind when it can help it.
 
 use super::client::{Answer, Bucket, Cond, ETag};
+use crate::store::aws_errors::Whereabouts as _;
 use crate::store::url::{S3Location, ACCEPT_UNSAFE_CONDITIONAL_WRITES};
 use crate::store::StoreError;
 use crate::sync::Mutex;

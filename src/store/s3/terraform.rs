@@ -224,7 +224,7 @@ impl TerraformS3Store {
             return Err(StoreError::Misconfigured(format!(
                 "the lockfile of {:?} would be named with {} bytes, more than the \
                  {MAX_OBJECT_KEY_BYTES} S3 allows: use a shorter state key or prefix",
-                crate::store::s3::client::few_words(key.as_str()),
+                crate::store::aws_errors::few_words(key.as_str()),
                 name.len()
             )));
         }
