@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn stack_keys_get_stack_and_env_labels() {
         let key = LockKey::new("stack:web:env:prod").unwrap();
-        let labels: Vec<(String, String)> = labels_with_reason("file", &key, "stale")
+        let got: Vec<(String, String)> = labels_with_reason("file", &key, "stale")
             .iter()
             .map(|l| (l.key().to_string(), l.value().to_string()))
             .collect();
@@ -168,7 +168,7 @@ mod tests {
             ("reason", "stale"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string()));
-        assert_eq!(labels, expected);
+        assert_eq!(got, expected);
         let plain = labels("memory", &LockKey::new("nightly-report").unwrap());
         assert_eq!(plain.len(), 1);
         assert_eq!(plain[0].key(), "store");

@@ -43,7 +43,9 @@ fn snapshotter() -> &'static Snapshotter {
     SNAPSHOTTER.get_or_init(|| {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        recorder.install().expect("no other recorder in this test binary");
+        recorder
+            .install()
+            .expect("no other recorder in this test binary");
         snapshotter
     })
 }
@@ -135,9 +137,16 @@ async fn a_scripted_run_counts_every_metric_with_store_stack_and_env() {
     let (new_writer, sealed) = statelock::state::seal_for(&state, &new).await.unwrap();
     // The old holder's late save is refused.
     let refused = state
-        .save(&old_writer, &sealed.version, StateDocument::empty(None, None))
+        .save(
+            &old_writer,
+            &sealed.version,
+            StateDocument::empty(None, None),
+        )
         .await;
-    assert!(matches!(refused, Err(StateError::Stale { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StateError::Stale { .. })),
+        "{refused:?}"
+    );
     assert_ne!(old_writer, new_writer);
     new.release().await.unwrap();
 
@@ -151,8 +160,16 @@ async fn a_scripted_run_counts_every_metric_with_store_stack_and_env() {
     let count = |name: &str, l: Vec<(String, String)>| {
         got.get(&(name.to_string(), l)).copied().unwrap_or(0)
     };
-    assert_eq!(count(observe::ACQUISITION_SUCCESS, labels(&base)), 2, "{got:#?}");
-    assert_eq!(count(observe::ACQUISITION_DURATION, labels(&base)), 2, "{got:#?}");
+    assert_eq!(
+        count(observe::ACQUISITION_SUCCESS, labels(&base)),
+        2,
+        "{got:#?}"
+    );
+    assert_eq!(
+        count(observe::ACQUISITION_DURATION, labels(&base)),
+        2,
+        "{got:#?}"
+    );
     assert_eq!(
         count(observe::ACQUISITION_FAILURE, with(("reason", "held"))),
         1,
@@ -160,7 +177,11 @@ async fn a_scripted_run_counts_every_metric_with_store_stack_and_env() {
     );
     assert_eq!(count(observe::TAKEOVER, labels(&base)), 1, "{got:#?}");
     assert_eq!(count(observe::STALE_DETECTED, labels(&base)), 1, "{got:#?}");
-    assert_eq!(count(observe::LOST, with(("reason", "expired"))), 1, "{got:#?}");
+    assert_eq!(
+        count(observe::LOST, with(("reason", "expired"))),
+        1,
+        "{got:#?}"
+    );
     assert_eq!(count(observe::HELD_DURATION, labels(&base)), 1, "{got:#?}");
     assert!(
         count(observe::HEARTBEAT_SUCCESS, labels(&base)) >= 2,
@@ -278,7 +299,10 @@ fn metrics_addr_serves_prometheus_while_exec_runs() {
         ),
         "{body}"
     );
-    assert!(body.contains("statelock_lock_acquisition_duration"), "{body}");
+    assert!(
+        body.contains("statelock_lock_acquisition_duration"),
+        "{body}"
+    );
     // A taken port is a usage error, and nothing runs.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = taken.local_addr().unwrap().to_string();
@@ -287,7 +311,11 @@ fn metrics_addr_serves_prometheus_while_exec_runs() {
         &["--metrics-addr", &busy, "exec", "--key", "k", "--", "true"],
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("--metrics-addr"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--metrics-addr"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The audit log's lines, parsed; each must have `ts` (RFC 3339 UTC) and
@@ -354,9 +382,11 @@ fn the_audit_log_has_stable_events_and_fields() {
         env = env.display(),
         ready = ready.display(),
     );
-    let holder = with_audit(&["exec", "--key", key, "--lease", "3s", "--", "sh", "-c", &holding])
-        .spawn()
-        .unwrap();
+    let holder = with_audit(&[
+        "exec", "--key", key, "--lease", "3s", "--", "sh", "-c", &holding,
+    ])
+    .spawn()
+    .unwrap();
     wait_for("the holder's command", || ready.exists());
     let out = with_audit(&["unlock", key, "--force", "--yes", "--who", "oncall"])
         .output()
@@ -366,7 +396,9 @@ fn the_audit_log_has_stable_events_and_fields() {
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
     // 3. A new holder seals the state; the old holder's late push (as a
     //    paused deploy script would send it) is refused.
-    let out = with_audit(&["exec", "--key", key, "--", "true"]).output().unwrap();
+    let out = with_audit(&["exec", "--key", key, "--", "true"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let mut late = with_audit(&["state", "push", doc.to_str().unwrap()]);
     for line in std::fs::read_to_string(&env).unwrap().lines() {
@@ -378,7 +410,10 @@ fn the_audit_log_has_stable_events_and_fields() {
     assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
 
     let log = std::fs::read_to_string(&audit).unwrap();
-    assert!(!log.contains(SECRET), "a secret reached the audit log: {log}");
+    assert!(
+        !log.contains(SECRET),
+        "a secret reached the audit log: {log}"
+    );
     let lines = audit_lines(&audit);
 
     let acquired = events(&lines, "lock.acquired");
@@ -425,8 +460,7 @@ fn a_takeover_names_the_previous_holder_and_token() {
     let mut holder = cmd(
         dir.path(),
         &[
-            "exec", "--key", "k", "--lease", "1s", "--who", "first", "--", "sh", "-c",
-            &script,
+            "exec", "--key", "k", "--lease", "1s", "--who", "first", "--", "sh", "-c", &script,
         ],
     )
     .spawn()
@@ -437,7 +471,17 @@ fn a_takeover_names_the_previous_holder_and_token() {
     let _ = holder.wait();
     let out = run(
         dir.path(),
-        &["--audit-log", audit_arg, "exec", "--key", "k", "--wait", "30s", "--", "true"],
+        &[
+            "--audit-log",
+            audit_arg,
+            "exec",
+            "--key",
+            "k",
+            "--wait",
+            "30s",
+            "--",
+            "true",
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let lines = audit_lines(&audit);
@@ -510,8 +554,14 @@ fn read_commands_answer_in_json() {
     let status = json(&["status", key, "--output", "json"]);
     assert_eq!(status["record"]["token"], 1);
     assert_eq!(json(&["status", "never", "--output", "json"]), Value::Null);
-    assert_eq!(json(&["state", "show", key, "--output", "json"]), Value::Null);
-    assert_eq!(json(&["state", "history", key, "--output", "json"]), Value::Array(vec![]));
+    assert_eq!(
+        json(&["state", "show", key, "--output", "json"]),
+        Value::Null
+    );
+    assert_eq!(
+        json(&["state", "history", key, "--output", "json"]),
+        Value::Array(vec![])
+    );
     // Each command's long help documents its JSON.
     for args in [
         vec!["locks", "--help"],
@@ -532,7 +582,10 @@ fn completions_for_each_shell() {
         let out = run(dir.path(), &["completions", shell]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let script = text(&out.stdout);
-        assert!(script.contains("statelock") && script.contains("exec"), "{shell}");
+        assert!(
+            script.contains("statelock") && script.contains("exec"),
+            "{shell}"
+        );
     }
     let out = run(dir.path(), &["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
@@ -552,7 +605,17 @@ fn quiet_silences_notes_but_not_errors() {
     );
     let out = run(
         dir.path(),
-        &["--state-store", &state, "exec", "--key", key, "--", "sh", "-c", &push],
+        &[
+            "--state-store",
+            &state,
+            "exec",
+            "--key",
+            key,
+            "--",
+            "sh",
+            "-c",
+            &push,
+        ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "", "quiet push printed a note");
@@ -562,7 +625,17 @@ fn quiet_silences_notes_but_not_errors() {
     );
     let out = run(
         dir.path(),
-        &["--state-store", &state, "exec", "--key", key, "--", "sh", "-c", &push_loud],
+        &[
+            "--state-store",
+            &state,
+            "exec",
+            "--key",
+            key,
+            "--",
+            "sh",
+            "-c",
+            &push_loud,
+        ],
     );
     assert!(text(&out.stderr).contains("saved"), "{}", text(&out.stderr));
     // Errors still print.

@@ -198,7 +198,9 @@ impl<S: Subscriber> Layer<S> for AuditLayer {
         let mut fields = Fields::default();
         event.record(&mut fields);
         if let Some(url) = STORE_URL.get() {
-            fields.0.push(("store_url".into(), Value::String(url.clone())));
+            fields
+                .0
+                .push(("store_url".into(), Value::String(url.clone())));
         }
         self.log.append(&audit_line(&timestamp(), fields.0));
     }
@@ -261,6 +263,9 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let ts = timestamp();
-        assert!(ts.ends_with('Z') && ts.len() == 24 && ts.as_bytes()[10] == b'T', "{ts}");
+        assert!(
+            ts.ends_with('Z') && ts.len() == 24 && ts.as_bytes()[10] == b'T',
+            "{ts}"
+        );
     }
 }

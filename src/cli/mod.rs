@@ -403,7 +403,6 @@ pub(crate) fn hostname() -> String {
 /// ([`audit`]).
 fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError> {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
-    use tracing_subscriber::Layer as _;
     use tracing_subscriber::prelude::*;
 
     let from_env = std::env::var_os("RUST_LOG").is_some();

@@ -114,9 +114,18 @@ async fn run_probe(args: ProbeArgs, ctx: &Context) -> Result<i32, CliError> {
             passed: report.passed(),
             checks: &report.checks,
         })
-        .map_err(|e| CliError::new(exit::FAILURE, format!("cannot encode the answer as JSON: {e}")))?;
+        .map_err(|e| {
+            CliError::new(
+                exit::FAILURE,
+                format!("cannot encode the answer as JSON: {e}"),
+            )
+        })?;
         outln!("{json}");
-        return Ok(if report.passed() { exit::OK } else { exit::STORE });
+        return Ok(if report.passed() {
+            exit::OK
+        } else {
+            exit::STORE
+        });
     }
     for line in report_lines(&report) {
         outln!("{line}");

@@ -163,7 +163,12 @@ pub(crate) fn state_failure(e: StateError, store: &str) -> CliError {
 }
 
 /// Writes the `state.saved` audit event.
-fn audit_saved(writer: &Writer, serial: Option<u64>, state_text: &str, restored_from: Option<&str>) {
+fn audit_saved(
+    writer: &Writer,
+    serial: Option<u64>,
+    state_text: &str,
+    restored_from: Option<&str>,
+) {
     tracing::info!(
         target: observe::AUDIT_TARGET,
         event = super::audit::event::STATE_SAVED,
