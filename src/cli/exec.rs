@@ -385,7 +385,7 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
         ));
     }
     if waited {
-        errln!(
+        noteln!(
             "statelock: acquired {key_text:?} with token {}.",
             guard.token()
         );

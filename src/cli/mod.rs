@@ -45,6 +45,14 @@ macro_rules! errln {
         let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
 }
+// A note or progress line on stderr: silenced by `--quiet` (errors are not).
+macro_rules! noteln {
+    ($($arg:tt)*) => {{
+        if !$crate::cli::quiet() {
+            errln!($($arg)*);
+        }
+    }};
+}
 macro_rules! err {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -54,6 +62,7 @@ macro_rules! err {
     }};
 }
 
+mod audit;
 mod duration;
 #[cfg(feature = "dynamodb")]
 mod dynamodb;
@@ -79,16 +88,25 @@ pub use show::{LocksArgs, StatusArgs};
 pub use state::{StateArgs, StateCommand};
 pub use unlock::UnlockArgs;
 
+pub(crate) use audit::audit_failure;
+
 use crate::client::{LockClient, LockError};
-use crate::observe;
 use crate::store::url::{default_store_url, file_store_url, StoreUrl};
 use crate::store::{open_lock_store, StoreError};
 use clap::{ArgAction, Parser, Subcommand};
-use std::fs::OpenOptions;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// `--quiet` was given: notes and progress lines are not printed.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// True if `--quiet` was given (notes and progress lines stay unprinted;
+/// errors still print).
+pub(crate) fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
 
 /// The exit codes of the tool (see the module documentation).
 pub mod exit {
@@ -190,9 +208,16 @@ pub struct Cli {
     /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides the filter
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
-    /// Append audit events (acquired, released, lost, force-unlocked) to FILE as JSON lines
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Append audit events (acquired, takeover, released, lost, forced, state saved/rejected) to FILE as JSON lines
+    #[arg(long, global = true, value_name = "FILE", long_help = audit::AUDIT_LOG_HELP)]
     pub audit_log: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while the command runs (e.g. 127.0.0.1:9464)
+    #[cfg(feature = "prometheus")]
+    #[arg(long, global = true, value_name = "ADDR", long_help = METRICS_ADDR_HELP)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Print no notes or progress on stderr (errors still print)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// Where state documents live: file://DIR or s3://BUCKET/PREFIX [default: a directory per user beside the locks]; `exec` seals the key's state there when given
     #[arg(long, global = true, env = "STATELOCK_STATE_STORE", value_name = "URL")]
     pub state_store: Option<String>,
@@ -225,15 +250,54 @@ pub enum Command {
     #[cfg(feature = "s3")]
     #[command(name = "s3")]
     S3(S3Args),
+    /// Print a shell completion script: `completions bash|zsh|fish`
+    #[command(long_about = COMPLETIONS_HELP)]
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
-/// Output format of `locks` and `status`.
+const COMPLETIONS_HELP: &str = "\
+Print a completion script for SHELL on stdout.
+
+  bash: statelock completions bash > ~/.local/share/bash-completion/completions/statelock
+  zsh:  statelock completions zsh > ~/.zfunc/_statelock   (with fpath+=~/.zfunc)
+  fish: statelock completions fish > ~/.config/fish/completions/statelock.fish";
+
+/// The long help of `--metrics-addr`.
+#[cfg(feature = "prometheus")]
+const METRICS_ADDR_HELP: &str = "\
+Serve Prometheus metrics at http://ADDR/metrics for as long as the command
+runs (for `exec`, while the lock is held). Prometheus names use `_` for `.`
+(statelock_lock_acquisition_success and so on).
+
+  statelock.lock.acquisition.duration  histogram, seconds to get the lock
+  statelock.lock.acquisition.success   counter
+  statelock.lock.acquisition.failure   counter, reason: held, timeout,
+                                       cancelled, store, tokens_exhausted,
+                                       invalid
+  statelock.lock.held.duration         histogram, seconds held
+  statelock.lock.heartbeat.success     counter
+  statelock.lock.heartbeat.failure     counter, reason: unanswered, lost
+  statelock.lock.stale.detected        counter
+  statelock.lock.takeover              counter
+  statelock.lock.lost                  counter, reason: expired, superseded
+  statelock.state.save.rejected        counter, reason: stale
+
+Every metric is labelled store (memory, file, dynamodb, s3,
+terraform-dynamodb, terraform-s3) and, for keys stack:S:env:E, stack and
+env.";
+
+/// Output format of the read commands (`locks`, `status`, `state show`,
+/// `state history`, `s3 probe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {
     /// Text for humans.
     #[default]
     Text,
-    /// JSON (the library's `LockStatus`).
+    /// JSON (the schema is in each command's long help).
     Json,
 }
 
@@ -334,61 +398,9 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// The audit log file: appends every event as one write, and remembers the
-/// first write that failed, so a log that cannot be written is an error the
-/// command reports (see [`audit_failure`]), never silence.
-#[derive(Clone)]
-struct AuditLog {
-    file: Arc<std::fs::File>,
-    path: PathBuf,
-    failed: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-/// The audit log of this process, if `--audit-log` was given.
-static AUDIT_LOG: std::sync::OnceLock<AuditLog> = std::sync::OnceLock::new();
-
-/// Why the audit log could not be written, if a write failed.
-pub(crate) fn audit_failure() -> Option<String> {
-    let log = AUDIT_LOG.get()?;
-    let failed = log
-        .failed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    failed.clone()
-}
-
-/// One event's writer.
-struct AuditWriter(AuditLog);
-
-impl std::io::Write for AuditWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let result = (&*self.0.file).write(buf);
-        if let Err(e) = &result {
-            let mut failed = self
-                .0
-                .failed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            failed.get_or_insert_with(|| {
-                format!("cannot write the audit log {}: {e}", self.0.path.display())
-            });
-        }
-        result
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        (&*self.0.file).flush()
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AuditLog {
-    type Writer = AuditWriter;
-    fn make_writer(&'a self) -> AuditWriter {
-        AuditWriter(self.clone())
-    }
-}
-
 /// Sets up logging: `-v` logs to stderr, `--audit-log` appends the audit
-/// events (target [`observe::AUDIT_TARGET`]) to a file as JSON lines.
+/// events (target [`crate::observe::AUDIT_TARGET`]) to a file as JSON lines
+/// ([`audit`]).
 fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError> {
     use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
@@ -411,35 +423,14 @@ fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError
             .with_filter(filter)
     });
     let audit_layer = match audit_log {
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    CliError::usage(format!(
-                        "cannot open the audit log {}: {e}; check the path and its permissions",
-                        path.display()
-                    ))
-                })?;
-            let log = AuditLog {
-                file: Arc::new(file),
-                path: path.clone(),
-                failed: Arc::new(std::sync::Mutex::new(None)),
-            };
-            let _ = AUDIT_LOG.set(log.clone());
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
-                    .with_writer(log)
-                    .with_filter(
-                        Targets::new().with_target(observe::AUDIT_TARGET, LevelFilter::TRACE),
-                    ),
-            )
-        }
+        Some(path) => Some(
+            audit::AuditLog::open(path)
+                .map_err(CliError::usage)?
+                .install()
+                .with_filter(
+                    Targets::new().with_target(crate::observe::AUDIT_TARGET, LevelFilter::TRACE),
+                ),
+        ),
         None => None,
     };
     // A subscriber already set (only possible when embedded) is not an error.
@@ -484,6 +475,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
     let (store_url, store_text) = resolve_store(cli.store, |name| std::env::var_os(name))?;
     // What messages call the store: never with credentials typed into it.
     let store_text = crate::store::url::redact_credentials(&store_text);
+    audit::set_store_url(&store_text);
     let ctx = Context {
         store_url,
         store_text,
@@ -500,7 +492,40 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
         #[cfg(feature = "s3")]
         Command::S3(args) => s3::run(args, &ctx).await,
+        Command::Completions { .. } => Ok(exit::OK),
     }
+}
+
+/// Writes the completion script of `shell` to stdout.
+fn completions(shell: clap_complete::Shell) -> i32 {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "statelock", &mut script);
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(&script);
+    let _ = stdout.flush();
+    exit::OK
+}
+
+/// Starts the Prometheus endpoint of `--metrics-addr` on `runtime`.
+#[cfg(feature = "prometheus")]
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(), CliError> {
+    let _entered = runtime.enter();
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| {
+            CliError::usage(format!(
+                "cannot serve metrics at {addr}: {e}; pick another --metrics-addr (a free port)"
+            ))
+        })?;
+    noteln!("statelock: metrics at http://{addr}/metrics");
+    Ok(())
 }
 
 /// Runs the tool with the process's arguments; returns the exit code.
@@ -527,6 +552,10 @@ where
             return e.exit_code();
         }
     };
+    QUIET.store(cli.quiet, Ordering::Relaxed);
+    if let Command::Completions { shell } = cli.command {
+        return completions(shell);
+    }
     if let Err(e) = init_tracing(cli.verbose, cli.audit_log.as_ref()) {
         errln!("statelock: {}.", e.message);
         return e.code;
@@ -541,6 +570,13 @@ where
             return exit::FAILURE;
         }
     };
+    #[cfg(feature = "prometheus")]
+    if let Some(addr) = cli.metrics_addr {
+        if let Err(e) = serve_metrics(addr, &runtime) {
+            errln!("statelock: {}.", e.message);
+            return e.code;
+        }
+    }
     let mut code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {

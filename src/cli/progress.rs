@@ -39,7 +39,7 @@ pub(crate) struct WaitReporter {
 impl WaitReporter {
     /// A reporter for `key`; a spinner if stderr is a terminal.
     pub(crate) fn new(key: &str, clock: Arc<dyn Clock>) -> Arc<WaitReporter> {
-        let display = if std::io::stderr().is_terminal() {
+        let display = if std::io::stderr().is_terminal() && !super::quiet() {
             Display::Spinner(None)
         } else {
             Display::Lines
@@ -123,7 +123,7 @@ impl WaitReporter {
                 };
                 if holder_changed || due {
                     state.last_line = Some(now);
-                    errln!("statelock: {holder}; {takeover}");
+                    noteln!("statelock: {holder}; {takeover}");
                 }
             }
         }

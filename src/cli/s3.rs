@@ -3,7 +3,7 @@
 //! `s3`), printing one line per check. Writes only scratch objects under
 //! `PREFIX/.statelock-probe/` (removed afterwards) and the probe's marker.
 
-use super::{exit, store_failure, CliError, Context};
+use super::{exit, store_failure, CliError, Context, OutputFormat};
 use crate::store::s3::probe::{probe, ProbeReport, PROBE_DIR};
 use crate::store::url::{redact_credentials, S3Location, StoreUrl};
 use crate::store::StoreError;
@@ -23,6 +23,7 @@ pub enum S3Command {
     /// and If-Match on PutObject and DeleteObject), on scratch objects under
     /// PREFIX/.statelock-probe/; exits 0 if every check passes, 5 otherwise.
     /// Stores run the same checks once before their first write.
+    #[command(after_long_help = PROBE_JSON_HELP)]
     Probe(ProbeArgs),
 }
 
@@ -32,6 +33,25 @@ pub struct ProbeArgs {
     /// The store to probe, s3://BUCKET/PREFIX?region=R&endpoint=URL [default: --store]
     #[arg(value_name = "URL")]
     pub url: Option<String>,
+    /// Output format (JSON: see below)
+    #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// The JSON schema of `s3 probe --output json`.
+const PROBE_JSON_HELP: &str = "\
+JSON output (--output json), one object:
+  store    string   the store probed (credentials redacted)
+  passed   bool     every check ran and passed (exit 0; else exit 5)
+  checks   array of {name: string, passed: bool, seen: string}, in the
+           order they ran";
+
+/// The JSON of `statelock s3 probe --output json`.
+#[derive(serde::Serialize)]
+struct ProbeJson<'a> {
+    store: &'a str,
+    passed: bool,
+    checks: &'a [crate::store::s3::probe::ProbeCheck],
 }
 
 /// Runs `statelock s3 ...`.
@@ -81,13 +101,32 @@ async fn run_probe(args: ProbeArgs, ctx: &Context) -> Result<i32, CliError> {
     } else {
         format!("{}/{PROBE_DIR}/", location.prefix)
     };
-    errln!(
+    noteln!(
         "statelock: probing the conditional writes of s3://{}/{scratch} ...",
         location.bucket
     );
     let report = probe(&location)
         .await
         .map_err(|e| store_failure(&e, &text))?;
+    if args.output == OutputFormat::Json {
+        let json = serde_json::to_string_pretty(&ProbeJson {
+            store: &text,
+            passed: report.passed(),
+            checks: &report.checks,
+        })
+        .map_err(|e| {
+            CliError::new(
+                exit::FAILURE,
+                format!("cannot encode the answer as JSON: {e}"),
+            )
+        })?;
+        outln!("{json}");
+        return Ok(if report.passed() {
+            exit::OK
+        } else {
+            exit::STORE
+        });
+    }
     for line in report_lines(&report) {
         outln!("{line}");
     }

@@ -17,8 +17,44 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// One `LockStatus` object, as `locks` and `status` print it in JSON.
+const LOCK_STATUS_JSON: &str = "\
+  record        object   the lock record:
+    key           string
+    owner         string   the lease id (UUID)
+    token         number   the fencing token (0: a format without tokens)
+    rvn           string   the record version (changes with every write)
+    lease_ms      number   the lease (18446744073709551615: never expires)
+    released      bool
+    holder        object   {locked_by, operation?, host?, pid?, metadata?}
+    acquired_at   number   ms since the epoch, by the holder's wall clock
+    heartbeat_at  number   ms since the epoch, by the holder's wall clock
+    forced_by     string   present if the lock was force-unlocked
+  held          bool     held (not released)
+  liveness      string   released | never_expires | alive | unknown | stale
+  unchanged_ms  number   how long this machine has seen the record unchanged
+  stale         bool     liveness is stale: a waiter would take it over
+  wall_age_ms   number   now minus heartbeat_at by the wall clocks
+                         (informational; negative if the writer's is ahead)";
+
+/// The long help after `locks`' options: its JSON schema.
+const LOCKS_JSON_HELP: &str = "\
+JSON output (--output json), one object:
+  store     string   the store, as messages name it
+  locks     array    one LockStatus per lock, in key order (below)
+  damaged   array    {key, reason} of each record that cannot be read
+                     (exit 5 when there is one)
+
+LockStatus:";
+
+/// The long help after `status`' options: its JSON schema.
+const STATUS_JSON_HELP: &str = "\
+JSON output (--output json): null if the key was never locked, else one
+LockStatus object:";
+
 /// Arguments of `statelock locks`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = format!("{LOCKS_JSON_HELP}\n{LOCK_STATUS_JSON}"))]
 pub struct LocksArgs {
     /// Output format
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
@@ -27,6 +63,7 @@ pub struct LocksArgs {
 
 /// Arguments of `statelock status`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = format!("{STATUS_JSON_HELP}\n{LOCK_STATUS_JSON}"))]
 pub struct StatusArgs {
     /// The lock key
     #[arg(value_name = "KEY")]

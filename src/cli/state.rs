@@ -19,6 +19,7 @@ use super::duration::{self, human, wall};
 use super::input::{parse_key, parse_label};
 use super::{default_who, exit, lock_failure, CliError, Context, OutputFormat};
 use crate::client::{AcquireOptions, LockClient, LockGuard};
+use crate::observe;
 use crate::protocol::{FencingToken, HolderInfo, LeaseId, LockKey};
 use crate::state::open::open_state_store;
 use crate::state::{seal_for, SealError, StateDocument, StateError, StateStore, Writer};
@@ -39,6 +40,7 @@ pub struct StateArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum StateCommand {
     /// Show a key's state: its version, fence, save count and contents
+    #[command(after_long_help = SHOW_JSON_HELP)]
     Show {
         /// The lock key (its state lives under stacks/{stack}/{env}/ for stack:S:env:E)
         #[arg(value_name = "KEY")]
@@ -69,6 +71,7 @@ pub enum StateCommand {
         wait: String,
     },
     /// List a key's saved versions, newest first
+    #[command(after_long_help = HISTORY_JSON_HELP)]
     History {
         /// The lock key
         #[arg(value_name = "KEY")]
@@ -109,6 +112,29 @@ pub enum StateCommand {
     },
 }
 
+/// The JSON schema of `state show --output json`.
+const SHOW_JSON_HELP: &str = "\
+JSON output (--output json): null if the key has no state, else the whole
+deployer-state-v1 document, exactly as `state pull` writes it:
+  version         string   the document version (1.0.0)
+  format_version  string   deployer-state-v1
+  statelock       object   the stamp: {fence (token), lease (UUID), serial
+                           (the count of saves), write_id, written_at (ms
+                           since the epoch)}; absent in a document written
+                           elsewhere
+  metadata, resources, outputs, checksums: the deployer's content";
+
+/// The JSON schema of `state history --output json`.
+const HISTORY_JSON_HELP: &str = "\
+JSON output (--output json): an array, newest first, of:
+  id            string   the snapshot's name (for `state restore`)
+  serial        number   the save's number (1, 2, ...)
+  token         number   the writer's fencing token
+  lease         string   the writer's lease id (UUID)
+  written_at    number   ms since the epoch, by the writer's wall clock
+  updated_by    string   metadata.last_updated_by, or null
+  checksums_ok  bool     the snapshot's checksums match its content";
+
 /// The exit code and sentence of a state error.
 pub(crate) fn state_failure(e: StateError, store: &str) -> CliError {
     let (code, advice) = match &e {
@@ -134,6 +160,57 @@ pub(crate) fn state_failure(e: StateError, store: &str) -> CliError {
         ),
     };
     CliError::new(code, format!("{e} (state store {store}); {advice}"))
+}
+
+/// Writes the `state.saved` audit event.
+fn audit_saved(
+    writer: &Writer,
+    serial: Option<u64>,
+    state_text: &str,
+    restored_from: Option<&str>,
+) {
+    tracing::info!(
+        target: observe::AUDIT_TARGET,
+        event = super::audit::event::STATE_SAVED,
+        key = %writer.key,
+        serial,
+        token = writer.token.0,
+        lease_id = %writer.lease,
+        store = observe::store_kind(state_text),
+        store_url = state_text,
+        restored_from,
+        "state saved"
+    );
+}
+
+/// Writes the `state.rejected` audit event for a refused save (errors
+/// that say nothing about the save, such as an unreachable store, are not
+/// rejections). A stale writer's refusal found here, before the store was
+/// asked, is counted like the store's own.
+fn audit_rejected(writer: &Writer, error: &StateError, state_text: &str) {
+    let why = match error {
+        StateError::Stale { .. } => "stale",
+        StateError::VersionMismatch { .. } => "changed",
+        StateError::NotSealed { .. } | StateError::NotHolder => "not_sealed",
+        StateError::ChecksumMismatch { .. } => "damaged",
+        _ => return,
+    };
+    audit_rejected_because(writer, why, &error.to_string(), state_text);
+}
+
+fn audit_rejected_because(writer: &Writer, why: &str, message: &str, state_text: &str) {
+    tracing::warn!(
+        target: observe::AUDIT_TARGET,
+        event = super::audit::event::STATE_REJECTED,
+        key = %writer.key,
+        token = writer.token.0,
+        lease_id = %writer.lease,
+        store = observe::store_kind(state_text),
+        store_url = state_text,
+        why,
+        message,
+        "state save refused"
+    );
 }
 
 fn seal_failure(e: SealError, ctx: &Context, state: &str) -> CliError {
@@ -269,30 +346,30 @@ async fn push_as(
         if stamp.fence > writer.token
             || (stamp.fence == writer.token && stamp.lease != writer.lease)
         {
-            return Err(state_failure(
-                StateError::Stale {
-                    fence: stamp.fence,
-                    token: writer.token,
-                },
-                state_text,
-            ));
+            let stale = StateError::Stale {
+                fence: stamp.fence,
+                token: writer.token,
+            };
+            observe::state_save_rejected(state_text, &writer.key);
+            audit_rejected(writer, &stale, state_text);
+            return Err(state_failure(stale, state_text));
         }
     }
     let now = current.stamp().map_or(0, |s| s.serial);
     let based_on = doc.statelock.map_or(0, |s| s.serial);
     if based_on != now {
-        return Err(CliError::new(
-            exit::CHANGED,
-            format!(
-                "the state of {:?} changed since this document was pulled (it is based on save {based_on}, the state is at save {now}); nothing was written: pull again, redo the change, push again",
-                writer.key.as_str()
-            ),
-        ));
+        let message = format!(
+            "the state of {:?} changed since this document was pulled (it is based on save {based_on}, the state is at save {now}); nothing was written: pull again, redo the change, push again",
+            writer.key.as_str()
+        );
+        audit_rejected_because(writer, "changed", &message, state_text);
+        return Err(CliError::new(exit::CHANGED, message));
     }
-    state
-        .save(writer, &current.version, doc)
-        .await
-        .map_err(|e| state_failure(e, state_text))?;
+    if let Err(e) = state.save(writer, &current.version, doc).await {
+        audit_rejected(writer, &e, state_text);
+        return Err(state_failure(e, state_text));
+    }
+    audit_saved(writer, Some(now + 1), state_text, None);
     Ok(now + 1)
 }
 
@@ -371,7 +448,7 @@ pub(crate) async fn run(args: StateArgs, ctx: &Context) -> Result<i32, CliError>
                         }
                     }
                     let serial = push_as(state, &writer, doc, &state_text).await?;
-                    errln!(
+                    noteln!(
                         "statelock: saved {:?} as save {serial} with token {}.",
                         writer.key.as_str(),
                         writer.token
@@ -390,7 +467,7 @@ pub(crate) async fn run(args: StateArgs, ctx: &Context) -> Result<i32, CliError>
                     let result = push_as(state, &writer, doc, &state_text).await;
                     release(guard).await;
                     let serial = result?;
-                    errln!(
+                    noteln!(
                         "statelock: saved {:?} as save {serial} with token {}.",
                         key.as_str(),
                         writer.token
@@ -508,6 +585,16 @@ pub(crate) async fn run(args: StateArgs, ctx: &Context) -> Result<i32, CliError>
             let (_client, guard, writer) =
                 lock_and_seal(ctx, &key, &wait, "state restore", state, &state_text).await?;
             let result = state.restore(&writer, &snapshot, force).await;
+            match &result {
+                Ok(_) => {
+                    let serial = match state.load(&key).await {
+                        Ok(Some(l)) => l.stamp().map(|s| s.serial),
+                        _ => None,
+                    };
+                    audit_saved(&writer, serial, &state_text, Some(&snapshot));
+                }
+                Err(e) => audit_rejected(&writer, e, &state_text),
+            }
             release(guard).await;
             result.map_err(|e| state_failure(e, &state_text))?;
             outln!(
@@ -536,7 +623,7 @@ pub(crate) async fn seal_for_exec(
         .map_err(|e| seal_failure(e, ctx, &text))?;
     let took = started.elapsed();
     if took > Duration::from_secs(2) {
-        errln!("statelock: sealing the state took {}.", human(took));
+        noteln!("statelock: sealing the state took {}.", human(took));
     }
     Ok((text, writer.token))
 }

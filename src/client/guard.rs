@@ -182,9 +182,10 @@ impl LockGuard {
                 tracing::warn!(
                     target: observe::AUDIT_TARGET,
                     event = "lock.rebased",
-                    lock_key = %self.shared.key,
-                    lock_id = %self.shared.owner,
+                    key = %self.shared.key,
                     token = token.0,
+                    lease_id = %self.shared.owner,
+                    store = inner.store_kind,
                     fence = fence.0,
                     "fencing token raised above the state's fence"
                 );
@@ -292,18 +293,22 @@ async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> 
         match step {
             ReleaseStep::Done(record) => {
                 inner.remember(&record);
-                metrics::counter!(observe::LOCK_RELEASED).increment(1);
                 let held = record
                     .heartbeat_at
                     .saturating_since(shared.granted.acquired_at);
-                metrics::histogram!(observe::LOCK_HELD_SECONDS).record(held.as_secs_f64());
+                metrics::histogram!(
+                    observe::HELD_DURATION,
+                    observe::labels(inner.store_kind, &shared.key)
+                )
+                .record(held.as_secs_f64());
                 tracing::info!(
                     target: observe::AUDIT_TARGET,
                     event = "lock.released",
-                    lock_key = %shared.key,
-                    lock_id = %shared.owner,
-                    token = shared.token.0,
-                    held_ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX),
+                    key = %shared.key,
+                    token = record.token.0,
+                    lease_id = %shared.owner,
+                    store = inner.store_kind,
+                    duration_ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX),
                     "lock released"
                 );
                 return Ok(());
@@ -334,13 +339,19 @@ fn signal_lost(shared: &Shared, cell: &GuardCell) {
         LeaseState::Lost(crate::protocol::LostReason::Expired) => "expired",
         _ => "superseded",
     };
-    metrics::counter!(observe::LOCK_LOST, "reason" => reason).increment(1);
+    let store = shared.inner.store_kind;
+    metrics::counter!(
+        observe::LOST,
+        observe::labels_with_reason(store, &shared.key, reason)
+    )
+    .increment(1);
     tracing::warn!(
         target: observe::AUDIT_TARGET,
         event = "lock.lost",
-        lock_key = %shared.key,
-        lock_id = %shared.owner,
-        token = shared.token.0,
+        key = %shared.key,
+        token = cell.lease.token().0,
+        lease_id = %shared.owner,
+        store,
         reason,
         "lease lost: stop writing"
     );
@@ -415,11 +426,32 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             Some(o) => cell.finish_heartbeat(now, Some(o)),
             None => cell.finish_heartbeat(now, None),
         };
-        metrics::counter!(observe::LOCK_HEARTBEAT, "result" => match after {
-            AfterHeartbeat::Continue => if label == "retry" { "retry" } else { "ok" },
-            _ => "lost",
-        })
-        .increment(1);
+        let store = inner.store_kind;
+        match (&after, label) {
+            (AfterHeartbeat::Continue, "answered") => {
+                metrics::counter!(
+                    observe::HEARTBEAT_SUCCESS,
+                    observe::labels(store, &shared.key)
+                )
+                .increment(1);
+            }
+            (AfterHeartbeat::Continue, _) => {
+                metrics::counter!(
+                    observe::HEARTBEAT_FAILURE,
+                    observe::labels_with_reason(store, &shared.key, "unanswered")
+                )
+                .increment(1);
+            }
+            (AfterHeartbeat::SignalLost, _) => {
+                metrics::counter!(
+                    observe::HEARTBEAT_FAILURE,
+                    observe::labels_with_reason(store, &shared.key, "lost")
+                )
+                .increment(1);
+            }
+            // Released meanwhile, or the loss was already signalled.
+            (AfterHeartbeat::Stop, _) => {}
+        }
         match after {
             AfterHeartbeat::Continue => {}
             AfterHeartbeat::SignalLost => {

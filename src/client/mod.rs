@@ -249,6 +249,7 @@ impl LockClientBuilder {
     /// Builds the client.
     pub fn build(self) -> LockClient {
         let shared = self.store.shared_name();
+        let store_kind = observe::store_kind(&self.store.describe());
         LockClient {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -256,6 +257,7 @@ impl LockClientBuilder {
                 protocol: self.protocol,
                 rng: ClientRng::new(self.seed),
                 shared,
+                store_kind,
                 hints: Mutex::new(HashMap::new()),
                 looked: Mutex::new(HashMap::new()),
                 abandoned: Mutex::new(Vec::new()),
@@ -273,6 +275,9 @@ pub(crate) struct Inner {
     /// The store's [`LockStore::shared_name`]: waiters of the process take
     /// turns per key of it ([`turns`]).
     shared: Option<String>,
+    /// The store's kind, for metric labels and audit events
+    /// ([`observe::store_kind`]).
+    pub(crate) store_kind: &'static str,
     /// The last record this client wrote or saw per key (a hint for the next
     /// acquire, saving its first read).
     hints: Mutex<HashMap<LockKey, LockRecord>>,
@@ -403,6 +408,30 @@ impl LockClient {
         key: &LockKey,
         opts: AcquireOptions,
     ) -> Result<LockGuard, LockError> {
+        let result = self.acquire_inner(key, opts).await;
+        if let Err(e) = &result {
+            let reason = match e {
+                LockError::Held { .. } => "held",
+                LockError::Timeout { .. } => "timeout",
+                LockError::Cancelled => "cancelled",
+                LockError::TokensExhausted { .. } => "tokens_exhausted",
+                LockError::Protocol(_) => "invalid",
+                _ => "store",
+            };
+            metrics::counter!(
+                observe::ACQUISITION_FAILURE,
+                observe::labels_with_reason(self.inner.store_kind, key, reason)
+            )
+            .increment(1);
+        }
+        result
+    }
+
+    async fn acquire_inner(
+        &self,
+        key: &LockKey,
+        opts: AcquireOptions,
+    ) -> Result<LockGuard, LockError> {
         let inner = &self.inner;
         let clock = &inner.clock;
         let started = clock.now_waiter();
@@ -437,26 +466,50 @@ impl LockClient {
             if let Some(hint) = latest.or_else(|| inner.hint(key)) {
                 waiter = waiter.with_hint(Seen::Record(hint));
             }
-            let (record, t_send, how) = self
+            let Grant {
+                record,
+                t_send,
+                how,
+                previous,
+            } = self
                 .wait_for_grant(&mut waiter, &mut wait, &opts, news.as_mut())
                 .await?;
             inner.remember(&record);
             let lease = Lease::granted(&record, t_send, inner.protocol);
             let now = clock.now();
             if lease.is_valid(now) {
-                metrics::counter!(observe::LOCK_ACQUIRED, "how" => how).increment(1);
-                metrics::histogram!(observe::LOCK_ACQUIRE_SECONDS)
+                let store = inner.store_kind;
+                let labels = observe::labels(store, key);
+                metrics::counter!(observe::ACQUISITION_SUCCESS, labels.clone()).increment(1);
+                metrics::histogram!(observe::ACQUISITION_DURATION, labels.clone())
                     .record(clock.now_waiter().saturating_since(started).as_secs_f64());
                 tracing::info!(
                     target: observe::AUDIT_TARGET,
                     event = "lock.acquired",
-                    lock_key = %key,
-                    lock_id = %record.owner,
+                    key = %key,
                     token = record.token.0,
+                    lease_id = %record.owner,
+                    holder = %record.holder.locked_by,
+                    store,
                     how,
-                    locked_by = %record.holder.locked_by,
                     "lock acquired"
                 );
+                if how == "takeover" {
+                    metrics::counter!(observe::TAKEOVER, labels).increment(1);
+                    tracing::warn!(
+                        target: observe::AUDIT_TARGET,
+                        event = "lock.takeover",
+                        key = %key,
+                        token = record.token.0,
+                        lease_id = %record.owner,
+                        holder = %record.holder.locked_by,
+                        store,
+                        previous_holder = previous.as_ref().map(|p| p.holder.locked_by.as_str()),
+                        previous_token = previous.as_ref().map(|p| p.token.0),
+                        previous_lease_id = previous.as_ref().map(|p| tracing::field::display(p.owner)),
+                        "abandoned lease taken over"
+                    );
+                }
                 return Ok(LockGuard::start(inner.clone(), lease, record));
             }
             // The grant took longer than its lease (the process was paused, or
@@ -583,7 +636,6 @@ impl LockClient {
             Bounded::Done(()) => Ok(turn.latest().1),
             Bounded::Cancelled => Err(LockError::Cancelled),
             Bounded::TimedOut => {
-                metrics::counter!(observe::LOCK_ACQUIRE_FAILED, "reason" => "timeout").increment(1);
                 let holder = turn.latest().0.filter(LockRecord::is_held).map(Box::new);
                 let waited = self.inner.clock.now_waiter().saturating_since(wait.started);
                 Err(match holder {
@@ -600,7 +652,7 @@ impl LockClient {
         wait: &mut Wait,
         opts: &AcquireOptions,
         mut news: Option<&mut News>,
-    ) -> Result<(LockRecord, MonoTime, &'static str), LockError> {
+    ) -> Result<Grant, LockError> {
         let inner = &self.inner;
         let clock = &inner.clock;
         let cancel = opts.cancel.as_ref();
@@ -660,6 +712,14 @@ impl LockClient {
                 }
                 WaiterAction::Send(op) => {
                     let how = op.kind.name();
+                    // The record a takeover replaces, for the audit.
+                    let previous = match &op.kind {
+                        OpKind::Takeover { observed, .. } => waiter
+                            .observation()
+                            .filter(|o| o.record.rvn == *observed)
+                            .map(|o| o.record.clone()),
+                        _ => None,
+                    };
                     let answer = self.bounded(inner.store.apply(&op), wait.calls_until, cancel);
                     let answer = match answer.await {
                         Bounded::Done(answer) => answer,
@@ -683,7 +743,12 @@ impl LockClient {
                     }
                     match waiter.handle_outcome(clock.now_waiter(), outcome, inner.rng.jitter()) {
                         WaiterStep::Granted { record, t_send } => {
-                            return Ok((*record, t_send, how))
+                            return Ok(Grant {
+                                record: *record,
+                                t_send,
+                                how,
+                                previous,
+                            })
                         }
                         step => step,
                     }
@@ -703,7 +768,12 @@ impl LockClient {
                     }
                 }
                 WaiterStep::Granted { record, t_send } => {
-                    return Ok((*record, t_send, "acquire"));
+                    return Ok(Grant {
+                        record: *record,
+                        t_send,
+                        how: "acquire",
+                        previous: None,
+                    });
                 }
             }
         }
@@ -774,7 +844,6 @@ impl LockClient {
         if let Some(w) = waiter {
             self.abandon(w).await;
         }
-        metrics::counter!(observe::LOCK_ACQUIRE_FAILED, "reason" => "timeout").increment(1);
         if let Some(e) = &wait.last_failure {
             return LockError::Store(e.clone());
         }
@@ -889,10 +958,6 @@ impl LockClient {
             .into_iter()
             .map(|r| self.describe(r))
             .collect();
-        let stale = locks.iter().filter(|s| s.stale).count();
-        if stale > 0 {
-            metrics::counter!(observe::LOCK_STALE_SEEN).increment(stale as u64);
-        }
         Ok(LocksListing {
             locks,
             damaged: listing.damaged,
@@ -913,6 +978,13 @@ impl LockClient {
             }
         };
         let liveness = Liveness::judge(&record, unchanged, changed, &self.inner.protocol);
+        if liveness == Liveness::Stale {
+            metrics::counter!(
+                observe::STALE_DETECTED,
+                observe::labels(self.inner.store_kind, &record.key)
+            )
+            .increment(1);
+        }
         let wall_age_ms = self
             .inner
             .clock
@@ -966,8 +1038,9 @@ impl LockClient {
                     tracing::info!(
                         target: observe::AUDIT_TARGET,
                         event = "lock.purged",
-                        lock_key = %purged.key,
+                        key = %purged.key,
                         token = purged.token.0,
+                        store = self.inner.store_kind,
                         "released lock record purged; token floor raised"
                     );
                     report.purged.push(purged);
@@ -1001,14 +1074,15 @@ impl LockClient {
             attempts += 1;
             match outcome_of(self.inner.store.apply(&op).await)?.resolve(&op) {
                 Outcome::Applied(record) => {
-                    metrics::counter!(observe::LOCK_FORCED).increment(1);
                     tracing::warn!(
                         target: observe::AUDIT_TARGET,
-                        event = "lock.force_unlocked",
-                        lock_key = %key,
-                        lock_id = %record.owner,
+                        event = "lock.forced",
+                        key = %key,
                         token = record.token.0,
-                        forced_by = by,
+                        lease_id = %record.owner,
+                        store = self.inner.store_kind,
+                        by,
+                        holder = %record.holder.locked_by,
                         "lock force-unlocked"
                     );
                     return Ok(record);
@@ -1037,6 +1111,16 @@ impl LockClient {
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
     }
+}
+
+/// What [`LockClient::wait_for_grant`] got: the record granted, when the
+/// grant was sent, how (`acquire` or `takeover`) and the record a takeover
+/// replaced.
+struct Grant {
+    record: LockRecord,
+    t_send: MonoTime,
+    how: &'static str,
+    previous: Option<LockRecord>,
 }
 
 /// An acquire's wait: its deadline and how the store has been answering.

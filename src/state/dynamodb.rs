@@ -285,9 +285,13 @@ impl DynamoDbStateStore {
             Ok(_) => Ok(version),
             Err(err) => match split_sdk_error(err, &self.heads.ctx) {
                 Failure::Service(TransactWriteItemsError::TransactionCanceledException(tce), _) => {
-                    Err(self
+                    let refused = self
                         .cancelled(key, token, expected, tce.cancellation_reasons())
-                        .await)
+                        .await;
+                    if let StateError::Stale { .. } = refused {
+                        crate::observe::state_save_rejected("dynamodb://", key);
+                    }
+                    Err(refused)
                 }
                 Failure::Service(other, status) => Err(state_error(
                     self.transaction_error(service_error(&other, status, &self.heads.ctx)),

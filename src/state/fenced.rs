@@ -221,8 +221,23 @@ impl<B: StateBackend> FencedStore<B> {
     }
 
     /// The save of `doc` by `writer` over `expected`; `force` allows writing
-    /// over a document whose checksums fail (a restore).
+    /// over a document whose checksums fail (a restore). A stale writer's
+    /// refusal is counted ([`crate::observe::STATE_SAVE_REJECTED`]).
     async fn save_inner(
+        &self,
+        writer: &Writer,
+        expected: &StateVersion,
+        doc: StateDocument,
+        force: bool,
+    ) -> Result<StateVersion, StateError> {
+        let result = self.save_checked(writer, expected, doc, force).await;
+        if let Err(StateError::Stale { .. }) = &result {
+            crate::observe::state_save_rejected(&self.backend.describe(), &writer.key);
+        }
+        result
+    }
+
+    async fn save_checked(
         &self,
         writer: &Writer,
         expected: &StateVersion,

@@ -42,6 +42,7 @@ impl MemoryRegister {
         let current = inner.docs.get(key);
         if let Some(cur) = current {
             if token < cur.fence {
+                crate::observe::state_save_rejected("mem://", key);
                 return Err(StateError::Stale {
                     fence: cur.fence,
                     token,
