@@ -90,6 +90,8 @@ JSON report (--output json), one object; durations in milliseconds:
   completed_cs      critical sections completed (saves accepted)
   cs_per_sec        completed_cs / elapsed
   acquire_wait_ms   {count, p50, p99, max}: acquire call to grant
+  waiting_at_end_ms {count, p50, p99, max}: acquires still waiting when the
+                    duration ran out (cut short; not in acquire_wait_ms)
   handoff_ms        {count, p50, p99, max}: a holder starting its release to
                     the next grant of the same key
   cs_per_client     {min, max, jain, counts: [per client]}; jain is Jain's
@@ -106,9 +108,11 @@ JSON report (--output json), one object; durations in milliseconds:
   overlaps          sum over keys of how far counter is outside
                     [completed_cs, completed_cs + uncertain]
   raw               null without --raw; else {completed_cs, cs_per_sec,
-                    elapsed_ms, acquire_wait_ms, cs_per_client, errors,
-                    first_error, overlaps} of the raw spin lock (its overlaps:
-                    two clients inside the same key at once, seen in-process)";
+                    elapsed_ms, acquire_wait_ms, waiting_at_end_ms,
+                    cs_per_client, store_ops, errors, first_error, overlaps}
+                    of the raw spin lock (store_ops counts its puts and
+                    deletes; its overlaps: two clients inside the same key at
+                    once, seen in-process)";
 
 /// Arguments of `statelock bench`.
 #[derive(Debug, clap::Args)]
@@ -293,7 +297,9 @@ struct RawReport {
     cs_per_sec: f64,
     elapsed_ms: f64,
     acquire_wait_ms: Summary,
+    waiting_at_end_ms: Summary,
     cs_per_client: PerClient,
+    store_ops: StoreOps,
     errors: u64,
     first_error: Option<String>,
     overlaps: u64,
@@ -313,6 +319,7 @@ struct Report {
     completed_cs: u64,
     cs_per_sec: f64,
     acquire_wait_ms: Summary,
+    waiting_at_end_ms: Summary,
     handoff_ms: Summary,
     cs_per_client: PerClient,
     store_ops: StoreOps,
@@ -351,6 +358,14 @@ fn overlaps_of(completed: u64, counter: u64, uncertain: u64) -> u64 {
 
 fn opt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}ms"))
+}
+
+/// `N (longest Xms)` for the acquires the end of the run cut short.
+fn waiting(s: &Summary) -> String {
+    match s.max {
+        Some(max) => format!("{} (longest {max:.1}ms)", s.count),
+        None => "0".to_string(),
+    }
 }
 
 fn fairness(p: &PerClient) -> String {
@@ -393,6 +408,11 @@ fn render_text(r: &Report) -> String {
         opt_ms(r.acquire_wait_ms.max),
         raw_or(&|x| opt_ms(x.acquire_wait_ms.max)),
     );
+    row(
+        "still waiting at end",
+        waiting(&r.waiting_at_end_ms),
+        raw_or(&|x| waiting(&x.waiting_at_end_ms)),
+    );
     let dash = || raw_or(&|_| "-".to_string());
     row("hand-off p50", opt_ms(r.handoff_ms.p50), dash());
     row("hand-off p99", opt_ms(r.handoff_ms.p99), dash());
@@ -402,25 +422,29 @@ fn render_text(r: &Report) -> String {
         raw_or(&|x| fairness(&x.cs_per_client)),
     );
     let per = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-    let ops = &r.store_ops;
+    let reads = |o: &StoreOps| format!("{} ({})", per(o.per_cs.reads), o.reads);
+    let writes = |o: &StoreOps| format!("{} ({})", per(o.per_cs.writes), o.writes);
+    let failed = |o: &StoreOps| {
+        format!(
+            "{} ({})",
+            per(o.per_cs.failed_conditional_writes),
+            o.failed_conditional_writes
+        )
+    };
     row(
         "store reads/CS",
-        format!("{} ({})", per(ops.per_cs.reads), ops.reads),
-        raw_or(&|_| "0".to_string()),
+        reads(&r.store_ops),
+        raw_or(&|x| reads(&x.store_ops)),
     );
     row(
         "store writes/CS",
-        format!("{} ({})", per(ops.per_cs.writes), ops.writes),
-        raw_or(&|_| "-".to_string()),
+        writes(&r.store_ops),
+        raw_or(&|x| writes(&x.store_ops)),
     );
     row(
         "failed cond. writes/CS",
-        format!(
-            "{} ({})",
-            per(ops.per_cs.failed_conditional_writes),
-            ops.failed_conditional_writes
-        ),
-        dash(),
+        failed(&r.store_ops),
+        raw_or(&|x| failed(&x.store_ops)),
     );
     row("takeovers", r.takeovers.to_string(), dash());
     row(
@@ -550,6 +574,12 @@ struct ClientResult {
     completed: u64,
     waits: Vec<Duration>,
     handoffs: Vec<Duration>,
+    /// Waits cut short by the end of the run.
+    unfinished: Vec<Duration>,
+    /// Raw phase: conditional writes and deletes sent.
+    writes: u64,
+    /// Raw phase: conditional writes refused (the key was taken).
+    failed_writes: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -564,17 +594,28 @@ impl ClientResult {
 /// Everything a phase's clients share.
 struct Shared {
     stop: CancellationToken,
+    /// When the run ends (also enforced by a timer that cancels `stop`).
+    deadline: Instant,
     completed: AtomicU64,
     fatal: Mutex<Option<CliError>>,
 }
 
 impl Shared {
-    fn new() -> Shared {
+    fn new(run_for: Duration) -> Shared {
         Shared {
             stop: CancellationToken::new(),
+            deadline: Instant::now() + run_for,
             completed: AtomicU64::new(0),
             fatal: Mutex::new(None),
         }
+    }
+
+    /// True once the run is over (cancelling `stop` if the deadline passed).
+    fn over(&self) -> bool {
+        if Instant::now() >= self.deadline {
+            self.stop.cancel();
+        }
+        self.stop.is_cancelled()
     }
 
     /// Ends the run with `e` (the first fatal error wins).
@@ -682,7 +723,7 @@ async fn lock_client_loop(
 ) -> ClientResult {
     let mut result = ClientResult::default();
     let holder = HolderInfo::named(format!("{} (statelock bench client {index})", super::default_who()));
-    while !shared.stop.is_cancelled() {
+    while !shared.over() {
         let opts = AcquireOptions {
             lease: plan.lease,
             cancel: Some(shared.stop.clone()),
@@ -692,7 +733,10 @@ async fn lock_client_loop(
         let asked = Instant::now();
         let guard = match client.acquire(&key.key, opts).await {
             Ok(guard) => guard,
-            Err(LockError::Cancelled) => break,
+            Err(LockError::Cancelled) => {
+                result.unfinished.push(asked.elapsed());
+                break;
+            }
             Err(e) => {
                 match lock_failure_of(e, &store_text) {
                     Failure::Fatal(e) => shared.fail(e),
@@ -839,7 +883,7 @@ async fn run_locks_with(
             released_at: Mutex::new(None),
         }));
     }
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(plan.duration));
     let store_text: Arc<str> = Arc::from(store_text);
     let state_text: Arc<str> = Arc::from(states.text.as_str());
     let progress = Progress::start("statelock", plan.duration);
@@ -917,11 +961,13 @@ async fn run_locks_with(
     let counts = counters.snapshot();
     let mut waits = Vec::new();
     let mut handoffs = Vec::new();
+    let mut unfinished = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
     for c in &mut clients {
         waits.append(&mut c.waits);
         handoffs.append(&mut c.handoffs);
+        unfinished.append(&mut c.unfinished);
         errors += c.errors;
         if first_error.is_none() {
             first_error = c.first_error.take();
@@ -940,6 +986,7 @@ async fn run_locks_with(
         completed_cs: completed,
         cs_per_sec: per_sec(completed, elapsed),
         acquire_wait_ms: summarize(waits),
+        waiting_at_end_ms: summarize(unfinished),
         handoff_ms: summarize(handoffs),
         cs_per_client: per_client(clients.iter().map(|c| c.completed).collect()),
         store_ops: store_ops(counts, completed),
@@ -965,12 +1012,15 @@ async fn raw_client_loop(
     shared: Arc<Shared>,
 ) -> ClientResult {
     let mut result = ClientResult::default();
-    'run: while !shared.stop.is_cancelled() {
+    'run: while !shared.over() {
+        // The memory kind never waits on anything: let the timer run.
+        tokio::task::yield_now().await;
         let asked = Instant::now();
         loop {
+            result.writes += 1;
             match lock.try_acquire(&name).await {
                 Ok(true) => break,
-                Ok(false) => {}
+                Ok(false) => result.failed_writes += 1,
                 Err(e @ StoreError::Unavailable(_)) => result.count_error(e.to_string()),
                 Err(e) => {
                     result.count_error(e.to_string());
@@ -979,7 +1029,10 @@ async fn raw_client_loop(
                 }
             }
             tokio::select! {
-                _ = shared.stop.cancelled() => break 'run,
+                _ = shared.stop.cancelled() => {
+                    result.unfinished.push(asked.elapsed());
+                    break 'run;
+                }
                 _ = tokio::time::sleep(raw::POLL) => {}
             }
         }
@@ -995,6 +1048,7 @@ async fn raw_client_loop(
         // for good (it has no lease).
         let mut tries = 0;
         loop {
+            result.writes += 1;
             match lock.release(&name).await {
                 Ok(()) => break,
                 Err(e) => {
@@ -1027,7 +1081,7 @@ async fn run_raw(plan: &Plan, ctx: &Context, run: &str) -> Result<RawReport, Cli
     let names: Vec<String> = (0..plan.keys).map(|i| format!("{run}-{i}")).collect();
     let inside: Vec<Arc<AtomicUsize>> = (0..plan.keys).map(|_| Arc::new(AtomicUsize::new(0))).collect();
     let overlaps = Arc::new(AtomicU64::new(0));
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(plan.duration));
     let progress = Progress::start("raw floor", plan.duration);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -1069,10 +1123,15 @@ async fn run_raw(plan: &Plan, ctx: &Context, run: &str) -> Result<RawReport, Cli
     }
     let completed: u64 = clients.iter().map(|c| c.completed).sum();
     let mut waits = Vec::new();
+    let mut unfinished = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
+    let mut counts = StoreCounts::default();
     for c in &mut clients {
         waits.append(&mut c.waits);
+        unfinished.append(&mut c.unfinished);
+        counts.writes += c.writes;
+        counts.failed_writes += c.failed_writes;
         errors += c.errors;
         if first_error.is_none() {
             first_error = c
@@ -1086,7 +1145,9 @@ async fn run_raw(plan: &Plan, ctx: &Context, run: &str) -> Result<RawReport, Cli
         cs_per_sec: per_sec(completed, elapsed),
         elapsed_ms: ms(elapsed),
         acquire_wait_ms: summarize(waits),
+        waiting_at_end_ms: summarize(unfinished),
         cs_per_client: per_client(clients.iter().map(|c| c.completed).collect()),
+        store_ops: store_ops(counts, completed),
         errors,
         first_error,
         overlaps: overlaps.load(Ordering::Relaxed),
