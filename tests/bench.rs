@@ -189,7 +189,12 @@ fn bad_input_exits_2_with_one_line() {
         ("nosuch://x", vec!["--clients", "4", "--duration", "2s"]),
     ] {
         let out = bench(store, &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         let message = text(&out.stderr);
         assert_eq!(message.trim_end().lines().count(), 1, "{args:?}: {message}");
         assert!(message.starts_with("statelock: "), "{message}");
@@ -208,7 +213,15 @@ fn help_documents_the_json_fields() {
     let report = {
         let out = bench(
             "mem://",
-            &["--clients", "1", "--duration", "200ms", "--output", "json", "--raw"],
+            &[
+                "--clients",
+                "1",
+                "--duration",
+                "200ms",
+                "--output",
+                "json",
+                "--raw",
+            ],
         );
         assert!(out.status.success(), "{}", text(&out.stderr));
         serde_json::from_slice::<Value>(&out.stdout).expect("JSON")

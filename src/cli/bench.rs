@@ -332,9 +332,8 @@ struct Report {
 }
 
 fn store_ops(counts: StoreCounts, completed: u64) -> StoreOps {
-    let per = |n: u64| {
-        (completed > 0).then(|| ((n as f64 / completed as f64) * 100.0).round() / 100.0)
-    };
+    let per =
+        |n: u64| (completed > 0).then(|| ((n as f64 / completed as f64) * 100.0).round() / 100.0);
     StoreOps {
         reads: counts.reads,
         writes: counts.writes,
@@ -457,7 +456,11 @@ fn render_text(r: &Report) -> String {
         r.overlaps.to_string(),
         raw_or(&|x| x.overlaps.to_string()),
     );
-    let width = rows.iter().map(|(n, _, _)| n.chars().count()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(n, _, _)| n.chars().count())
+        .max()
+        .unwrap_or(0);
     let ours_width = rows
         .iter()
         .map(|(_, o, _)| o.chars().count())
@@ -539,7 +542,12 @@ impl Progress {
 }
 
 /// Updates `progress` every 200 ms until `done`.
-async fn tick(progress: &Progress, started: Instant, completed: &AtomicU64, done: &CancellationToken) {
+async fn tick(
+    progress: &Progress,
+    started: Instant,
+    completed: &AtomicU64,
+    done: &CancellationToken,
+) {
     loop {
         progress.update(started, completed.load(Ordering::Relaxed));
         tokio::select! {
@@ -620,7 +628,10 @@ impl Shared {
 
     /// Ends the run with `e` (the first fatal error wins).
     fn fail(&self, e: CliError) {
-        let mut fatal = self.fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fatal = self
+            .fatal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         fatal.get_or_insert(e);
         self.stop.cancel();
     }
@@ -680,7 +691,12 @@ async fn increment(
         .load(guard.key())
         .await
         .map_err(|e| state_failure_of(e, state_text))?
-        .ok_or_else(|| Failure::Counted(format!("the state of {} vanished after sealing", guard.key())))?;
+        .ok_or_else(|| {
+            Failure::Counted(format!(
+                "the state of {} vanished after sealing",
+                guard.key()
+            ))
+        })?;
     let mut document = loaded.document;
     let next = counter_of(&document).saturating_add(1);
     document
@@ -722,7 +738,10 @@ async fn lock_client_loop(
     state_text: Arc<str>,
 ) -> ClientResult {
     let mut result = ClientResult::default();
-    let holder = HolderInfo::named(format!("{} (statelock bench client {index})", super::default_who()));
+    let holder = HolderInfo::named(format!(
+        "{} (statelock bench client {index})",
+        super::default_who()
+    ));
     while !shared.over() {
         let opts = AcquireOptions {
             lease: plan.lease,
@@ -820,7 +839,11 @@ struct StateStores {
     temporary: Option<std::path::PathBuf>,
 }
 
-async fn open_state_stores(given: Option<&str>, n: usize, run: &str) -> Result<StateStores, CliError> {
+async fn open_state_stores(
+    given: Option<&str>,
+    n: usize,
+    run: &str,
+) -> Result<StateStores, CliError> {
     let (url, temporary) = match given {
         Some(url) => (url.to_string(), None),
         None => {
@@ -890,7 +913,8 @@ async fn run_locks_with(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (index, (store, state)) in stores.into_iter().zip(states.stores.iter()).enumerate() {
-        let client = LockClient::builder(Arc::new(CountingStore::new(store, counters.clone()))).build();
+        let client =
+            LockClient::builder(Arc::new(CountingStore::new(store, counters.clone()))).build();
         let key = keys[index % keys.len()].clone();
         tasks.spawn(lock_client_loop(
             index,
@@ -932,7 +956,9 @@ async fn run_locks_with(
     }
     let mut clients = Vec::with_capacity(results.len());
     for joined in results {
-        clients.push(joined.map_err(|e| CliError::new(exit::FAILURE, format!("unexpected error: {e}")))?);
+        clients.push(
+            joined.map_err(|e| CliError::new(exit::FAILURE, format!("unexpected error: {e}")))?,
+        );
     }
     // The fenced counters.
     let mut per_key = Vec::with_capacity(keys.len());
@@ -1079,7 +1105,9 @@ async fn run_raw(plan: &Plan, ctx: &Context, run: &str) -> Result<RawReport, Cli
         );
     }
     let names: Vec<String> = (0..plan.keys).map(|i| format!("{run}-{i}")).collect();
-    let inside: Vec<Arc<AtomicUsize>> = (0..plan.keys).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let inside: Vec<Arc<AtomicUsize>> = (0..plan.keys)
+        .map(|_| Arc::new(AtomicUsize::new(0)))
+        .collect();
     let overlaps = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared::new(plan.duration));
     let progress = Progress::start("raw floor", plan.duration);
@@ -1119,7 +1147,9 @@ async fn run_raw(plan: &Plan, ctx: &Context, run: &str) -> Result<RawReport, Cli
     progress.finish();
     let mut clients = Vec::with_capacity(results.len());
     for joined in results {
-        clients.push(joined.map_err(|e| CliError::new(exit::FAILURE, format!("unexpected error: {e}")))?);
+        clients.push(
+            joined.map_err(|e| CliError::new(exit::FAILURE, format!("unexpected error: {e}")))?,
+        );
     }
     let completed: u64 = clients.iter().map(|c| c.completed).sum();
     let mut waits = Vec::new();
@@ -1190,7 +1220,10 @@ pub(crate) async fn run(args: BenchArgs, ctx: &Context) -> Result<i32, CliError>
             exit::STORE,
             format!(
                 "no critical section completed: {}",
-                report.first_error.as_deref().unwrap_or("every iteration failed")
+                report
+                    .first_error
+                    .as_deref()
+                    .unwrap_or("every iteration failed")
             ),
         ));
     }
