@@ -63,6 +63,7 @@ macro_rules! err {
 }
 
 mod audit;
+mod bench;
 mod duration;
 #[cfg(feature = "dynamodb")]
 mod dynamodb;
@@ -78,6 +79,7 @@ mod sightings;
 mod state;
 mod unlock;
 
+pub use bench::BenchArgs;
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::{CreateTableArgs, DynamoDbArgs, DynamoDbCommand};
 pub use exec::ExecArgs;
@@ -242,6 +244,9 @@ pub enum Command {
     Purge(PurgeArgs),
     /// The state documents: show, pull, push, history, backup, restore
     State(StateArgs),
+    /// Measure lock contention on the store: N clients, K keys, for a duration
+    #[command(long_about = bench::BENCH_LONG_ABOUT)]
+    Bench(BenchArgs),
     /// Set up a DynamoDB store: `dynamodb create-table`
     #[cfg(feature = "dynamodb")]
     #[command(name = "dynamodb")]
@@ -488,6 +493,7 @@ async fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Unlock(args) => unlock::run(args, &ctx).await,
         Command::Purge(args) => purge::run(args, &ctx).await,
         Command::State(args) => state::run(args, &ctx).await,
+        Command::Bench(args) => bench::run(args, &ctx).await,
         #[cfg(feature = "dynamodb")]
         Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
         #[cfg(feature = "s3")]
