@@ -293,7 +293,7 @@ impl Injector {
         rec: &Recorder,
     ) {
         let lease = cfg.timing.lease;
-        let c = self.rng.random_range(0..self.clients);
+        let c = self.pick_client(cfg, shared);
         let host = client_host(c);
         let link_free = !self.link_busy[c];
         let note = |what: String| rec.record_at(now, Actor::Sim, What::Fault(what));
@@ -384,6 +384,22 @@ impl Injector {
             }
             _ => {}
         }
+    }
+
+    /// The client a fault hits: now and then one that holds a lock (faults
+    /// that cut a holder off are the ones takeovers and fencing are for).
+    fn pick_client(&mut self, cfg: &SimConfig, shared: &Shared) -> usize {
+        let any = self.rng.random_range(0..self.clients);
+        if cfg.target_holders <= 0.0 || !self.rng.random_bool(cfg.target_holders.min(1.0)) {
+            return any;
+        }
+        let holders: Vec<usize> = (0..self.clients)
+            .filter(|&c| shared.progress(c).holding.is_some())
+            .collect();
+        if holders.is_empty() {
+            return any;
+        }
+        holders[self.rng.random_range(0..holders.len())]
     }
 
     fn duration(&mut self, lo: Duration, hi: Duration) -> Duration {

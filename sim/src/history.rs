@@ -299,6 +299,8 @@ pub enum What {
     },
     /// The client has done all its ops.
     Finished,
+    /// A supervised command's event (see [`crate::command`]).
+    Command(crate::command::CommandEvent),
 
     // ---- operator ----
     /// The operator tried to force-unlock a lock held by a crashed client.
@@ -464,6 +466,7 @@ impl fmt::Display for What {
             }
             What::RpcFailed { request, error } => write!(f, "rpc {request}: {error}"),
             What::Finished => f.write_str("all ops done"),
+            What::Command(c) => write!(f, "{c}"),
             What::ForceAttempt { key, seen, result } => {
                 write!(f, "force-unlock {key} seen rvn {}: {result}", short(*seen))
             }

@@ -7,6 +7,8 @@
 //! messages, crashes, process pauses, skewed and drifting clocks) are injected
 //! from the same seed; every step is recorded in a [`history`] trace, and the
 //! checkers in [`invariants`] — one per invariant of PROTOCOL.md — judge it.
+//! Some ops run a supervised [`command`], stopped on the schedule of
+//! `statelock exec`.
 //!
 //! Everything is a function of the seed: no OS randomness, no wall clock, no
 //! hash-map iteration order. A run must be built with `--cfg tokio_unstable`
@@ -17,6 +19,7 @@
 //! This crate must not be used by the library: the `naive` protocol variant
 //! lives here and only here.
 
+pub mod command;
 pub mod config;
 pub mod faults;
 pub mod history;
@@ -31,6 +34,7 @@ pub mod sweep;
 pub mod wire;
 pub mod workload;
 
+pub use command::SupervisorVariant;
 pub use config::{DriftMode, ProtocolVariant, SimConfig};
 pub use faults::{Fault, FaultSet};
 pub use invariants::Invariant;

@@ -232,4 +232,14 @@ impl Session for NaiveSession {
         }
         Err(last)
     }
+    /// The naive protocol has no supervisor: it never runs supervised commands.
+    fn supervision<'a>(
+        &'a self,
+        _g: &'a NaiveGuard,
+    ) -> Option<(
+        &'a statelock::client::LockGuard,
+        &'a std::sync::Arc<dyn Clock>,
+    )> {
+        None
+    }
 }

@@ -2,6 +2,7 @@
 //! faults until every client has done its ops (or the time limit), then audit
 //! the stores and run the checkers.
 
+use crate::command::CommandEvent;
 use crate::config::{ProtocolVariant, SimConfig};
 use crate::faults::{client_host, Fault, Injector, OPERATOR_HOST};
 use crate::history::{excerpt, Actor, Event, LockOpKind, Recorder, SaveOutcome, What};
@@ -40,6 +41,17 @@ pub struct Stats {
     pub network_faults: u64,
     /// Operator force-unlocks applied.
     pub forced: u64,
+    /// Supervised commands started.
+    pub commands: u64,
+    /// Unfenced writes by supervised commands.
+    pub command_writes: u64,
+    /// Supervised commands asked to stop (SIGTERM).
+    pub commands_terminated: u64,
+    /// Supervised commands killed (SIGKILL).
+    pub commands_killed: u64,
+    /// Supervised commands whose process was frozen past the kill time
+    /// (their later writes are not judged).
+    pub commands_frozen_late: u64,
     /// Simulated time.
     pub sim_time: Duration,
     /// Events recorded.
@@ -69,6 +81,14 @@ impl Stats {
                 What::PauseStart { .. } => s.pauses += 1,
                 What::Crash(_) => s.crashes += 1,
                 What::Fault(_) => s.network_faults += 1,
+                What::Command(c) => match c {
+                    CommandEvent::Start { .. } => s.commands += 1,
+                    CommandEvent::Write { .. } => s.command_writes += 1,
+                    CommandEvent::Terminate { .. } => s.commands_terminated += 1,
+                    CommandEvent::Kill { .. } => s.commands_killed += 1,
+                    CommandEvent::Resumed { late: true, .. } => s.commands_frozen_late += 1,
+                    CommandEvent::Resumed { .. } | CommandEvent::Exit { .. } => {}
+                },
                 _ => {}
             }
         }
@@ -88,6 +108,11 @@ impl Stats {
         self.crashes += o.crashes;
         self.network_faults += o.network_faults;
         self.forced += o.forced;
+        self.commands += o.commands;
+        self.command_writes += o.command_writes;
+        self.commands_terminated += o.commands_terminated;
+        self.commands_killed += o.commands_killed;
+        self.commands_frozen_late += o.commands_frozen_late;
         self.sim_time += o.sim_time;
         self.events += o.events;
     }

@@ -1,8 +1,8 @@
 //! Sweeps: many seeds across threads (each seed is its own single-threaded,
 //! deterministic simulation), a summary, and the verdict the binary exits with.
 
-use crate::config::{DriftMode, ProtocolVariant, SimConfig};
-use crate::faults::Fault;
+use crate::command::SupervisorVariant;
+use crate::config::{ProtocolVariant, SimConfig};
 use crate::invariants::Invariant;
 use crate::run::{run_seed, RunReport, Stats, ViolationReport};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -165,17 +165,35 @@ pub fn sweep(opts: &SweepOptions) -> SweepSummary {
 }
 
 /// The invariants a configuration is allowed to violate: none for statelock;
-/// `MutualExclusion` when clocks drift beyond ρ (by design); all for naive,
-/// which guarantees nothing.
+/// `MutualExclusion` and `SupervisedExclusion` when clocks drift beyond ρ
+/// (`--drift beyond`, or `--clock-drift-ppm` above `--rho-ppm`: the
+/// protocol's assumption is broken by design); `SupervisedExclusion` with the
+/// planted supervisor bug; all for naive, which guarantees nothing.
 pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
-    match cfg.protocol {
-        ProtocolVariant::Naive => Invariant::ALL.to_vec(),
-        ProtocolVariant::Statelock
-            if cfg.drift == DriftMode::Beyond && cfg.faults.has(Fault::Drift) =>
-        {
-            vec![Invariant::MutualExclusion]
-        }
-        ProtocolVariant::Statelock => Vec::new(),
+    if cfg.protocol == ProtocolVariant::Naive {
+        return Invariant::ALL.to_vec();
+    }
+    let mut allowed = Vec::new();
+    if cfg.clocks_beyond_rho() {
+        allowed.extend([Invariant::MutualExclusion, Invariant::SupervisedExclusion]);
+    }
+    if cfg.supervisor != SupervisorVariant::Exec
+        && !allowed.contains(&Invariant::SupervisedExclusion)
+    {
+        allowed.push(Invariant::SupervisedExclusion);
+    }
+    allowed
+}
+
+/// Why `inv` may be violated in `cfg` (statelock only), for summaries.
+fn allowed_because(cfg: &SimConfig, inv: Invariant) -> Option<&'static str> {
+    if cfg.protocol != ProtocolVariant::Statelock || !allowed_violations(cfg).contains(&inv) {
+        return None;
+    }
+    if cfg.clocks_beyond_rho() {
+        Some("clocks drift beyond rho")
+    } else {
+        Some("planted supervisor bug")
     }
 }
 
@@ -267,7 +285,15 @@ impl fmt::Display for SweepSummary {
             st.sim_time.as_secs_f64(),
             st.sim_time.as_secs_f64() / n.max(1) as f64
         )?;
-        let allowed = allowed_violations(&self.cfg);
+        writeln!(
+            f,
+            "  supervised commands  {} ({} unfenced writes; {} asked to stop, {} killed, {} frozen past the kill time)",
+            thousands(st.commands),
+            thousands(st.command_writes),
+            thousands(st.commands_terminated),
+            thousands(st.commands_killed),
+            thousands(st.commands_frozen_late)
+        )?;
         writeln!(f, "  violations           seeds")?;
         for inv in Invariant::ALL {
             let seeds = self.violating.get(&inv).map(Vec::as_slice).unwrap_or(&[]);
@@ -281,8 +307,8 @@ impl fmt::Display for SweepSummary {
                     if seeds.len() > 5 { ", ..." } else { "" }
                 );
             }
-            if allowed.contains(&inv) && self.cfg.protocol == ProtocolVariant::Statelock {
-                line.push_str("  [allowed: clocks drift beyond rho]");
+            if let Some(why) = allowed_because(&self.cfg, inv) {
+                let _ = write!(line, "  [allowed: {why}]");
             }
             writeln!(f, "{line}")?;
         }

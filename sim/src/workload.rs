@@ -23,13 +23,18 @@ use crate::remote::{RemoteLockStore, RemoteStateStore, Rpc};
 use crate::rng::{derive, stream, SimRng};
 use rand::Rng;
 use statelock::client::{AcquireOptions, LockClient, LockGuard};
-use statelock::clock::SkewedClock;
+use statelock::clock::{Clock, SkewedClock};
 use statelock::protocol::{HolderInfo, LockKey, WallTime};
 use statelock::state::{StateError, StateStore, StateVersion};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// Once faults stop, work and supervised commands last at most this many
+/// leases (so that a live holder never blocks waiters past
+/// `EventualAcquire`'s bound).
+pub const QUIET_WORK_MAX: f64 = 1.2;
 
 /// Wall-clock time at the start of every run: 2024-01-01T00:00:00Z.
 pub const EPOCH_MS: i64 = 1_704_067_200_000;
@@ -133,12 +138,41 @@ pub struct ClientCtx {
 }
 
 impl ClientCtx {
-    fn me(&self) -> Actor {
+    pub(crate) fn me(&self) -> Actor {
         Actor::Client(self.id as u16)
     }
 
-    fn record(&self, what: What) {
+    pub(crate) fn record(&self, what: What) {
         self.rec.record(self.me(), what);
+    }
+
+    /// The longest long work (or supervised command) now, in leases:
+    /// [`SimConfig::long_work_max`] while faults are on, at most
+    /// [`QUIET_WORK_MAX`] once they stop.
+    pub(crate) fn long_work_max(&self) -> f64 {
+        let max = self.cfg.long_work_max.max(0.2);
+        if self.shared.is_quiet() {
+            max.min(QUIET_WORK_MAX)
+        } else {
+            max
+        }
+    }
+
+    /// True if work (or a supervised command) that began at `started` (true
+    /// time) must end now: faults have stopped and it has lasted
+    /// [`QUIET_WORK_MAX`] leases. A live holder must not block waiters past
+    /// `EventualAcquire`'s bound once faults stop, whatever length it drew
+    /// before.
+    pub(crate) fn work_cut_short(&self, started: Duration) -> bool {
+        self.shared.is_quiet()
+            && crate::history::now().saturating_sub(started)
+                >= self.cfg.timing.lease.mul_f64(QUIET_WORK_MAX)
+    }
+
+    /// True if this process may be paused now (pauses are on, faults have
+    /// not stopped).
+    pub(crate) fn pauses_allowed(&self) -> bool {
+        self.cfg.faults.has(Fault::Pause) && !self.shared.is_quiet()
     }
 }
 
@@ -167,6 +201,10 @@ pub(crate) trait Session {
     ) -> SaveOutcome;
     /// Releases the lock.
     async fn release(&self, g: Self::Guard) -> Result<(), String>;
+    /// What a supervisor needs: the library's guard and the client's clock
+    /// (`None`: this protocol runs no supervised commands).
+    fn supervision<'a>(&'a self, g: &'a Self::Guard)
+        -> Option<(&'a LockGuard, &'a Arc<dyn Clock>)>;
 }
 
 struct StatelockSession {
@@ -231,10 +269,14 @@ impl Session for StatelockSession {
     async fn release(&self, g: LockGuard) -> Result<(), String> {
         g.release().await.map_err(|e| e.to_string())
     }
+    fn supervision<'a>(&'a self, g: &'a LockGuard) -> Option<(&'a LockGuard, &'a Arc<dyn Clock>)> {
+        Some((g, self.client.clock()))
+    }
 }
 
-/// Picks a clock rate in `[lo, hi]`, often at an end of the range (the
-/// protocol's worst cases live there).
+/// Picks a clock rate in `[lo, hi]`: half the time exactly at one end of the
+/// range (the protocol's worst cases live there: a slow holder against a
+/// fast waiter), otherwise uniformly.
 pub fn pick_rate(rng: &mut SimRng, (lo, hi): (f64, f64)) -> f64 {
     if lo >= hi {
         return lo;
@@ -243,6 +285,25 @@ pub fn pick_rate(rng: &mut SimRng, (lo, hi): (f64, f64)) -> f64 {
         0 => lo,
         1 => hi,
         _ => rng.random_range(lo..=hi),
+    }
+}
+
+/// A new rate for a clock running at `current`: half the time a jump to the
+/// other end of the range (from inside it, to either end), otherwise as
+/// [`pick_rate`].
+pub fn next_rate(rng: &mut SimRng, current: f64, (lo, hi): (f64, f64)) -> f64 {
+    if lo >= hi {
+        return lo;
+    }
+    if !rng.random_bool(0.5) {
+        return pick_rate(rng, (lo, hi));
+    }
+    if current <= lo {
+        hi
+    } else if current >= hi || rng.random_bool(0.5) {
+        lo
+    } else {
+        hi
     }
 }
 
@@ -287,7 +348,7 @@ async fn clock_faults(clock: SkewedClock, ctx: Arc<ClientCtx>, mut rng: SimRng) 
             return;
         }
         if drift && rng.random_bool(0.5) {
-            let rate = pick_rate(&mut rng, ctx.cfg.rate_range());
+            let rate = next_rate(&mut rng, clock.rate(), ctx.cfg.rate_range());
             clock.set_rate(rate);
             ctx.record(What::ClockRate {
                 rate_ppm: rate_ppm(rate),
@@ -363,7 +424,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
     Ok(())
 }
 
-async fn run_ops<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng) {
+async fn run_ops<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng) {
     let keys = ctx.cfg.key_names();
     loop {
         let op = {
@@ -386,7 +447,7 @@ async fn run_ops<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng) {
 }
 
 fn pauses_allowed(ctx: &ClientCtx) -> bool {
-    ctx.cfg.faults.has(Fault::Pause) && !ctx.shared.is_quiet()
+    ctx.pauses_allowed()
 }
 
 async fn pause<S: Session>(ctx: &ClientCtx, s: &S, g: &S::Guard, rng: &mut SimRng, key: &str) {
@@ -420,7 +481,7 @@ async fn give_back<S: Session>(ctx: &ClientCtx, s: &S, g: S::Guard, key: &str, t
     ctx.shared.progress(ctx.id).holding = None;
 }
 
-async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str, op: u32) {
+async fn one_op<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng, key: &str, op: u32) {
     ctx.record(What::AcquireStart {
         key: key.to_string(),
         op,
@@ -445,6 +506,22 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
         owner,
     });
     ctx.shared.progress(ctx.id).holding = Some((key.to_string(), owner));
+
+    if let Some((lock_guard, clock)) = s.supervision(&guard) {
+        if rng.random_bool(ctx.cfg.supervised) {
+            let command_rng = {
+                let incarnation = ctx.shared.progress(ctx.id).incarnations;
+                stream(
+                    ctx.seed,
+                    "command",
+                    ctx.id as u64,
+                    u64::from(incarnation) << 32 | u64::from(op),
+                )
+            };
+            crate::command::run_supervised(ctx, lock_guard, clock, key, rng, command_rng).await;
+            return give_back(ctx, s, guard, key, token).await;
+        }
+    }
 
     let mut paused = false;
     if pauses_allowed(ctx) && rng.random_bool(ctx.cfg.pause_after_acquire) {
@@ -485,10 +562,11 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
     let lease_ms = ctx.cfg.timing.lease.as_millis() as u64;
     let long = rng.random_bool(ctx.cfg.long_work);
     let mut left = if long {
-        rng.random_range(lease_ms / 5..=lease_ms * 6 / 5)
+        rng.random_range(lease_ms / 5..=(lease_ms as f64 * ctx.long_work_max()) as u64)
     } else {
         rng.random_range(0..=ctx.cfg.timing.work_max.as_millis() as u64)
     };
+    let work_started = crate::history::now();
     while left > 0 {
         let step = if long {
             left.min(rng.random_range(5..=50))
@@ -497,6 +575,9 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
         };
         tokio::time::sleep(Duration::from_millis(step)).await;
         left -= step;
+        if ctx.work_cut_short(work_started) {
+            left = 0;
+        }
         if long && left > 0 {
             let valid = s.is_valid(&guard);
             ctx.record(What::Check {
@@ -543,4 +624,43 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
         outcome,
     });
     give_back(ctx, s, guard, key, token).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_sit_at_the_edges_half_the_time_and_jump_between_them() {
+        let range = (0.95, 1.05);
+        let mut rng = stream(1, "test", 0, 0);
+        let n = 4000;
+        let picks: Vec<f64> = (0..n).map(|_| pick_rate(&mut rng, range)).collect();
+        assert!(picks.iter().all(|r| (0.95..=1.05).contains(r)));
+        let lo = picks.iter().filter(|r| **r == 0.95).count();
+        let hi = picks.iter().filter(|r| **r == 1.05).count();
+        assert!(
+            (800..1200).contains(&lo) && (800..1200).contains(&hi),
+            "{lo} {hi}"
+        );
+        // From an edge, a change goes to the other edge more than half the time.
+        let from_lo: Vec<f64> = (0..n).map(|_| next_rate(&mut rng, 0.95, range)).collect();
+        let to_hi = from_lo.iter().filter(|r| **r == 1.05).count();
+        assert!(to_hi > n * 55 / 100, "{to_hi}");
+        let from_hi = (0..n)
+            .filter(|_| next_rate(&mut rng, 1.05, range) == 0.95)
+            .count();
+        assert!(from_hi > n * 55 / 100, "{from_hi}");
+        // Inside the range, a change lands on an edge at least half the time.
+        let inside = (0..n)
+            .filter(|_| {
+                let r = next_rate(&mut rng, 1.01, range);
+                r == 0.95 || r == 1.05
+            })
+            .count();
+        assert!(inside > n * 70 / 100, "{inside}");
+        // Exact clocks stay exact.
+        assert_eq!(pick_rate(&mut rng, (1.0, 1.0)), 1.0);
+        assert_eq!(next_rate(&mut rng, 1.0, (1.0, 1.0)), 1.0);
+    }
 }

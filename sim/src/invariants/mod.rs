@@ -1,4 +1,5 @@
-//! The invariants of PROTOCOL.md, one file each, named as there. Each checker
+//! The invariants of PROTOCOL.md, one file each, named as there (plus
+//! `SupervisedExclusion`, the promise of `statelock exec`'s stop schedule). Each checker
 //! is a pure function of a run's [`Event`] trace and returns the violations it
 //! found (at most [`MAX_PER_CHECK`]), each pointing at the events that show it.
 //!
@@ -10,6 +11,7 @@ pub mod fencing_monotonic;
 pub mod mutual_exclusion;
 pub mod no_lost_update;
 pub mod owner_only_release;
+pub mod supervised_exclusion;
 pub mod token_monotonic;
 
 use crate::history::{Actor, Event};
@@ -35,17 +37,21 @@ pub enum Invariant {
     /// Once faults stop, a waiting client is never blocked for longer than
     /// the takeover bound.
     EventualAcquire,
+    /// A supervised command's unfenced writes all happen before the first
+    /// write of any later grant of its key.
+    SupervisedExclusion,
 }
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 6] = [
+    pub const ALL: [Invariant; 7] = [
         Invariant::MutualExclusion,
         Invariant::TokenMonotonic,
         Invariant::FencingMonotonic,
         Invariant::NoLostUpdate,
         Invariant::OwnerOnlyRelease,
         Invariant::EventualAcquire,
+        Invariant::SupervisedExclusion,
     ];
 
     /// The name used in PROTOCOL.md, specs/ and reports.
@@ -57,6 +63,7 @@ impl Invariant {
             Invariant::NoLostUpdate => "NoLostUpdate",
             Invariant::OwnerOnlyRelease => "OwnerOnlyRelease",
             Invariant::EventualAcquire => "EventualAcquire",
+            Invariant::SupervisedExclusion => "SupervisedExclusion",
         }
     }
 }
@@ -113,6 +120,7 @@ pub fn check_all(events: &[Event], ctx: &CheckContext) -> Vec<Violation> {
     out.extend(no_lost_update::check(events));
     out.extend(owner_only_release::check(events));
     out.extend(eventual_acquire::check(events, ctx.liveness_bound));
+    out.extend(supervised_exclusion::check(events));
     out
 }
 
