@@ -2,11 +2,13 @@
 //! network- and host-level ones between simulation steps.
 //!
 //! Network and host faults are injected here, from the run's `faults` random
-//! stream, at exponentially distributed intervals. Process pauses and clock
-//! faults happen inside the client hosts (see [`crate::workload`]), from each
-//! client's own stream. Once enough of the workload is done, [`Injector`]
-//! heals everything and declares the run quiet: no fault starts after that,
-//! which is when `EventualAcquire` is judged.
+//! stream, at exponentially distributed intervals; a share of them
+//! ([`SimConfig::target_holders`]) is aimed at a client holding a lock.
+//! Process pauses and clock faults happen inside the client hosts (see
+//! [`crate::workload`]), from each client's own stream. Once enough of the
+//! workload is done, [`Injector`] heals everything and declares the run
+//! quiet: no fault starts after that, which is when `EventualAcquire` is
+//! judged.
 
 use crate::config::SimConfig;
 use crate::history::{Actor, Recorder, What};

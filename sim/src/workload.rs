@@ -9,7 +9,11 @@
 //! (that is its belief, judged by `MutualExclusion`). A client whose lease is
 //! gone stops — unless it was *paused*: a paused process froze between its
 //! check and its action, so it carries on and writes anyway, and fencing
-//! must stop it.
+//! must stop it. In a share of ops (statelock only) the client runs a
+//! supervised command instead of reading and writing (see [`crate::command`]).
+//! Long work (and commands) may outlast the lease while faults are on, so
+//! that a holder cut off mid-work must notice in time; once faults stop it is
+//! cut to 1.2 leases.
 //!
 //! Process state (op counter, whether a lock is held) lives in [`Shared`],
 //! outside the host, so a restarted client carries on where it was and the

@@ -9,6 +9,9 @@
 //! included) was frozen past its kill time cannot have been stopped by
 //! anyone. Its writes after the `Resumed { late: true }` event of its grant
 //! are not judged (see [`crate::command`]); its writes before it are.
+//!
+//! Like every checker, a pure function of the trace: it must not look at
+//! anything else.
 
 use super::{Invariant, Violation, MAX_PER_CHECK};
 use crate::command::CommandEvent;
