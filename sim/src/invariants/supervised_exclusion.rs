@@ -44,8 +44,18 @@ pub fn check<'a>(events: &'a [Event]) -> Vec<Violation> {
     let mut judged: Vec<(&str, u64, Duration, usize, Actor)> = Vec::new();
     // Grants whose supervisor was frozen past the kill time.
     let mut late: BTreeSet<(Actor, &str, u64)> = BTreeSet::new();
+    // The start and the stop request of each command, to show them.
+    let mut shown: BTreeMap<(Actor, &str, u64), Vec<usize>> = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
         match &e.what {
+            What::Command(
+                c @ (CommandEvent::Start { .. }
+                | CommandEvent::Terminate { .. }
+                | CommandEvent::Kill { .. }),
+            ) => {
+                let (key, token) = c.grant();
+                shown.entry((e.actor, key, token)).or_default().push(i);
+            }
             What::StateAccepted {
                 from, key, token, ..
             } => note(key, *token, e.at, i, *from),
@@ -99,7 +109,13 @@ pub fn check<'a>(events: &'a [Event]) -> Vec<Violation> {
                 next.token,
                 fmt_time(next.at)
             ),
-            vec![next.event, event],
+            shown
+                .get(&(actor, key, token))
+                .into_iter()
+                .flatten()
+                .copied()
+                .chain([next.event, event])
+                .collect(),
             vec![actor, next.actor],
         ));
         if out.len() >= MAX_PER_CHECK {
@@ -163,6 +179,40 @@ mod tests {
         assert_eq!(v[0].events, vec![1, 2]);
         assert_eq!(v[0].actors, vec![c(1), c(2)]);
         assert!(v[0].message.contains("token 1"), "{}", v[0].message);
+    }
+
+    #[test]
+    fn the_report_shows_the_commands_start_and_stop() {
+        let start = ev(
+            0,
+            c(1),
+            What::Command(CommandEvent::Start {
+                key: "k".into(),
+                token: 1,
+                run_ms: 900,
+                grace_ms: 100,
+                on_term: crate::command::OnTerm::Ignore,
+            }),
+        );
+        let term = ev(
+            20,
+            c(1),
+            What::Command(CommandEvent::Terminate {
+                key: "k".into(),
+                token: 1,
+                cause: statelock::protocol::StopCause::LeaseRunningOut,
+            }),
+        );
+        let h = vec![
+            start,
+            write(10, 1, 1),
+            term,
+            accepted(30, c(2), 2, None, "v1"),
+            write(31, 1, 1),
+        ];
+        let v = check(&h);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].events, vec![0, 2, 3, 4]);
     }
 
     #[test]
