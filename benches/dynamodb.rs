@@ -13,10 +13,10 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use criterion::{criterion_group, criterion_main, Criterion};
 use statelock::client::{AcquireOptions, LockClient};
-use statelock::protocol::{LeaseId, LockOp, OpKind, RecordVersion, WallTime};
+use statelock::protocol::{GrantFrom, LeaseId, LockOp, OpKind, RecordVersion, WallTime};
 use statelock::store::dynamodb::DynamoDbStore;
 use statelock::store::LockStore;
-use statelock::{HolderInfo, LockKey};
+use statelock::{FencingToken, HolderInfo, LockKey};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,6 +148,9 @@ async fn store_acquire_release(store: &DynamoDbStore, key: LockKey) {
         new_rvn: RecordVersion::random(),
         at: WallTime(0),
         kind: OpKind::Acquire {
+            from: GrantFrom::Absent {
+                floor: FencingToken(0),
+            },
             owner,
             lease_ms: 20_000,
             holder: HolderInfo::named("bench"),

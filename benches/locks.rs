@@ -5,15 +5,15 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use statelock::client::{AcquireOptions, LockClient};
 use statelock::protocol::{
-    HolderInfo, Lease, LeaseId, LockKey, LockOp, MonoTime, OpKind, Outcome, ProtocolConfig,
-    RecordVersion, WallTime,
+    FencingToken, GrantFrom, HolderInfo, Lease, LeaseId, LockKey, LockOp, LockRecord, MonoTime,
+    OpKind, Outcome, ProtocolConfig, RecordVersion, WallTime,
 };
 use statelock::store::file::FileStore;
 use statelock::store::memory::MemoryStore;
 use statelock::store::LockStore;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -23,12 +23,13 @@ fn fresh_key() -> LockKey {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn acquire_op(key: &LockKey, owner: LeaseId) -> LockOp {
+fn acquire_op(key: &LockKey, owner: LeaseId, current: Option<&LockRecord>) -> LockOp {
     LockOp {
         key: key.clone(),
         new_rvn: RecordVersion::random(),
         at: WallTime(0),
         kind: OpKind::Acquire {
+            from: GrantFrom::of(current, FencingToken(0)),
             owner,
             lease_ms: 20_000,
             holder: HolderInfo::named("bench"),
@@ -36,16 +37,17 @@ fn acquire_op(key: &LockKey, owner: LeaseId) -> LockOp {
     }
 }
 
-/// The floor: one conditional acquire and one conditional release, nothing else.
-async fn raw_round_trip(store: &dyn LockStore) {
-    let key = fresh_key();
+/// The floor: one conditional acquire (of the version released last) and
+/// one conditional release of one key, nothing else.
+async fn raw_round_trip(store: &dyn LockStore, key: &LockKey, last: &Mutex<Option<LockRecord>>) {
     let owner = LeaseId::random();
+    let previous = last.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let rec = store
-        .apply(&acquire_op(&key, owner))
+        .apply(&acquire_op(key, owner, previous.as_ref()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let release = LockOp {
-        key,
+        key: key.clone(),
         new_rvn: RecordVersion::random(),
         at: WallTime(0),
         kind: OpKind::Release {
@@ -53,22 +55,23 @@ async fn raw_round_trip(store: &dyn LockStore) {
             current: rec.rvn,
         },
     };
-    black_box(
-        store
-            .apply(&release)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let released = store
+        .apply(&release)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(black_box(released));
 }
 
-async fn client_round_trip(client: &LockClient) {
-    let key = fresh_key();
+/// The client's acquire and release of one key it released before (as a CI
+/// deploy re-locks its stack): the client knows the released version, so
+/// the acquire is one conditional write.
+async fn client_round_trip(client: &LockClient, key: &LockKey) {
     let opts = AcquireOptions {
         wait: Some(Duration::ZERO),
         ..AcquireOptions::default()
     };
     let guard = client
-        .acquire(&key, opts)
+        .acquire(key, opts)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     black_box(guard.token());
@@ -88,11 +91,14 @@ fn stores(c: &mut Criterion) {
     let mut group = c.benchmark_group("acquire_release");
     for (name, store) in [("memory", memory), ("file", file)] {
         let client = rt.block_on(async { LockClient::builder(store.clone()).build() });
+        let (raw_key, client_key) = (fresh_key(), fresh_key());
+        let last = Mutex::new(None);
         group.bench_with_input(BenchmarkId::new("raw_floor", name), &store, |b, s| {
-            b.to_async(&rt).iter(|| raw_round_trip(s.as_ref()))
+            b.to_async(&rt)
+                .iter(|| raw_round_trip(s.as_ref(), &raw_key, &last))
         });
         group.bench_with_input(BenchmarkId::new("client", name), &client, |b, cl| {
-            b.to_async(&rt).iter(|| client_round_trip(cl))
+            b.to_async(&rt).iter(|| client_round_trip(cl, &client_key))
         });
     }
     group.finish();
@@ -101,7 +107,7 @@ fn stores(c: &mut Criterion) {
 fn core(c: &mut Criterion) {
     let key = LockKey::new("bench").unwrap_or_else(|e| panic!("{e}"));
     let owner = LeaseId::random();
-    let record = acquire_op(&key, owner)
+    let record = acquire_op(&key, owner, None)
         .apply(None)
         .unwrap_or_else(|_| panic!("grant"));
     c.bench_function("core/lease_heartbeat_cycle", |b| {

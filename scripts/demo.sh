@@ -132,10 +132,52 @@ check "frank's token $frank_token is larger than dave's $dave_token" \
     test "${frank_token:-0}" -gt "${dave_token:-0}"
 
 echo
+echo "== 5. deploys keep their state fenced: pull, change, push under exec"
+export STATELOCK_STATE_STORE="file://$tmp/state"
+SKEY="stack:demo:env:production"
+# Adds one to outputs.counter of the state document in $1.
+bump='n=$(grep -o "\"counter\": [0-9]*" "$1" | grep -o "[0-9]*$"); if [ -n "$n" ]; then sed -i "s/\"counter\": $n/\"counter\": $((n+1))/" "$1"; else sed -i "s/\"outputs\": {}/\"outputs\": {\"counter\": 1}/" "$1"; fi'
+deploy_state="bump() { $bump; }; \"$BIN\" state pull $SKEY --to \"\$1\" && bump \"\$1\" && \"$BIN\" state push \"\$1\""
+"$BIN" exec --key "$SKEY" --who grace --operation apply -- sh -c "$deploy_state" sh "$tmp/grace.json" &
+grace=$!
+"$BIN" exec --key "$SKEY" --who heidi --operation apply -- sh -c "$deploy_state" sh "$tmp/heidi.json" &
+heidi=$!
+pids+=("$grace" "$heidi")
+grace_rc=0; wait "$grace" || grace_rc=$?
+heidi_rc=0; wait "$heidi" || heidi_rc=$?
+counter="$("$BIN" state show "$SKEY" --output json | grep -o '"counter": [0-9]*' | grep -o '[0-9]*$')"
+check "both deploys pushed (grace $grace_rc, heidi $heidi_rc); the counter is ${counter:-none}" \
+    test "$grace_rc" -eq 0 -a "$heidi_rc" -eq 0 -a "${counter:-0}" -eq 2
+
+echo "-- ivan pulls, then his statelock is frozen (SIGSTOP) past its lease; judy takes over and pushes:"
+"$BIN" exec --key "$SKEY" --lease 2s --who ivan --operation apply -- sh -c \
+    "bump() { $bump; }; \"$BIN\" state pull $SKEY --to '$tmp/ivan.json'; echo pulled > '$tmp/ivan.pulled'; while [ ! -e '$tmp/ivan.go' ]; do sleep 0.05; done; bump '$tmp/ivan.json'; \"$BIN\" state push '$tmp/ivan.json'; echo \$? > '$tmp/ivan.rc'" \
+    2> "$tmp/ivan.err" &
+ivan=$!
+pids+=("$ivan")
+wait_for_file "$tmp/ivan.pulled" || { sed "s/^/   /" "$tmp/ivan.err"; exit 1; }
+kill -STOP "$ivan"
+"$BIN" exec --key "$SKEY" --wait 30s --who judy --operation apply -- sh -c "$deploy_state" sh "$tmp/judy.json"
+touch "$tmp/ivan.go"
+wait_for_file "$tmp/ivan.rc"
+echo "-- ivan's push (after judy's takeover):"
+sed 's/^/   /' "$tmp/ivan.err"
+check "ivan's stale push was refused (exit $(cat "$tmp/ivan.rc"), 75 = stale)" test "$(cat "$tmp/ivan.rc")" -eq 75
+counter="$("$BIN" state show "$SKEY" --output json | grep -o '"counter": [0-9]*' | grep -o '[0-9]*$')"
+check "the state holds judy's push: counter ${counter:-none}" test "${counter:-0}" -eq 3
+kill -CONT "$ivan" 2>/dev/null || true
+wait "$ivan" 2>/dev/null || true
+echo "-- statelock state history $SKEY:"
+"$BIN" state history "$SKEY"
+versions="$("$BIN" state history "$SKEY" --output json | grep -c '"serial"')"
+check "the history lists the $versions saved versions" test "$versions" -eq 3
+
+echo
 echo "== summary"
 echo "  concurrent deploys ran one at a time, tokens $first_tokens"
 echo "  crashed holder (token $carol_token) taken over after ${took_ms} ms with token $dave_token"
 echo "  force-unlocked a killed holder's lock; the next holder got token $frank_token"
+echo "  three deploys pushed the state in turn; a frozen holder's late push was refused"
 if [[ $failures -ne 0 ]]; then
     echo "demo: $failures check(s) FAILED" >&2
     exit 1

@@ -13,9 +13,10 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::{raw_item, sdk_client, service};
 use statelock::client::{AcquireOptions, LockClient, LockError};
-use statelock::protocol::{Backoff, LeaseId, LockOp, OpKind, RecordVersion, WallTime};
+use statelock::protocol::{Backoff, GrantFrom, LeaseId, LockOp, OpKind, RecordVersion, WallTime};
 use statelock::state::dynamodb::DynamoDbStateStore;
-use statelock::state::{StateError, StateStore};
+use statelock::state::register::FencedRegister;
+use statelock::state::StateError;
 use statelock::store::dynamodb::{DynamoDbStore, TableSetup};
 use statelock::store::url::StoreUrl;
 use statelock::store::{open_lock_store, LockStore, StoreError};
@@ -30,8 +31,6 @@ use std::time::{Duration, Instant};
 const TABLE: &str = "statelock-test-locks";
 /// The state head table of [`TABLE`].
 const STATE_TABLE: &str = "statelock-test-locks-state";
-/// A table for damaged items only, so they never break other tests' `list`.
-const CORRUPT_TABLE: &str = "statelock-test-corrupt";
 
 /// DynamoDB Local's endpoint; `None` if the service tests are explicitly
 /// skipped. Panics (failing the test) if it is not configured or not reachable.
@@ -97,65 +96,33 @@ fn opts(name: &str, lease: Duration, wait: Option<Duration>) -> AcquireOptions {
         backoff: Backoff {
             base: Duration::from_millis(10),
             cap: Duration::from_millis(200),
+            poll: Duration::from_millis(20),
         },
         holder: HolderInfo::named(name),
         ..AcquireOptions::default()
     }
 }
 
-/// A store for the conformance suite, or a memory store when the service
-/// tests are explicitly skipped (the suite then checks nothing new).
-enum ConformanceStore {
-    Dynamo(DynamoDbStore),
-    Skipped(statelock::store::memory::MemoryStore),
-}
-
-impl std::fmt::Debug for ConformanceStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConformanceStore::Dynamo(s) => s.fmt(f),
-            ConformanceStore::Skipped(s) => s.fmt(f),
+/// A store for the conformance suite over a table of its own (one case
+/// raises the table's token floor, which the others assume is 0), or a
+/// memory store when the service tests are explicitly skipped (the suite
+/// then checks nothing new).
+async fn conformance_store() -> Arc<dyn LockStore> {
+    match endpoint() {
+        Some(endpoint) => {
+            let raw = sdk_client(&endpoint);
+            let table = format!("statelock-conf-{}", uuid::Uuid::new_v4().simple());
+            table_without_ttl(&raw, &table).await;
+            Arc::new(DynamoDbStore::new(raw, table))
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl LockStore for ConformanceStore {
-    async fn apply(&self, op: &LockOp) -> Result<statelock::LockRecord, StoreError> {
-        match self {
-            ConformanceStore::Dynamo(s) => s.apply(op).await,
-            ConformanceStore::Skipped(s) => s.apply(op).await,
-        }
-    }
-    async fn get(&self, key: &LockKey) -> Result<Option<statelock::LockRecord>, StoreError> {
-        match self {
-            ConformanceStore::Dynamo(s) => s.get(key).await,
-            ConformanceStore::Skipped(s) => s.get(key).await,
-        }
-    }
-    async fn list(&self) -> Result<Vec<statelock::LockRecord>, StoreError> {
-        match self {
-            ConformanceStore::Dynamo(s) => s.list().await,
-            ConformanceStore::Skipped(s) => s.list().await,
-        }
-    }
-    fn describe(&self) -> String {
-        match self {
-            ConformanceStore::Dynamo(s) => s.describe(),
-            ConformanceStore::Skipped(s) => s.describe(),
-        }
+        None => Arc::new(statelock::store::memory::MemoryStore::new()),
     }
 }
 
 mod conformance {
     use super::*;
 
-    statelock::lock_store_conformance!(async {
-        match endpoint() {
-            Some(endpoint) => ConformanceStore::Dynamo(store(&endpoint).await),
-            None => ConformanceStore::Skipped(statelock::store::memory::MemoryStore::new()),
-        }
-    });
+    statelock::lock_store_conformance!(conformance_store());
 }
 
 /// 16 clients, each with its own SDK client, race for one key round after
@@ -409,11 +376,13 @@ async fn lost_responses_are_recognised_by_the_client() {
     assert_eq!(switch.injected(), 4);
 
     // Resending a landed op: the conflict carries its own write.
+    let current = inner.get(&key).await.expect("get");
     let op = LockOp {
         key: key.clone(),
         new_rvn: RecordVersion::random(),
         at: WallTime(1_700_000_000_000),
         kind: OpKind::Acquire {
+            from: GrantFrom::of(current.as_ref(), FencingToken(0)),
             owner: LeaseId::random(),
             lease_ms: 20_000,
             holder: HolderInfo::named("resender"),
@@ -493,57 +462,39 @@ async fn items_carry_the_documented_attributes() {
         .expect("the record is kept after release");
     assert_eq!(released.get("released"), Some(&AttributeValue::Bool(true)));
     assert_eq!(released.get("token"), Some(&AttributeValue::N("1".into())));
-    let expires = released
-        .get("expiresAt")
-        .and_then(|v| v.as_n().ok())
-        .and_then(|n| n.parse::<i64>().ok())
-        .expect("a released record has a TTL deadline");
-    assert!(
-        expires >= locked_at + 90 * 24 * 3600,
-        "collected 90 days after release: {expires}"
+    assert_eq!(
+        released.get("expiresAt"),
+        None,
+        "no record carries a TTL deadline: TTL would restart the key's tokens"
     );
 }
 
-/// Items with missing or mistyped attributes are reported as corrupt by
-/// every operation. Takeover, force-unlock and heartbeat never overwrite them;
-/// an acquire of a released record repairs one whose token is sound (it
-/// rewrites every other attribute) and refuses one whose token or released
-/// flag is damaged.
+/// Items with missing or mistyped attributes — including a released one
+/// whose token is 1.5 or whose `rvn` is missing — are reported as corrupt by
+/// every operation and never overwritten: the client's acquire reads first
+/// and stops at once with `Corrupt` (a damaged record never restarts tokens),
+/// and no write lands on them. A listing still shows the healthy records.
 #[tokio::test]
 async fn damaged_items_are_corrupt_and_never_overwritten() {
     let Some(endpoint) = endpoint() else { return };
     let raw = sdk_client(&endpoint);
-    table_without_ttl(&raw, CORRUPT_TABLE).await;
-    let store = DynamoDbStore::new(raw.clone(), CORRUPT_TABLE);
+    let table = format!("statelock-test-corrupt-{}", uuid::Uuid::new_v4().simple());
+    table_without_ttl(&raw, &table).await;
+    let store = DynamoDbStore::new(raw.clone(), &table);
+    let client = LockClient::new(store.clone());
 
     // A well-formed released record, then damaged copies of it.
     let good_key = unique_key("good");
-    let good = store
-        .apply(&LockOp {
-            key: good_key.clone(),
-            new_rvn: RecordVersion::random(),
-            at: WallTime(1_700_000_000_000),
-            kind: OpKind::Acquire {
-                owner: LeaseId::random(),
-                lease_ms: 1000,
-                holder: HolderInfo::named("x"),
-            },
-        })
+    let guard = client
+        .acquire(
+            &good_key,
+            opts("x", Duration::from_secs(20), Some(Duration::ZERO)),
+        )
         .await
         .expect("acquire");
-    let good = store
-        .apply(&LockOp {
-            key: good_key.clone(),
-            new_rvn: RecordVersion::random(),
-            at: WallTime(1_700_000_000_001),
-            kind: OpKind::Release {
-                owner: good.owner,
-                current: good.rvn,
-            },
-        })
-        .await
-        .expect("release");
-    let good_item = raw_item(&raw, CORRUPT_TABLE, "lockKey", good_key.as_str())
+    guard.release().await.expect("release");
+    let good = store.get(&good_key).await.expect("get").expect("record");
+    let good_item = raw_item(&raw, &table, "lockKey", good_key.as_str())
         .await
         .expect("item");
 
@@ -552,8 +503,10 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
         ("token", None),
         ("token", Some(AttributeValue::S("3".into()))),
         ("token", Some(AttributeValue::N("-3".into()))),
+        ("token", Some(AttributeValue::N("1.5".into()))),
         ("released", None),
         ("released", Some(AttributeValue::S("true".into()))),
+        ("rvn", None),
         ("rvn", Some(AttributeValue::S("not-hex".into()))),
         ("rvn", Some(AttributeValue::N("1".into()))),
         ("metadata", Some(AttributeValue::S("{}".into()))),
@@ -561,6 +514,7 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
         ("lastHeartbeatMs", Some(AttributeValue::S("soon".into()))),
         ("lockId", Some(AttributeValue::S("not-a-uuid".into()))),
     ];
+    let mut damaged_keys = Vec::new();
     for (attribute, value) in damages {
         let key = unique_key("damaged");
         let mut item: HashMap<String, AttributeValue> = good_item.clone();
@@ -570,21 +524,51 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
             None => item.remove(attribute),
         };
         raw.put_item()
-            .table_name(CORRUPT_TABLE)
+            .table_name(&table)
             .set_item(Some(item.clone()))
             .send()
             .await
             .expect("put damaged item");
+        damaged_keys.push(key.to_string());
         let what = format!("{attribute} = {value:?}");
         let corrupt = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Corrupt { .. }));
         assert!(corrupt(store.get(&key).await.map(|_| ())), "get: {what}");
+        // The client reads first and stops at once: no write, no wait.
+        let started = Instant::now();
+        match client
+            .acquire(
+                &key,
+                opts("y", Duration::from_secs(20), Some(Duration::from_secs(30))),
+            )
+            .await
+        {
+            Err(LockError::Store(StoreError::Corrupt { key: named, .. })) => {
+                assert_eq!(named, key.as_str(), "{what}")
+            }
+            other => panic!("acquire of {what} must be Corrupt, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a damaged record must not be waited out: {what}"
+        );
+        // No write lands on it, whatever version or token it names.
         let rvn = match item.get("rvn") {
             Some(AttributeValue::S(v)) => v.parse().unwrap_or(good.rvn),
             _ => good.rvn,
         };
         for kind in [
+            OpKind::Acquire {
+                from: GrantFrom::Version {
+                    rvn,
+                    token: good.token,
+                },
+                owner: LeaseId::random(),
+                lease_ms: 1000,
+                holder: HolderInfo::named("y"),
+            },
             OpKind::Takeover {
                 observed: rvn,
+                token: good.token,
                 owner: LeaseId::random(),
                 lease_ms: 1000,
                 holder: HolderInfo::named("y"),
@@ -605,43 +589,81 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
                 at: WallTime(1),
                 kind,
             };
-            assert!(
-                corrupt(store.apply(&op).await.map(|_| ())),
-                "{name}: {what}"
+            let answer = store.apply(&op).await;
+            // Only an acquire naming the intact version and token of an item
+            // damaged elsewhere lands — and it rewrites every attribute.
+            let repairs = name == "acquire"
+                && ["metadata", "leaseMs", "lastHeartbeatMs", "lockId"].contains(&attribute);
+            if repairs {
+                let granted = answer.unwrap_or_else(|e| panic!("acquire of {what}: {e}"));
+                assert_eq!(Some(granted.token), good.token.next(), "{what}");
+                raw.put_item()
+                    .table_name(&table)
+                    .set_item(Some(item.clone()))
+                    .send()
+                    .await
+                    .expect("put the damaged item back");
+                continue;
+            }
+            assert!(corrupt(answer.map(|_| ())), "{name}: {what}");
+            let after = raw_item(&raw, &table, "lockKey", key.as_str()).await;
+            assert_eq!(
+                after.as_ref(),
+                Some(&item),
+                "{name} overwrote the damaged item: {what}"
             );
         }
-        let after = raw_item(&raw, CORRUPT_TABLE, "lockKey", key.as_str()).await;
-        assert_eq!(
-            after.as_ref(),
-            Some(&item),
-            "the damaged item was overwritten: {what}"
-        );
-
-        let acquire = LockOp {
-            key: key.clone(),
-            new_rvn: RecordVersion::random(),
-            at: WallTime(2),
-            kind: OpKind::Acquire {
-                owner: LeaseId::random(),
-                lease_ms: 1000,
-                holder: HolderInfo::named("y"),
-            },
-        };
-        let acquired = store.apply(&acquire).await;
-        if ["token", "released"].contains(&attribute) {
-            assert!(corrupt(acquired.map(|_| ())), "acquire: {what}");
-            let after = raw_item(&raw, CORRUPT_TABLE, "lockKey", key.as_str()).await;
-            assert_eq!(after.as_ref(), Some(&item), "acquire overwrote: {what}");
-        } else {
-            let granted = acquired.unwrap_or_else(|e| panic!("acquire of {what}: {e}"));
-            assert_eq!(Some(granted.token), good.token.next(), "repaired: {what}");
-            assert_eq!(store.get(&key).await.expect("get"), Some(granted));
-        }
     }
-    assert!(matches!(
-        store.list().await,
-        Err(StoreError::Corrupt { .. })
-    ));
+    // The listing shows the healthy record and flags every damaged one.
+    let listing = store.list().await.expect("list");
+    assert_eq!(listing.records, vec![good]);
+    let mut flagged: Vec<String> = listing.damaged.iter().map(|d| d.key.clone()).collect();
+    flagged.sort();
+    damaged_keys.sort();
+    assert_eq!(flagged, damaged_keys);
+    let _ = raw.delete_table().table_name(&table).send().await;
+}
+
+/// A record at the last fencing token says so at once instead of waiting out
+/// the wait.
+#[tokio::test]
+async fn a_key_whose_tokens_are_used_up_says_so() {
+    let Some(endpoint) = endpoint() else { return };
+    let raw = sdk_client(&endpoint);
+    let store = store(&endpoint).await;
+    let client = LockClient::new(store.clone());
+    let key = unique_key("exhausted");
+    let guard = client
+        .acquire(
+            &key,
+            opts("x", Duration::from_secs(20), Some(Duration::ZERO)),
+        )
+        .await
+        .expect("acquire");
+    guard.release().await.expect("release");
+    raw.update_item()
+        .table_name(TABLE)
+        .key("lockKey", AttributeValue::S(key.to_string()))
+        .update_expression("SET #t = :max")
+        .expression_attribute_names("#t", "token")
+        .expression_attribute_values(":max", AttributeValue::N(u64::MAX.to_string()))
+        .send()
+        .await
+        .expect("set the token to u64::MAX");
+    let started = Instant::now();
+    match client
+        .acquire(
+            &key,
+            opts("y", Duration::from_secs(20), Some(Duration::from_secs(60))),
+        )
+        .await
+    {
+        Err(e @ LockError::TokensExhausted { .. }) => {
+            assert!(e.to_string().contains("used up every fencing token"), "{e}")
+        }
+        other => panic!("expected TokensExhausted, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 /// Table creation is idempotent and checks the key schema; a missing table, a
@@ -672,10 +694,11 @@ async fn setup_and_misconfiguration_are_reported_clearly() {
         .send()
         .await
         .expect("ttl");
-    assert_eq!(
+    assert_ne!(
         ttl.time_to_live_description()
-            .and_then(|d| d.attribute_name()),
-        Some("expiresAt")
+            .and_then(|d| d.time_to_live_status()),
+        Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled),
+        "a statelock lock table has no TTL: it would restart tokens"
     );
 
     // A Terraform lock table is not a statelock lock table.
@@ -804,7 +827,7 @@ async fn cli_creates_the_tables() {
         stdout.contains(&format!("Created the state table {state_table:?}")),
         "{stdout}"
     );
-    for (name, ttl) in [(&table, true), (&state_table, false)] {
+    for (name, ttl) in [(&table, false), (&state_table, false)] {
         let described = raw
             .describe_table()
             .table_name(name.as_str())
@@ -936,6 +959,10 @@ async fn sdk_resends_reads_but_never_writes() {
         new_rvn: RecordVersion::random(),
         at: WallTime(1),
         kind: OpKind::Acquire {
+            from: GrantFrom::Version {
+                rvn: RecordVersion(1),
+                token: FencingToken(1),
+            },
             owner: LeaseId::random(),
             lease_ms: 1000,
             holder: HolderInfo::named("x"),
@@ -950,6 +977,26 @@ async fn sdk_resends_reads_but_never_writes() {
         requests.swap(0, Ordering::SeqCst),
         1,
         "a write is sent once"
+    );
+    // A grant of an absent record is a transaction (with the token floor's
+    // check): sent once too.
+    let first_grant = LockOp {
+        kind: OpKind::Acquire {
+            from: GrantFrom::Absent {
+                floor: FencingToken(0),
+            },
+            owner: LeaseId::random(),
+            lease_ms: 1000,
+            holder: HolderInfo::named("x"),
+        },
+        ..acquire.clone()
+    };
+    let written = store.apply(&first_grant).await;
+    assert!(written.is_err(), "{written:?}");
+    assert_eq!(
+        requests.swap(0, Ordering::SeqCst),
+        1,
+        "a first grant is sent once"
     );
 
     let terraform = statelock::store::terraform::TerraformDynamoStore::new(client.clone(), "t");
@@ -977,4 +1024,310 @@ async fn sdk_resends_reads_but_never_writes() {
         1,
         "a state write is sent once"
     );
+}
+
+/// Every store error is one readable line naming the endpoint or table and
+/// the cause, classified by whether retrying can help: nothing listening is
+/// `Unavailable`; `https://` to DynamoDB Local's http port, a missing table
+/// and rejected credentials are `Misconfigured`, and the client fails at
+/// once, whatever its wait. Endpoint userinfo and credentials never show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_are_one_line_and_classified() {
+    let Some(endpoint) = endpoint() else { return };
+    store(&endpoint).await;
+    let key = unique_key("errors");
+    let acquire = || LockOp {
+        key: key.clone(),
+        new_rvn: RecordVersion::random(),
+        at: WallTime(1),
+        kind: OpKind::Acquire {
+            from: GrantFrom::Version {
+                rvn: RecordVersion(1),
+                token: FencingToken(1),
+            },
+            owner: LeaseId::random(),
+            lease_ms: 20_000,
+            holder: HolderInfo::named("errors"),
+        },
+    };
+    // A client that would wait ten minutes for a lock it could get.
+    let fails_at_once = |store: DynamoDbStore| async {
+        let client = LockClient::new(store);
+        let acquired = tokio::time::timeout(
+            Duration::from_secs(60),
+            client.acquire(
+                &key,
+                opts(
+                    "errors",
+                    Duration::from_secs(20),
+                    Some(Duration::from_secs(600)),
+                ),
+            ),
+        )
+        .await
+        .expect("a misconfigured store must fail the acquire at once, not wait");
+        match acquired {
+            Err(LockError::Store(e @ StoreError::Misconfigured(_))) => e,
+            other => panic!("expected a Misconfigured store error, got {other:?}"),
+        }
+    };
+
+    // Nothing listens: retryable, and says so.
+    let dead = common::closed_port_endpoint();
+    let store = DynamoDbStore::connect(TABLE, Some("us-east-1"), Some(&dead))
+        .await
+        .expect("connect is lazy");
+    let read = store.get(&key).await.map(|_| ());
+    let write = store.apply(&acquire()).await.map(|_| ());
+    for result in [read, write] {
+        match result {
+            Err(e @ StoreError::Unavailable(_)) => {
+                let text = e.to_string();
+                common::assert_one_readable_line(&text);
+                assert!(text.len() < 300, "{} characters: {text}", text.len());
+                assert!(
+                    text.contains(&format!("cannot connect to {dead} (connection refused)")),
+                    "{text}"
+                );
+            }
+            other => panic!("a dead endpoint must be Unavailable, got {other:?}"),
+        }
+    }
+
+    // https:// to an http port: retrying cannot help.
+    let https = endpoint.replacen("http://", "https://", 1);
+    let store = DynamoDbStore::connect(TABLE, Some("us-east-1"), Some(&https))
+        .await
+        .expect("connect is lazy");
+    match store.get(&key).await {
+        Err(e @ StoreError::Misconfigured(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            assert!(
+                text.contains(&format!("TLS handshake with {https} failed"))
+                    && text.contains("is the endpoint http?"),
+                "{text}"
+            );
+        }
+        other => panic!("https to an http port must be Misconfigured, got {other:?}"),
+    }
+    common::assert_one_readable_line(&fails_at_once(store).await.to_string());
+
+    // A missing table.
+    let missing = format!("statelock-test-missing-{}", uuid::Uuid::new_v4().simple());
+    let store = DynamoDbStore::connect(&missing, Some("us-east-1"), Some(&endpoint))
+        .await
+        .expect("connect is lazy");
+    let read = store.get(&key).await.map(|_| ());
+    let write = store.apply(&acquire()).await.map(|_| ());
+    for result in [read, write] {
+        match result {
+            Err(e @ StoreError::Misconfigured(_)) => {
+                let text = e.to_string();
+                common::assert_one_readable_line(&text);
+                assert!(
+                    text.contains(&format!(
+                        "the table {missing:?} does not exist at {endpoint}"
+                    )),
+                    "{text}"
+                );
+            }
+            other => panic!("a missing table must be Misconfigured, got {other:?}"),
+        }
+    }
+    let text = fails_at_once(store).await.to_string();
+    assert!(text.contains("does not exist"), "{text}");
+
+    // Userinfo in the endpoint URL is never shown.
+    let with_userinfo = endpoint.replacen("http://", "http://statelock:s3cr3t-pass@", 1);
+    let store = DynamoDbStore::connect(&missing, Some("us-east-1"), Some(&with_userinfo))
+        .await
+        .expect("connect is lazy");
+    let redacted = endpoint.replacen("http://", "http://***@", 1);
+    assert!(
+        store.describe().contains(&redacted) && !store.describe().contains("s3cr3t"),
+        "{}",
+        store.describe()
+    );
+    match store.get(&key).await {
+        Err(e @ StoreError::Misconfigured(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            assert!(text.contains(&redacted), "{text}");
+            assert!(
+                !text.contains("s3cr3t") && !text.contains("statelock:"),
+                "{text}"
+            );
+        }
+        other => panic!("a missing table must be Misconfigured, got {other:?}"),
+    }
+
+    // Rejected credentials (DynamoDB Local refuses access keys that are not
+    // alphanumeric): no key, secret or token in the message.
+    let (key_id, secret, token) = (
+        "BAD-KEY-7EXAMPLE",
+        "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY0",
+        "IQoJb3JpZ2luX2VjEJrSESSIONTOKENEXAMPLE0123456789",
+    );
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(Credentials::new(
+            key_id,
+            secret,
+            Some(token.to_string()),
+            None,
+            "test",
+        ))
+        .build();
+    let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::from_conf(config), TABLE);
+    match store.get(&key).await {
+        Err(e @ StoreError::Misconfigured(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            assert!(text.contains("the credentials were rejected"), "{text}");
+            for hidden in [key_id, secret, token] {
+                assert!(!text.contains(hidden), "{hidden} shown: {text}");
+            }
+        }
+        other => panic!("rejected credentials must be Misconfigured, got {other:?}"),
+    }
+    let text = fails_at_once(store).await.to_string();
+    assert!(text.contains("UnrecognizedClientException"), "{text}");
+}
+
+/// `statelock exec` says what is wrong with the store in one line and exits
+/// 5: at once for `https://` to an http port (whatever `--wait`), after its
+/// wait for an endpoint where nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reports_store_failures_in_one_line() {
+    let Some(endpoint) = endpoint() else { return };
+    let exec = |store: String, wait: &'static str| async move {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_statelock"))
+            .arg("--store")
+            .arg(store)
+            .args(["exec", "--key", "errors/cli", "--wait", wait, "--", "true"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), child)
+            .await
+            .expect("statelock exec must give up, not wait")
+            .expect("run statelock");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let https = endpoint.replacen("http://", "https://", 1);
+    let (code, stderr) = exec(format!("dynamodb://{TABLE}?endpoint={https}"), "10m").await;
+    assert_eq!(code, Some(5), "{stderr}");
+    let line = stderr.trim_end();
+    assert!(!line.contains('\n'), "one line: {stderr}");
+    assert!(line.contains("TLS handshake"), "{stderr}");
+    assert!(!line.contains("DispatchFailure"), "{stderr}");
+
+    // A store that does not answer is said at once, then retried until the
+    // wait runs out: one readable line each time, and the last one exits 5.
+    let dead = common::closed_port_endpoint();
+    let (code, stderr) = exec(format!("dynamodb://{TABLE}?endpoint={dead}"), "1s").await;
+    assert_eq!(code, Some(5), "{stderr}");
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert!(lines.len() >= 2, "a retry line, then the failure: {stderr}");
+    assert!(
+        lines[0].contains("connection refused") && lines[0].contains("retrying"),
+        "{stderr}"
+    );
+    for line in &lines {
+        assert!(line.contains("connection refused"), "{stderr}");
+        assert!(!line.contains("DispatchFailure"), "{stderr}");
+    }
+}
+
+/// With a long wait, a store that does not answer is said on stderr within
+/// seconds (not after the wait), and SIGINT still ends the wait at once.
+#[tokio::test]
+async fn cli_says_at_once_that_the_store_does_not_answer() {
+    use tokio::io::AsyncBufReadExt;
+    let dead = common::closed_port_endpoint();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_statelock"))
+        .arg("--store")
+        .arg(format!(
+            "dynamodb://{TABLE}?region=us-east-1&endpoint={dead}"
+        ))
+        .args([
+            "exec",
+            "--key",
+            "errors/long-wait",
+            "--wait",
+            "10m",
+            "--",
+            "true",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run statelock");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the store's trouble must be said within seconds, not after --wait")
+        .expect("read stderr")
+        .expect("a line");
+    assert!(
+        first.contains("connection refused") && first.contains("retrying until --wait"),
+        "{first}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("SIGINT ends the wait")
+        .expect("wait");
+    assert_eq!(status.code(), Some(130));
+}
+
+/// An endpoint that accepts connections but never answers: a write (sent
+/// once) times out after the attempt timeout, said in one line. Needs no
+/// DynamoDB Local.
+#[tokio::test]
+async fn silent_endpoint_times_out_in_one_line() {
+    let silent = common::silent_endpoint();
+    let store = DynamoDbStore::connect(TABLE, Some("us-east-1"), Some(&silent))
+        .await
+        .expect("connect is lazy");
+    let written = store
+        .apply(&LockOp {
+            key: unique_key("silent"),
+            new_rvn: RecordVersion::random(),
+            at: WallTime(1),
+            kind: OpKind::Acquire {
+                from: GrantFrom::Version {
+                    rvn: RecordVersion(1),
+                    token: FencingToken(1),
+                },
+                owner: LeaseId::random(),
+                lease_ms: 20_000,
+                holder: HolderInfo::named("silent"),
+            },
+        })
+        .await;
+    match written {
+        Err(e @ StoreError::Unavailable(_)) => {
+            let text = e.to_string();
+            common::assert_one_readable_line(&text);
+            let after = statelock::store::dynamodb::ATTEMPT_TIMEOUT.as_secs();
+            assert!(
+                text.contains(&format!(
+                    "no answer from {silent}: the request timed out after {after} s"
+                )),
+                "{text}"
+            );
+        }
+        other => panic!("a silent endpoint must be Unavailable, got {other:?}"),
+    }
 }

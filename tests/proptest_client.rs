@@ -13,11 +13,12 @@ use proptest::prelude::*;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
 use statelock::client::{AcquireOptions, LockClient, LockError, LockGuard};
 use statelock::clock::SkewedClock;
-use statelock::protocol::{Backoff, LockOp, LockRecord, ProtocolConfig, WallTime};
-use statelock::state::memory::MemoryStateStore;
-use statelock::state::{StateError, StateStore};
+use statelock::protocol::{Backoff, LockOp, LockRecord, ProtocolConfig, RecordVersion, WallTime};
+use statelock::state::register::FencedRegister;
+use statelock::state::register_memory::MemoryRegister;
+use statelock::state::StateError;
 use statelock::store::memory::MemoryStore;
-use statelock::store::{LockStore, StoreError};
+use statelock::store::{Listing, LockStore, StoreError};
 use statelock::testkit::invariants::{
     check_fencing_monotonic, check_mutual_exclusion, check_no_lost_update,
     check_owner_only_release, check_token_monotonic, AcceptedWrite, BeliefInterval, TruePoint,
@@ -189,8 +190,18 @@ impl LockStore for LoggedStore {
     async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
         self.inner.get(key).await
     }
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         self.inner.list().await
+    }
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        self.inner.token_floor().await
+    }
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        self.inner.purge(key, observed).await
     }
     fn describe(&self) -> String {
         "logged-mem://".into()
@@ -201,7 +212,7 @@ struct Sut {
     origin: tokio::time::Instant,
     rt: tokio::runtime::Runtime,
     store: Arc<LoggedStore>,
-    state: Arc<MemoryStateStore>,
+    state: Arc<MemoryRegister>,
     clocks: Vec<SkewedClock>,
     clients: Vec<LockClient>,
     guards: Vec<Option<LockGuard>>,
@@ -277,6 +288,7 @@ impl Sut {
             backoff: Backoff {
                 base: Duration::from_millis(10),
                 cap: Duration::from_millis(100),
+                poll: Duration::from_millis(20),
             },
             holder: HolderInfo::named(format!("c{c}")),
             ..AcquireOptions::default()
@@ -353,7 +365,7 @@ impl StateMachineTest for ClientUnderTest {
             origin,
             rt,
             store,
-            state: Arc::new(MemoryStateStore::new()),
+            state: Arc::new(MemoryRegister::new()),
             clocks,
             clients,
             guards: (0..CLIENTS).map(|_| None).collect(),

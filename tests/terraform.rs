@@ -13,10 +13,10 @@ mod common;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::{authority, sdk_client, service, HINT};
 use statelock::client::{AcquireOptions, LockClient, LockError, LockGuard};
-use statelock::protocol::Backoff;
+use statelock::protocol::{Backoff, GrantFrom, LeaseId, LockOp, OpKind, RecordVersion, WallTime};
 use statelock::store::terraform::{TerraformDynamoStore, NO_EXPIRY_LEASE_MS};
-use statelock::store::LockStore;
-use statelock::testkit::LoseResponses;
+use statelock::store::{LockStore, StoreError};
+use statelock::testkit::faults::{FaultMode, LoseResponses};
 use statelock::{FencingToken, HolderInfo, LockKey};
 use std::io::{Read, Write};
 use std::process::Stdio;
@@ -52,6 +52,7 @@ fn opts(who: &str, operation: &str, lease: Duration, wait: Option<Duration>) -> 
         backoff: Backoff {
             base: Duration::from_millis(20),
             cap: Duration::from_millis(200),
+            poll: Duration::from_millis(20),
         },
         holder,
         ..AcquireOptions::default()
@@ -204,6 +205,7 @@ async fn terraform_items_are_parsed_and_respected() {
     assert_eq!(record.acquired_at.as_millis(), 1_705_328_400_123);
     let listed = store.list().await.expect("list");
     let mine: Vec<_> = listed
+        .records
         .iter()
         .filter(|r| r.key.as_str().starts_with(key.as_str()))
         .collect();
@@ -335,6 +337,172 @@ async fn lost_acquire_response_is_recognised() {
         .await
         .expect("release despite the lost answer");
     assert!(client.status(&key).await.expect("status").is_none());
+}
+
+/// An acquire that landed but whose answer never came back is abandoned
+/// when the wait runs out: the release recognises the lock by its `ID` (the
+/// lease id) although it carries the acquire's own new version, which a
+/// Terraform lock never has, and deletes it. Otherwise the lock, which never
+/// expires, would stay forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_acquire_leaves_no_lock() {
+    let Some(endpoint) = service("STATELOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let raw = sdk_client(&endpoint);
+    let faulty = LoseResponses::new(tf_store(&endpoint, TABLE).await);
+    let switch = faulty.switch().clone();
+    let client = LockClient::new(faulty);
+
+    // The acquire lands, its answer is lost, and the caller does not wait.
+    let key = lock_id("abandoned-now");
+    switch.lose_next_responses(1);
+    match acquire_now(&client, &key, "me@here", "apply").await {
+        Err(LockError::Store(e)) => assert!(e.is_retryable(), "{e:?}"),
+        other => panic!("a lost answer with no time to resend must fail, got {other:?}"),
+    }
+    assert_eq!(switch.injected(), 1, "only the acquire's answer was lost");
+    assert!(
+        tf_item(&raw, TABLE, key.as_str()).await.is_none(),
+        "the abandoned lock must be deleted"
+    );
+
+    // Every answer is lost (the releases' too) for the whole wait: each
+    // write lands, and the lock is still gone at the end.
+    let key = lock_id("abandoned-wait");
+    switch.set(FaultMode::LoseResponses);
+    let result = client
+        .acquire(
+            &key,
+            opts(
+                "me@here",
+                "apply",
+                Duration::from_secs(20),
+                Some(Duration::from_millis(300)),
+            ),
+        )
+        .await;
+    switch.off();
+    assert!(
+        matches!(result, Err(LockError::Store(_))),
+        "no answer ever came: {result:?}"
+    );
+    assert!(switch.injected() >= 3, "acquire, resend, release");
+    assert!(
+        tf_item(&raw, TABLE, key.as_str()).await.is_none(),
+        "the abandoned lock must be deleted"
+    );
+    let guard = acquire_now(&client, &key, "other@there", "apply")
+        .await
+        .expect("the key is free again");
+    guard.release().await.expect("release");
+}
+
+/// A Terraform lock has one version: heartbeats and releases need only the
+/// lease id (`Info.ID`) to match, whatever version the op carries, in this
+/// store or in another one that has never seen the lock. Another lease id
+/// never matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_and_release_recognise_the_lock_by_its_id() {
+    let Some(endpoint) = service("STATELOCK_TEST_DYNAMODB_ENDPOINT") else {
+        return;
+    };
+    let raw = sdk_client(&endpoint);
+    let mine = tf_store(&endpoint, TABLE).await;
+    let fresh = TerraformDynamoStore::new(sdk_client(&endpoint), TABLE);
+    let key = lock_id("by-id");
+    let owner = LeaseId::random();
+    let op = |kind: OpKind| LockOp {
+        key: key.clone(),
+        new_rvn: RecordVersion::random(),
+        at: WallTime(1_705_328_400_000),
+        kind,
+    };
+    let granted = mine
+        .apply(&op(OpKind::Acquire {
+            from: GrantFrom::Absent {
+                floor: FencingToken::NONE,
+            },
+            owner,
+            lease_ms: 20_000,
+            holder: HolderInfo::named("me@here"),
+        }))
+        .await
+        .expect("acquire");
+    let wrong_version = || RecordVersion(granted.rvn.0 ^ 1);
+
+    for store in [&mine, &fresh] {
+        let beat = store
+            .apply(&op(OpKind::Heartbeat {
+                owner,
+                current: wrong_version(),
+            }))
+            .await
+            .expect("a heartbeat of the holder's lease id");
+        assert_eq!((beat.owner, beat.rvn), (owner, granted.rvn));
+    }
+    // Another lease id is refused and shown the holder.
+    for kind in [
+        OpKind::Heartbeat {
+            owner: LeaseId::random(),
+            current: granted.rvn,
+        },
+        OpKind::Release {
+            owner: LeaseId::random(),
+            current: granted.rvn,
+        },
+    ] {
+        match fresh.apply(&op(kind)).await {
+            Err(StoreError::Conflict { current: Some(c) }) => assert_eq!(c.owner, owner),
+            other => panic!("another lease must conflict, got {other:?}"),
+        }
+    }
+
+    // The item is rewritten with the same ID but another `Info` (as when
+    // the answer of an acquire from another store was lost): `mine`
+    // remembers the old `Info`, fails once, and retries with the new one.
+    let item = tf_item(&raw, TABLE, key.as_str()).await.expect("the lock");
+    let info = item["Info"].as_s().expect("Info").clone();
+    let rewritten = info.replace("\"Who\":\"me@here\"", "\"Who\":\"me@elsewhere\"");
+    assert_ne!(rewritten, info);
+    raw.put_item()
+        .table_name(TABLE)
+        .item("LockID", AttributeValue::S(key.to_string()))
+        .item("Info", AttributeValue::S(rewritten))
+        .send()
+        .await
+        .expect("rewrite");
+    let beat = mine
+        .apply(&op(OpKind::Heartbeat {
+            owner,
+            current: wrong_version(),
+        }))
+        .await
+        .expect("a heartbeat of the rewritten lock");
+    assert_eq!(beat.holder.locked_by, "me@elsewhere");
+
+    let released = mine
+        .apply(&op(OpKind::Release {
+            owner,
+            current: wrong_version(),
+        }))
+        .await
+        .expect("a release of the holder's lease id");
+    assert!(released.released);
+    assert!(tf_item(&raw, TABLE, key.as_str()).await.is_none());
+    // Released already: nothing to release, in either store.
+    for store in [&mine, &fresh] {
+        match store
+            .apply(&op(OpKind::Release {
+                owner,
+                current: granted.rvn,
+            }))
+            .await
+        {
+            Err(StoreError::Conflict { current: None }) => {}
+            other => panic!("a released lock has no record, got {other:?}"),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -638,8 +806,10 @@ output "greeting" {{
     let locks = client.locks().await.expect("list");
     assert!(
         locks
+            .locks
             .iter()
             .all(|l| !l.record.key.as_str().starts_with(&bucket)),
-        "no lock (and no digest item) of this state is listed: {locks:?}"
+        "no lock (and no digest item) of this state is listed: {:?}",
+        locks.locks
     );
 }

@@ -115,6 +115,7 @@ impl Default for Timing {
             backoff: Backoff {
                 base: Duration::from_millis(10),
                 cap: Duration::from_millis(120),
+                poll: Duration::from_millis(20),
             },
             acquire_wait: Duration::from_secs(30),
             work_max: Duration::from_millis(8),

@@ -13,9 +13,10 @@
 use crate::history::{Actor, Recorder, What};
 use crate::wire::{read_frame, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT};
 use async_trait::async_trait;
-use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord};
-use statelock::state::{StateError, StateSnapshot, StateStore, StateVersion};
-use statelock::store::{LockStore, StoreError};
+use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
+use statelock::state::register::{FencedRegister, StateSnapshot};
+use statelock::state::{StateError, StateVersion};
+use statelock::store::{Listing, LockStore, StoreError};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,11 +158,43 @@ impl LockStore for RemoteLockStore {
         }
     }
 
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         match self.rpc.call(Request::List).await {
-            Ok(Response::Records(r)) => Ok(r),
+            Ok(Response::Records(r)) => Ok(Listing::of(r)),
             Ok(other) => Err(StoreError::Corrupt {
                 key: String::new(),
+                reason: unexpected(other),
+            }),
+            Err(e) => Err(StoreError::Unavailable(e.0)),
+        }
+    }
+
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        match self.rpc.call(Request::Floor).await {
+            Ok(Response::Floor(f)) => Ok(f),
+            Ok(other) => Err(StoreError::Corrupt {
+                key: String::new(),
+                reason: unexpected(other),
+            }),
+            Err(e) => Err(StoreError::Unavailable(e.0)),
+        }
+    }
+
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        let request = Request::Purge {
+            key: key.clone(),
+            observed,
+        };
+        match self.rpc.call(request).await {
+            Ok(Response::Purged(r)) => Ok(r),
+            Ok(Response::Conflict(current)) => Err(StoreError::conflict(current)),
+            Ok(Response::Error(e)) => Err(StoreError::Unavailable(e)),
+            Ok(other) => Err(StoreError::Corrupt {
+                key: key.to_string(),
                 reason: unexpected(other),
             }),
             Err(e) => Err(StoreError::Unavailable(e.0)),
@@ -173,7 +206,7 @@ impl LockStore for RemoteLockStore {
     }
 }
 
-/// A [`StateStore`] on the store host.
+/// A [`FencedRegister`] on the store host.
 #[derive(Debug, Clone)]
 pub struct RemoteStateStore {
     rpc: Rpc,
@@ -187,7 +220,7 @@ impl RemoteStateStore {
 }
 
 #[async_trait]
-impl StateStore for RemoteStateStore {
+impl FencedRegister for RemoteStateStore {
     async fn load(&self, key: &LockKey) -> Result<Option<StateSnapshot>, StateError> {
         match self.rpc.call(Request::Load(key.clone())).await {
             Ok(Response::State(s)) => Ok(s.map(Into::into)),

@@ -1,5 +1,5 @@
 //! The store host: serves the reference [`MemoryStore`] and
-//! [`MemoryStateStore`] (and the naive variant's tables) over simulated TCP.
+//! [`MemoryRegister`] (and the naive variant's tables) over simulated TCP.
 //!
 //! The data lives in [`Durable`], created outside the host's software, so it
 //! survives a crash and restart of the host — like DynamoDB's — while
@@ -11,7 +11,7 @@
 use crate::history::{Actor, AppliedOp, LockOpKind, RecordView, Recorder, What};
 use crate::wire::{read_frame, write_frame, Envelope, NaiveLock, Request, Response, STORE_PORT};
 use statelock::protocol::{LockOp, LockRecord, OpKind};
-use statelock::state::memory::MemoryStateStore;
+use statelock::state::register_memory::MemoryRegister;
 use statelock::store::memory::MemoryStore;
 use statelock::store::StoreError;
 use std::collections::BTreeMap;
@@ -38,7 +38,7 @@ pub struct Durable {
     /// Lock records.
     pub locks: MemoryStore,
     /// State documents.
-    pub states: MemoryStateStore,
+    pub states: MemoryRegister,
     /// The naive variant's locks and state.
     pub naive: Mutex<NaiveTables>,
 }
@@ -125,7 +125,9 @@ pub fn describe_op(op: &LockOp) -> (LockOpKind, Option<u128>, Option<u128>) {
             Some(owner.0.as_u128()),
             Some(observed.0),
         ),
-        OpKind::Heartbeat { owner, current } => (
+        // A rebase is the holder's own conditional write, like a heartbeat
+        // (the simulated store never loses records, so none is sent).
+        OpKind::Heartbeat { owner, current } | OpKind::Rebase { owner, current, .. } => (
             LockOpKind::Heartbeat,
             Some(owner.0.as_u128()),
             Some(current.0),
@@ -181,6 +183,12 @@ pub fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) -> Res
         }
         Request::Get(key) => Response::Record(durable.locks.get_now(&key)),
         Request::List => Response::Records(durable.locks.list_now()),
+        Request::Floor => Response::Floor(durable.locks.token_floor_now()),
+        Request::Purge { key, observed } => match durable.locks.purge_now(&key, observed) {
+            Ok(record) => Response::Purged(record),
+            Err(StoreError::Conflict { current }) => Response::Conflict(current.map(|r| *r)),
+            Err(e) => Response::Error(e.to_string()),
+        },
         Request::Load(key) => Response::State(durable.states.load_now(&key).map(Into::into)),
         Request::Save {
             key,

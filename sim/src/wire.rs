@@ -4,8 +4,9 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord};
-use statelock::state::{StateError, StateSnapshot, StateVersion};
+use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
+use statelock::state::register::StateSnapshot;
+use statelock::state::{StateError, StateVersion};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -34,6 +35,15 @@ pub enum Request {
     Get(LockKey),
     /// `LockStore::list`.
     List,
+    /// `LockStore::token_floor`.
+    Floor,
+    /// `LockStore::purge`.
+    Purge {
+        /// The key.
+        key: LockKey,
+        /// The released version to delete.
+        observed: RecordVersion,
+    },
     /// `StateStore::load`.
     Load(LockKey),
     /// `StateStore::save`.
@@ -102,6 +112,8 @@ impl Request {
             Request::Apply(op) => format!("apply({} {})", op.kind.name(), op.key),
             Request::Get(k) => format!("get({k})"),
             Request::List => "list".into(),
+            Request::Floor => "token-floor".into(),
+            Request::Purge { key, .. } => format!("purge({key})"),
             Request::Load(k) => format!("load({k})"),
             Request::Save { key, token, .. } => format!("save({key} token {token})"),
             Request::NaiveAcquire { key, .. } => format!("naive-acquire({key})"),
@@ -220,6 +232,10 @@ pub enum Response {
     Record(Option<LockRecord>),
     /// Every record.
     Records(Vec<LockRecord>),
+    /// The token floor.
+    Floor(FencingToken),
+    /// The purged record.
+    Purged(LockRecord),
     /// The state read.
     State(Option<WireSnapshot>),
     /// The state write landed; its version.

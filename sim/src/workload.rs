@@ -29,7 +29,8 @@ use rand::Rng;
 use statelock::client::{AcquireOptions, LockClient, LockGuard};
 use statelock::clock::{Clock, SkewedClock};
 use statelock::protocol::{HolderInfo, LockKey, WallTime};
-use statelock::state::{StateError, StateStore, StateVersion};
+use statelock::state::register::FencedRegister;
+use statelock::state::{StateError, StateVersion};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -411,6 +412,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
                     cancel: None,
                     holder: HolderInfo::named(client_host(ctx.id)),
                     on_wait: None,
+                    on_store_error: None,
                 },
             };
             run_ops(&ctx, &session, &mut rng).await;

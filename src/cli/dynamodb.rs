@@ -18,9 +18,10 @@ pub struct DynamoDbArgs {
 /// The `dynamodb` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum DynamoDbCommand {
-    /// Create the lock table named by --store (on-demand billing; TTL on
-    /// `expiresAt` for statelock tables). Succeeds if it already exists with
-    /// the right key schema; a table with another key schema is an error.
+    /// Create the lock table named by --store (on-demand billing, no TTL:
+    /// lock records are never deleted behind the protocol's back). Succeeds
+    /// if it already exists with the right key schema; a table with another
+    /// key schema is an error.
     CreateTable(CreateTableArgs),
 }
 
@@ -88,7 +89,7 @@ async fn create_table(args: CreateTableArgs, ctx: &Context) -> Result<i32, CliEr
         .await
         .map_err(|e| store_failure(&e, ctx.store_text()))?;
     let detail = match format {
-        LockFormat::Statelock => "hash key lockKey, on-demand, TTL on expiresAt",
+        LockFormat::Statelock => "hash key lockKey, on-demand, no TTL",
         LockFormat::Terraform => "hash key LockID, on-demand, as Terraform's S3 backend expects",
     };
     outln!("{}", setup_line("lock", table, setup, detail));

@@ -1,36 +1,54 @@
-//! `statelock exec`: run a command while holding a lock.
+//! `statelock exec`: run a command while holding a lock, and never let the
+//! command act after the lease could have ended.
 //!
-//! Order of events: validate the input; open the store; acquire the key
-//! (waiting with progress output, interruptible by SIGINT/SIGTERM/SIGHUP);
-//! run the command with `STATELOCK_KEY`, `STATELOCK_TOKEN` and
-//! `STATELOCK_LEASE_ID` in its environment while the guard heartbeats; if the
-//! lease is lost, SIGTERM the command, SIGKILL it after `--grace`, and exit 75;
-//! release the lock on every path.
+//! Order of events: validate the input (a `--grace` that does not fit the
+//! lease is refused here, before the store is touched); open the store;
+//! acquire the key (waiting with progress output, interruptible by
+//! SIGINT/SIGTERM/SIGHUP); run the command behind the launcher
+//! ([`super::launcher`]), which leads the command's own process group and
+//! kills it if statelock dies, with `STATELOCK_KEY`, `STATELOCK_TOKEN` and
+//! `STATELOCK_LEASE_ID` in its environment; while it runs, drive the stop
+//! schedule of [`Supervisor`] with the guard's deadline: SIGTERM to the group
+//! when no heartbeat was confirmed in time or the lease is lost, SIGKILL
+//! before the lease's validity ends (exit 75); when the launcher exits, kill
+//! what the command left in its group, then release the lock (bounded in
+//! time), then exit.
 //!
-//! Signals and process groups: when stdin is a terminal the command stays in
-//! statelock's process group, so it can read the terminal and job control
-//! works; the terminal already delivers Ctrl-C (SIGINT) and hangups to it, so
-//! statelock forwards those only when the terminal did not (it is not the
-//! foreground job). Otherwise (CI, scripts) the command gets its own process
-//! group and every signal goes to the whole group, so a wrapper script's
-//! children stop too when the lease is lost.
+//! Signals to statelock (SIGINT, SIGTERM, SIGHUP) go to the command's whole
+//! group and start a stop with the same grace; a second one kills at once;
+//! statelock then exits `128 + N`. When stdin is a terminal and statelock is
+//! its foreground job, the launcher hands the terminal to the command's group
+//! (it can read the terminal, Ctrl-C reaches it) and statelock takes it back
+//! afterwards.
+//!
+//! Nothing here decides whether the lease is held: that is the guard's; and
+//! nothing here sleeps except where the supervisor says.
 
 use super::duration::{self, human, wall_with_age};
+use super::input::{parse_key, parse_label};
+use super::launcher::CommandGroup;
 use super::progress::WaitReporter;
 use super::{default_who, exit, hostname, lock_failure, CliError, Context};
-use crate::client::{AcquireOptions, LockError, LockGuard, WaitProgress};
-use crate::protocol::{HolderInfo, LockKey, LockRecord, LostReason, ProtocolConfig};
-use nix::errno::Errno;
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
-use std::io::IsTerminal;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
+use crate::client::{AcquireOptions, LockError, LockGuard, StoreTrouble, WaitProgress};
+use crate::clock::Clock;
+use crate::protocol::{
+    GraceTooLong, HolderInfo, LockKey, LockRecord, LostReason, MonoTime, ProtocolConfig, StopCause,
+    StopPlan, SuperviseAction, Supervisor,
+};
+use nix::sys::signal::Signal;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// The grace period when `--grace` is not given; cut to what fits the lease.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// The longest wait for the release at the end, when the store answered the
+/// last heartbeat: a few attempts.
+const RELEASE_LIMIT: Duration = Duration::from_secs(3);
+/// The longest wait for the release when the last heartbeat was not
+/// confirmed in time: about one attempt.
+const RELEASE_LIMIT_UNANSWERED: Duration = Duration::from_secs(1);
 
 /// Arguments of `statelock exec`.
 #[derive(Debug, clap::Args)]
@@ -50,9 +68,9 @@ pub struct ExecArgs {
     /// What the command does, shown to others (e.g. apply)
     #[arg(long, value_name = "OP")]
     pub operation: Option<String>,
-    /// After a lost lease, how long the command has between SIGTERM and SIGKILL
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub grace: String,
+    /// Time between SIGTERM and SIGKILL when the command must stop (lease running out or lost, or a signal); must fit the lease, about half of it [default: 10s, less for a short lease]
+    #[arg(long, value_name = "DURATION")]
+    pub grace: Option<String>,
     /// The command to run and its arguments, after `--`
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -63,42 +81,69 @@ struct ExecPlan {
     key: LockKey,
     lease: Duration,
     wait: Option<Duration>,
-    grace: Duration,
+    /// When to stop the command, for this lease.
+    stop: StopPlan,
     holder: HolderInfo,
     /// The program to run and its arguments.
     program: String,
     program_args: Vec<String>,
 }
 
-/// Parses and checks `--key`; one line even for keys with newlines.
-pub(crate) fn parse_key(key: &str) -> Result<LockKey, CliError> {
-    LockKey::new(key).map_err(|e| {
-        let shown: String = key.chars().take(80).collect();
-        let ellipsis = if shown.len() < key.len() { "..." } else { "" };
-        CliError::usage(format!("invalid lock key {shown:?}{ellipsis}: {e}"))
-    })
+/// The shortest lease, in whole seconds, whose stop schedule fits `grace`;
+/// `None` if no accepted lease does.
+fn lease_for_grace(cfg: &ProtocolConfig, grace: Duration) -> Option<Duration> {
+    const LONGEST_LEASE_SECS: u64 = 7 * 24 * 3600;
+    let fits = |secs: u64| StopPlan::max_grace(cfg, Duration::from_secs(secs)) >= grace;
+    if !fits(LONGEST_LEASE_SECS) {
+        return None;
+    }
+    // The longest grace grows with the lease: bisect.
+    let (mut low, mut high) = (1, LONGEST_LEASE_SECS);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if fits(mid) {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    Some(Duration::from_secs(low))
 }
 
-/// Checks a free-text holder field shown to others: one line, not empty.
-pub(crate) fn parse_label(flag: &str, value: String) -> Result<String, CliError> {
-    if value.trim().is_empty() || value.chars().any(char::is_control) {
-        return Err(CliError::usage(format!(
-            "invalid --{flag} {value:?}: it must be non-empty text without control characters"
-        )));
-    }
-    Ok(value)
+/// The one line for a `--grace` that does not fit: what to change.
+fn grace_does_not_fit(
+    cfg: &ProtocolConfig,
+    grace: &str,
+    lease: &str,
+    e: &GraceTooLong,
+) -> CliError {
+    let or_lease = match lease_for_grace(cfg, e.grace) {
+        Some(needed) => format!(", or raise --lease to {} or more", human(needed)),
+        None => " (no lease allows a longer one)".to_string(),
+    };
+    CliError::usage(format!(
+        "--grace {grace} does not fit a {lease} lease: the command must be stopped before the lease can end, leaving room for heartbeat retries; lower --grace to {} or less{or_lease}",
+        human(e.max)
+    ))
 }
 
 fn plan(args: ExecArgs) -> Result<ExecPlan, CliError> {
     let key = parse_key(&args.key)?;
     let lease = duration::parse("lease", &args.lease)?;
-    // The client uses the default protocol constants; check the lease before
-    // touching the store.
-    ProtocolConfig::default()
-        .check_lease(lease)
+    // The client uses the default protocol constants; check the lease and
+    // the grace before touching the store.
+    let cfg = ProtocolConfig::default();
+    cfg.check_lease(lease)
         .map_err(|e| CliError::usage(format!("invalid --lease {:?}: {e}", args.lease)))?;
     let wait = duration::parse_wait(&args.wait)?;
-    let grace = duration::parse("grace", &args.grace)?;
+    let stop = match &args.grace {
+        None => StopPlan::fitting(&cfg, lease, DEFAULT_GRACE),
+        Some(text) => {
+            let grace = duration::parse("grace", text)?;
+            StopPlan::new(&cfg, lease, grace)
+                .map_err(|e| grace_does_not_fit(&cfg, text.trim(), args.lease.trim(), &e))?
+        }
+    };
     let mut command = args.command.into_iter();
     let program = match command.next() {
         None => {
@@ -122,7 +167,7 @@ fn plan(args: ExecArgs) -> Result<ExecPlan, CliError> {
         key,
         lease,
         wait,
-        grace,
+        stop,
         holder: HolderInfo {
             locked_by,
             operation,
@@ -142,7 +187,7 @@ struct Signals {
 
 impl Signals {
     /// Installs the handlers (from now on these signals no longer kill
-    /// statelock: it cancels the wait or forwards them).
+    /// statelock: it cancels the wait or passes them to the command).
     fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut interrupt = signal(SignalKind::interrupt())?;
@@ -170,76 +215,9 @@ impl Signals {
     }
 }
 
-/// Where signals for the command go.
-struct ChildTarget {
-    pid: Pid,
-    /// The command leads its own process group: signal the group.
-    own_group: bool,
-}
-
-impl ChildTarget {
-    fn signal(&self, sig: Signal) {
-        let sent = if self.own_group {
-            killpg(self.pid, sig)
-        } else {
-            kill(self.pid, sig)
-        };
-        match sent {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => {
-                tracing::warn!(pid = self.pid.as_raw(), signal = %sig, error = %e, "cannot signal the command")
-            }
-        }
-    }
-
-    /// Passes on a signal statelock received, unless the terminal already
-    /// delivered it to the command (Ctrl-C / hangup of the foreground job).
-    fn forward(&self, sig: Signal) {
-        if !self.own_group
-            && matches!(sig, Signal::SIGINT | Signal::SIGHUP)
-            && terminal_reached_child()
-        {
-            tracing::debug!(signal = %sig, "not forwarded: the terminal delivered it to the command too");
-            return;
-        }
-        tracing::debug!(signal = %sig, pid = self.pid.as_raw(), "forwarding signal to the command");
-        self.signal(sig);
-    }
-}
-
-/// True if statelock's process group is its terminal's foreground group, so a
-/// terminal-generated signal reached every process of the group, the command
-/// included. Read from `/proc/self/stat` (pgrp and tpgid); without `/proc`,
-/// assume so when stdin is a terminal.
-fn terminal_reached_child() -> bool {
-    let fields = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            // Fields after the command name (which may contain spaces and ')'):
-            // state ppid pgrp session tty_nr tpgid ...
-            let rest = stat.rsplit_once(')')?.1;
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let pgrp: i32 = fields.get(2)?.parse().ok()?;
-            let tpgid: i32 = fields.get(5)?.parse().ok()?;
-            Some((pgrp, tpgid))
-        });
-    match fields {
-        Some((pgrp, tpgid)) => tpgid > 0 && pgrp == tpgid,
-        None => std::io::stdin().is_terminal(),
-    }
-}
-
 /// `128 + N` for a signal.
 fn signal_exit(sig: Signal) -> i32 {
     exit::SIGNAL_BASE + sig as i32
-}
-
-/// The exit code that reflects the command's status.
-fn exit_code_of(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .or_else(|| status.signal().map(|s| exit::SIGNAL_BASE + s))
-        .unwrap_or(exit::FAILURE)
 }
 
 /// "X since T with token N".
@@ -275,15 +253,35 @@ fn lost_cause(guard: &LockGuard) -> String {
     }
 }
 
-/// Releases the lock; a failure is reported but does not change the exit
-/// code (the lock then frees itself after one lease).
-async fn release(guard: LockGuard, key: &LockKey, lease: Duration) {
-    if let Err(e) = guard.release().await {
-        errln!(
-            "statelock: could not release {:?} ({e}); it frees itself about {} after the last heartbeat.",
-            key.as_str(),
-            human(lease)
-        );
+/// Releases the lock, waiting at most a few seconds (one attempt's worth if
+/// the last heartbeat went unanswered); a failure is reported but does not
+/// change the exit code (the lock then frees itself after one lease).
+async fn release(guard: LockGuard, plan: &ExecPlan, clock: &Arc<dyn Clock>) {
+    let cfg = ProtocolConfig::default();
+    // The deadline is `validity` after the last confirmed heartbeat was sent.
+    let since_confirmed = cfg
+        .holder_validity(plan.lease)
+        .saturating_sub(guard.deadline().saturating_since(clock.now()));
+    let answering = guard.is_valid()
+        && since_confirmed <= cfg.heartbeat_interval(plan.lease) + cfg.heartbeat_retry(plan.lease);
+    let limit = if answering {
+        RELEASE_LIMIT
+    } else {
+        RELEASE_LIMIT_UNANSWERED
+    };
+    let key = plan.key.as_str();
+    tokio::select! {
+        released = guard.release() => if let Err(e) = released {
+            errln!(
+                "statelock: could not release {key:?} ({e}); it frees itself about {} after the last heartbeat.",
+                human(plan.lease)
+            );
+        },
+        _ = clock.sleep(limit) => errln!(
+            "statelock: the store did not confirm the release of {key:?} within {}; the lock frees itself about {} after the last heartbeat.",
+            human(limit),
+            human(plan.lease)
+        ),
     }
 }
 
@@ -291,6 +289,7 @@ async fn release(guard: LockGuard, key: &LockKey, lease: Duration) {
 pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> {
     let plan = plan(args)?;
     let client = ctx.client().await?;
+    let clock = client.clock().clone();
     let mut signals = Signals::install().map_err(|e| {
         CliError::new(
             exit::FAILURE,
@@ -300,7 +299,7 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
     let key_text = plan.key.as_str().to_string();
 
     // Acquire, showing progress, cancelled by the first signal.
-    let reporter = WaitReporter::new(&key_text, client.clock().clone());
+    let reporter = WaitReporter::new(&key_text, clock.clone());
     let cancel = CancellationToken::new();
     let mut opts = AcquireOptions {
         lease: plan.lease,
@@ -311,9 +310,14 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
     };
     // With --wait 0s the only report would come just before giving up.
     if plan.wait != Some(Duration::ZERO) {
-        let reporter = reporter.clone();
-        opts.on_wait = Some(Arc::new(move |p: &WaitProgress| reporter.report(p)));
+        let on_wait = reporter.clone();
+        opts.on_wait = Some(Arc::new(move |p: &WaitProgress| on_wait.report(p)));
     }
+    // A store that does not answer is said at once, whatever the wait.
+    let on_trouble = reporter.clone();
+    opts.on_store_error = Some(Arc::new(move |t: &StoreTrouble| {
+        on_trouble.store_trouble(t)
+    }));
     let (acquired, interrupted) = {
         let acquire = client.acquire(&plan.key, opts);
         tokio::pin!(acquire);
@@ -329,7 +333,7 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
         }
     };
     let waited = reporter.finish();
-    let now = client.clock().wall();
+    let now = clock.wall();
     let guard = match acquired {
         Ok(guard) => guard,
         Err(LockError::Held { holder }) => {
@@ -365,8 +369,16 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
         }
         Err(other) => return Err(lock_failure(other, ctx.store_text())),
     };
+    // The grant's audit event must be on record before the command runs.
+    if let Some(why) = super::audit_failure() {
+        release(guard, &plan, &clock).await;
+        return Err(CliError::new(
+            exit::FAILURE,
+            format!("{why}; the lock was released and the command was not run"),
+        ));
+    }
     if let Some(sig) = interrupted {
-        release(guard, &plan.key, plan.lease).await;
+        release(guard, &plan, &clock).await;
         return Err(CliError::new(
             signal_exit(sig),
             format!("interrupted by {sig} just as {key_text:?} was granted; released it without running the command"),
@@ -380,124 +392,184 @@ pub(crate) async fn run(args: ExecArgs, ctx: &Context) -> Result<i32, CliError> 
     }
     tracing::info!(lock_key = %plan.key, token = guard.token().0, program = %plan.program, args = ?plan.program_args, "running the command");
 
-    // Run the command.
-    let own_group = !std::io::stdin().is_terminal();
-    let mut command = tokio::process::Command::new(&plan.program);
-    command
-        .args(&plan.program_args)
-        .env("STATELOCK_KEY", plan.key.as_str())
-        .env("STATELOCK_TOKEN", guard.token().to_string())
-        .env("STATELOCK_LEASE_ID", guard.lease_id().to_string());
-    if own_group {
-        command.process_group(0);
+    // Run the command in its own process group, behind the launcher.
+    // With a state store, seal the key's state before the command runs (the
+    // lock's token may be raised above the state's fence doing so), so from
+    // now on no older holder can write it.
+    let mut env = Vec::new();
+    if let Some(url) = ctx.state_store_url() {
+        match super::state::seal_for_exec(url, &guard, ctx).await {
+            Ok((text, _)) => env.push(("STATELOCK_STATE_STORE", text)),
+            Err(e) => {
+                release(guard, &plan, &clock).await;
+                return Err(CliError::new(
+                    e.code,
+                    format!(
+                        "{}; the lock was released and the command was not run",
+                        e.message
+                    ),
+                ));
+            }
+        }
     }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
+    env.extend([
+        ("STATELOCK_KEY", key_text.clone()),
+        ("STATELOCK_TOKEN", guard.token().to_string()),
+        ("STATELOCK_LEASE_ID", guard.lease_id().to_string()),
+    ]);
+    let group = match CommandGroup::start(&plan.program, &plan.program_args, &env).await {
+        Ok(group) => group,
         Err(e) => {
-            release(guard, &plan.key, plan.lease).await;
-            let (code, why) = match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    (exit::COMMAND_NOT_FOUND, "command not found".to_string())
-                }
-                std::io::ErrorKind::PermissionDenied => {
-                    (exit::CANNOT_EXECUTE, "permission denied".to_string())
-                }
-                _ => (exit::CANNOT_EXECUTE, e.to_string()),
-            };
+            release(guard, &plan, &clock).await;
             return Err(CliError::new(
-                code,
-                format!(
-                    "cannot run {:?}: {why}; the lock was released",
-                    plan.program
-                ),
+                exit::FAILURE,
+                format!("cannot start the command's launcher (statelock's own binary): {e}; the lock was released"),
             ));
         }
     };
-    let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) else {
-        // Only possible if the child was already reaped, which we have not done.
-        let status = child.wait().await;
-        release(guard, &plan.key, plan.lease).await;
-        return Ok(status.map(exit_code_of).unwrap_or(exit::FAILURE));
-    };
-    let target = ChildTarget {
-        pid: Pid::from_raw(pid),
-        own_group,
-    };
-
-    let code = supervise(&mut child, &target, &guard, &mut signals, &plan).await;
-    release(guard, &plan.key, plan.lease).await;
+    let code = supervise(group, &guard, &mut signals, &plan, &clock).await;
+    release(guard, &plan, &clock).await;
     Ok(code)
 }
 
-/// Waits for the command, forwarding signals, until it exits or the lease is
-/// lost; returns the exit code.
-async fn supervise(
-    child: &mut Child,
-    target: &ChildTarget,
-    guard: &LockGuard,
-    signals: &mut Signals,
-    plan: &ExecPlan,
-) -> i32 {
-    let lost = guard.lost_token();
-    let exited = loop {
-        tokio::select! {
-            // A lost lease wins a tie: being conservative is the point.
-            biased;
-            _ = lost.cancelled() => break None,
-            status = child.wait() => break Some(status),
-            Some(sig) = signals.recv() => target.forward(sig),
-        }
-    };
-    match exited {
-        Some(Ok(status)) if guard.is_valid() => exit_code_of(status),
-        Some(Ok(_)) => {
-            // The deadline passed while the command ran (no heartbeat was
-            // confirmed in time): its last writes may have come too late.
-            errln!(
-                "statelock: lost the lock on {:?} before the command finished ({}); treat its result as unsafe.",
-                plan.key.as_str(),
-                lost_cause(guard)
-            );
-            exit::LEASE_LOST
-        }
-        Some(Err(e)) => {
-            errln!("statelock: lost track of the command: {e}.");
-            exit::FAILURE
-        }
-        None => {
-            errln!(
-                "statelock: lost the lock on {:?} ({}); sent SIGTERM to the command, and SIGKILL follows after {}, because another process may hold the lock now.",
-                plan.key.as_str(),
-                lost_cause(guard),
-                human(plan.grace)
-            );
-            stop_after_loss(child, target, signals, plan.grace).await;
-            exit::LEASE_LOST
-        }
+/// A duration to a tenth of a second below a minute (`850ms`, `1.4s`),
+/// else as [`human`] renders it.
+fn tenths(d: Duration) -> String {
+    if d < Duration::from_secs(1) || d >= Duration::from_secs(60) {
+        human(d)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
     }
 }
 
-/// SIGTERM now, SIGKILL after `grace`, until the command has exited.
-async fn stop_after_loss(
-    child: &mut Child,
-    target: &ChildTarget,
-    signals: &mut Signals,
-    grace: Duration,
+/// Says in one line why the command is being stopped and when SIGKILL
+/// comes (`kill_in`; `None`: it was sent at once).
+fn report_lease_stop(
+    cause: StopCause,
+    guard: &LockGuard,
+    plan: &ExecPlan,
+    now: MonoTime,
+    kill_in: Option<Duration>,
 ) {
-    target.signal(Signal::SIGTERM);
-    let grace_over = tokio::time::sleep(grace);
-    tokio::pin!(grace_over);
-    loop {
-        tokio::select! {
-            _ = child.wait() => return,
-            _ = &mut grace_over => {
-                tracing::warn!(pid = target.pid.as_raw(), "the command outlived the grace period: SIGKILL");
-                target.signal(Signal::SIGKILL);
-                let _ = child.wait().await;
-                return;
-            }
-            Some(sig) = signals.recv() => target.forward(sig),
+    let key = plan.key.as_str();
+    let what = match cause {
+        StopCause::LeaseLost => format!("lost the lock on {key:?} ({})", lost_cause(guard)),
+        _ => {
+            let validity = ProtocolConfig::default().holder_validity(plan.lease);
+            let silent = now.saturating_since(guard.deadline() - validity);
+            format!(
+                "no heartbeat of {key:?} was confirmed for {}: the lease is running out",
+                tenths(silent)
+            )
         }
+    };
+    match kill_in {
+        Some(kill_in) => errln!(
+            "statelock: {what}; sent SIGTERM to the command's process group, SIGKILL follows in {} unless it exits, before another process can hold the lock.",
+            tenths(kill_in)
+        ),
+        None => errln!(
+            "statelock: {what}; killed the command's process group with SIGKILL at once, before another process can hold the lock."
+        ),
+    }
+}
+
+/// Runs the stop schedule until the launcher exits: SIGTERM and SIGKILL to
+/// the group as the [`Supervisor`] says, signals to statelock passed on.
+/// Kills what the command left behind and returns the exit code.
+async fn supervise(
+    group: CommandGroup,
+    guard: &LockGuard,
+    signals: &mut Signals,
+    plan: &ExecPlan,
+    clock: &Arc<dyn Clock>,
+) -> i32 {
+    let mut supervisor = Supervisor::new(plan.stop);
+    let lost = guard.lost_token();
+    let mut lost_seen = false;
+    let exited = group.exited();
+    tokio::pin!(exited);
+    // The first signal statelock received while the command ran.
+    let mut interrupted: Option<Signal> = None;
+    // Why the lease made statelock stop the command, if it did.
+    let mut lease_stop: Option<StopCause> = None;
+    let launcher_exit = loop {
+        let now = clock.now();
+        let held = guard.is_valid();
+        let was_stopping = supervisor.stopping();
+        let wake = match supervisor.poll(now, guard.deadline(), held) {
+            SuperviseAction::Wait { until } => Some(until),
+            SuperviseAction::Terminate { cause, until } => {
+                // A requested stop already passed on the signal received.
+                if cause != StopCause::Requested {
+                    group.signal(Signal::SIGTERM);
+                    lease_stop = Some(cause);
+                    report_lease_stop(cause, guard, plan, now, Some(until.saturating_since(now)));
+                }
+                Some(until)
+            }
+            SuperviseAction::Kill => {
+                group.signal(Signal::SIGKILL);
+                if !was_stopping {
+                    // Noticed only when the kill was already due.
+                    let cause = if held {
+                        StopCause::LeaseRunningOut
+                    } else {
+                        StopCause::LeaseLost
+                    };
+                    lease_stop = Some(cause);
+                    report_lease_stop(cause, guard, plan, now, None);
+                } else if let (None, Some(sig)) = (lease_stop, interrupted) {
+                    errln!("statelock: the command had not exited after {sig}; killed its process group with SIGKILL.");
+                }
+                tracing::warn!(
+                    group = group.group().as_raw(),
+                    "SIGKILL to the command's process group"
+                );
+                None
+            }
+            SuperviseAction::Done => None,
+        };
+        let sleep = match wake {
+            Some(until) => clock.sleep(until.saturating_since(now)),
+            None => Box::pin(std::future::pending()),
+        };
+        tokio::select! {
+            // The command's end wins a tie; then a lost lease.
+            biased;
+            status = &mut exited => break status,
+            _ = lost.cancelled(), if !lost_seen => lost_seen = true,
+            Some(sig) = signals.recv() => {
+                let now = clock.now();
+                if interrupted.is_none() {
+                    tracing::debug!(signal = %sig, "passing the signal to the command's process group");
+                    interrupted = Some(sig);
+                    group.signal(sig);
+                    supervisor.request_stop(now);
+                } else {
+                    supervisor.request_kill(now);
+                }
+            }
+            _ = sleep => {}
+        }
+    };
+    let code = group.finish(launcher_exit).await;
+    if lease_stop.is_some() {
+        return exit::LEASE_LOST;
+    }
+    if !guard.is_valid() {
+        // The command ended just as the lease did: its last writes may have
+        // come too late.
+        errln!(
+            "statelock: lost the lock on {:?} before the command finished ({}); treat its result as unsafe.",
+            plan.key.as_str(),
+            lost_cause(guard)
+        );
+        return exit::LEASE_LOST;
+    }
+    match interrupted {
+        Some(sig) => signal_exit(sig),
+        None => code,
     }
 }
 
@@ -512,7 +584,7 @@ mod tests {
             wait: "10m".into(),
             who: None,
             operation: None,
-            grace: "10s".into(),
+            grace: None,
             command: command.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -558,6 +630,21 @@ mod tests {
                 },
                 "invalid --who",
             ),
+            (
+                ExecArgs {
+                    grace: Some("10s".into()),
+                    lease: "2s".into(),
+                    ..args(&["true"])
+                },
+                "--grace 10s does not fit a 2s lease",
+            ),
+            (
+                ExecArgs {
+                    grace: Some("soon".into()),
+                    ..args(&["true"])
+                },
+                "invalid --grace",
+            ),
         ];
         for (input, want) in cases {
             let err = plan(input).err().map(|e| (e.code, e.message));
@@ -566,5 +653,58 @@ mod tests {
             assert!(message.contains(want), "{message:?} lacks {want:?}");
             assert!(!message.contains('\n'));
         }
+    }
+
+    #[test]
+    fn grace_defaults_to_what_fits_and_an_explicit_one_must_fit() {
+        let cfg = ProtocolConfig::default();
+        let short = plan(ExecArgs {
+            lease: "2s".into(),
+            ..args(&["true"])
+        })
+        .map(|p| p.stop);
+        assert_eq!(
+            short,
+            Ok(StopPlan::fitting(
+                &cfg,
+                Duration::from_secs(2),
+                DEFAULT_GRACE
+            ))
+        );
+        let long = plan(args(&["true"])).map(|p| p.stop.grace());
+        assert_eq!(long, Ok(DEFAULT_GRACE));
+        let explicit = plan(ExecArgs {
+            grace: Some("2s".into()),
+            ..args(&["true"])
+        })
+        .map(|p| p.stop.grace());
+        assert_eq!(explicit, Ok(Duration::from_secs(2)));
+    }
+
+    /// The lease the refusal proposes is the shortest whole-second lease
+    /// that fits the grace.
+    #[test]
+    fn the_proposed_lease_is_the_shortest_that_fits() {
+        let cfg = ProtocolConfig::default();
+        for grace_ms in [1u64, 500, 931, 1000, 10_000, 60_000, 3_600_000] {
+            let grace = Duration::from_millis(grace_ms);
+            let lease = lease_for_grace(&cfg, grace).expect("some lease fits");
+            assert!(StopPlan::new(&cfg, lease, grace).is_ok(), "{grace_ms} ms");
+            if lease > Duration::from_secs(1) {
+                let shorter = lease - Duration::from_secs(1);
+                assert!(
+                    StopPlan::new(&cfg, shorter, grace).is_err(),
+                    "{grace_ms} ms"
+                );
+            }
+        }
+        assert_eq!(
+            lease_for_grace(&cfg, Duration::from_secs(10)),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            lease_for_grace(&cfg, Duration::from_secs(30 * 24 * 3600)),
+            None
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The `statelock` command-line tool: clap commands, thin over the library.
 //!
 //! Each command validates its input, opens the store named by `--store` (or
-//! `STATELOCK_STORE`, default [`DEFAULT_STORE_URL`]), calls
+//! `STATELOCK_STORE`, default [`default_store_url`]: a per-user directory),
+//! calls
 //! [`LockClient`], and turns the answer into text or JSON and an exit code.
 //! Nothing here decides anything about locking: waiting, takeover, heartbeats
 //! and fencing are the library's. Errors become one sentence on stderr that
@@ -11,15 +12,15 @@
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | success; `status` of a free, held or never-locked key; `unlock` of a lock that is not held |
-//! | 1 | `unlock`: the operator answered no at the prompt (nothing changed); or an unexpected error |
-//! | 2 | bad input: usage error, invalid key, bad duration, unknown store URL, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
+//! | 1 | `unlock`/`purge`: the operator answered no at the prompt (nothing changed); the `--audit-log` could not be written (`exec` then runs nothing); or an unexpected error |
+//! | 2 | bad input: usage error, invalid key, bad duration, a `--grace` that does not fit the lease, unknown store URL, no `--store` and no default store location, missing command, `unlock` without `--force`, or without `--yes` when stdin is not a terminal |
 //! | 3 | `exec`: the lock is held and `--wait` ran out (immediately with `--wait 0s`) |
 //! | 4 | `unlock`: the lock record changed after it was shown; nothing was forced |
 //! | 5 | the lock store failed (unreachable, misconfigured or a damaged record) |
-//! | 75 | `exec`: the lease was lost while the command ran; the command was stopped |
+//! | 75 | `exec`: the lease ran out or was lost while the command ran; the command was stopped |
 //! | 126 | `exec`: the command could not be executed |
 //! | 127 | `exec`: the command was not found |
-//! | 128+N | `exec`: the command was killed by signal N, or statelock was interrupted by signal N while waiting |
+//! | 128+N | `exec`: the command was killed by signal N, or statelock was interrupted by signal N (while waiting, or while the command ran: its process group got the signal) |
 //! | other | `exec`: the command's own exit code |
 
 // Output that never panics: a closed pipe (`statelock locks | head -1`) or a
@@ -57,19 +58,30 @@ mod duration;
 #[cfg(feature = "dynamodb")]
 mod dynamodb;
 mod exec;
+mod input;
+mod launcher;
 mod progress;
+mod purge;
+#[cfg(feature = "s3")]
+mod s3;
 mod show;
+mod sightings;
+mod state;
 mod unlock;
 
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::{CreateTableArgs, DynamoDbArgs, DynamoDbCommand};
 pub use exec::ExecArgs;
+pub use purge::PurgeArgs;
+#[cfg(feature = "s3")]
+pub use s3::{ProbeArgs, S3Args, S3Command};
 pub use show::{LocksArgs, StatusArgs};
+pub use state::{StateArgs, StateCommand};
 pub use unlock::UnlockArgs;
 
 use crate::client::{LockClient, LockError};
 use crate::observe;
-use crate::store::url::{StoreUrl, DEFAULT_STORE_URL};
+use crate::store::url::{default_store_url, file_store_url, StoreUrl};
 use crate::store::{open_lock_store, StoreError};
 use clap::{ArgAction, Parser, Subcommand};
 use std::fs::OpenOptions;
@@ -108,32 +120,49 @@ that is safe under clock skew, and a fencing token per grant.
 
 `statelock exec --key KEY -- CMD...` runs CMD while holding KEY, with
 STATELOCK_KEY, STATELOCK_TOKEN (the fencing token) and STATELOCK_LEASE_ID in
-its environment. If the lease is lost, CMD gets SIGTERM (SIGKILL after
---grace). A crashed holder's lock is taken over about one lease after its last
-heartbeat.
+its environment. CMD runs in its own process group: if heartbeats go
+unconfirmed or the lock is lost, the group gets SIGTERM, then SIGKILL after
+--grace, both before the lease can end; the group dies with statelock (even
+on kill -9), and SIGINT/SIGTERM/SIGHUP to statelock go to the group. A
+crashed holder's lock is taken over about one lease after its last heartbeat.
 
-Store URLs (--store or STATELOCK_STORE; default file://.statelock):
-  file://DIR                   a directory on this machine (the default)
+Store URLs (--store or STATELOCK_STORE):
+  file://DIR                   a directory on this machine (a relative DIR is
+                               taken from the working directory; messages
+                               show the absolute path)
   mem://                       in-process only (forgets on exit; for trials)
   dynamodb://TABLE?region=R&endpoint=URL[&format=terraform]
                                (create the table once with
                                `statelock --store URL dynamodb create-table`)
+  s3://BUCKET/PREFIX?region=R&endpoint=URL[&format=terraform]
+                               records under PREFIX/locks/ (format=terraform:
+                               Terraform's PREFIX/<state key>.tflock files);
+                               check the service with `statelock s3 probe URL`
+
+Default store: a directory per user, the same from any working directory:
+$STATELOCK_HOME/locks, else $XDG_STATE_HOME/statelock/locks, else
+$HOME/.local/state/statelock/locks. Processes of other users or on other
+machines do not see it: give every party the same --store to exclude them.
 
 Exit codes:
   0      success; status of a free, held or never-locked key; unlock of a
          lock that is not held
-  1      unlock: answered no at the prompt (nothing changed); unexpected error
-  2      bad input: usage error, invalid key, bad duration, unknown store URL,
-         missing command after --, unlock without --force, or without --yes
-         when stdin is not a terminal
+  1      unlock/purge: answered no at the prompt (nothing changed); the
+         --audit-log could not be written; unexpected error
+  2      bad input: usage error, invalid key, bad duration, a --grace that
+         does not fit the lease, unknown store URL, no --store and no default
+         store location, missing command after --,
+         unlock without --force, or without --yes when stdin is not a terminal
   3      exec: the lock is held and --wait ran out (at once with --wait 0s)
   4      unlock: the lock changed after it was shown; nothing was forced
   5      the lock store failed (unreachable, misconfigured, damaged record)
-  75     exec: the lease was lost while the command ran; it was stopped
+  75     exec: the lease ran out or was lost while the command ran; it was
+         stopped
   126    exec: the command could not be executed
   127    exec: the command was not found
   128+N  exec: the command was killed by signal N, or statelock was
-         interrupted by signal N while waiting (130 = SIGINT, 143 = SIGTERM)
+         interrupted by signal N, while waiting or while the command ran (its
+         process group got the signal); 130 = SIGINT, 143 = SIGTERM
   other  exec: the command's own exit code";
 
 const EXEC_EXAMPLES: &str = "\
@@ -151,21 +180,22 @@ Examples:
     long_about = LONG_ABOUT
 )]
 pub struct Cli {
-    /// Where the locks live: file://DIR, mem:// or dynamodb://TABLE?region=R
-    #[arg(
-        long,
-        global = true,
-        env = "STATELOCK_STORE",
-        default_value = DEFAULT_STORE_URL,
-        value_name = "URL"
-    )]
-    pub store: String,
+    /// Where the locks live: file://DIR, mem://, dynamodb://TABLE?region=R or s3://BUCKET/PREFIX?region=R [default: a directory per user]
+    ///
+    /// The default is file://$STATELOCK_HOME/locks, else
+    /// file://$XDG_STATE_HOME/statelock/locks, else
+    /// file://$HOME/.local/state/statelock/locks.
+    #[arg(long, global = true, env = "STATELOCK_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides the filter
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
     /// Append audit events (acquired, released, lost, force-unlocked) to FILE as JSON lines
     #[arg(long, global = true, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Where state documents live: file://DIR or s3://BUCKET/PREFIX [default: a directory per user beside the locks]; `exec` seals the key's state there when given
+    #[arg(long, global = true, env = "STATELOCK_STATE_STORE", value_name = "URL")]
+    pub state_store: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -183,10 +213,18 @@ pub enum Command {
     Status(StatusArgs),
     /// Force-release a lock, after showing its holder and asking for confirmation
     Unlock(UnlockArgs),
+    /// Remove records released long ago (their tokens stay in the store's token floor)
+    Purge(PurgeArgs),
+    /// The state documents: show, pull, push, history, backup, restore
+    State(StateArgs),
     /// Set up a DynamoDB store: `dynamodb create-table`
     #[cfg(feature = "dynamodb")]
     #[command(name = "dynamodb")]
     DynamoDb(DynamoDbArgs),
+    /// Check an S3 store's service: `s3 probe [URL]`
+    #[cfg(feature = "s3")]
+    #[command(name = "s3")]
+    S3(S3Args),
 }
 
 /// Output format of `locks` and `status`.
@@ -252,12 +290,19 @@ pub(crate) fn lock_failure(err: LockError, store: &str) -> CliError {
 pub(crate) struct Context {
     store_url: StoreUrl,
     store_text: String,
+    state_store: Option<String>,
 }
 
 impl Context {
-    /// The store as the user named it.
+    /// The store as messages name it: a `file://` store by its absolute
+    /// path, other stores as the user wrote them.
     pub(crate) fn store_text(&self) -> &str {
         &self.store_text
+    }
+
+    /// The state store URL given (`--state-store` / `STATELOCK_STATE_STORE`).
+    pub(crate) fn state_store_url(&self) -> Option<&str> {
+        self.state_store.as_deref()
     }
 
     /// Opens the store and a client over it.
@@ -287,6 +332,59 @@ pub(crate) fn hostname() -> String {
     from_proc
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The audit log file: appends every event as one write, and remembers the
+/// first write that failed, so a log that cannot be written is an error the
+/// command reports (see [`audit_failure`]), never silence.
+#[derive(Clone)]
+struct AuditLog {
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The audit log of this process, if `--audit-log` was given.
+static AUDIT_LOG: std::sync::OnceLock<AuditLog> = std::sync::OnceLock::new();
+
+/// Why the audit log could not be written, if a write failed.
+pub(crate) fn audit_failure() -> Option<String> {
+    let log = AUDIT_LOG.get()?;
+    let failed = log
+        .failed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    failed.clone()
+}
+
+/// One event's writer.
+struct AuditWriter(AuditLog);
+
+impl std::io::Write for AuditWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let result = (&*self.0.file).write(buf);
+        if let Err(e) = &result {
+            let mut failed = self
+                .0
+                .failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            failed.get_or_insert_with(|| {
+                format!("cannot write the audit log {}: {e}", self.0.path.display())
+            });
+        }
+        result
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&*self.0.file).flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AuditLog {
+    type Writer = AuditWriter;
+    fn make_writer(&'a self) -> AuditWriter {
+        AuditWriter(self.clone())
+    }
 }
 
 /// Sets up logging: `-v` logs to stderr, `--audit-log` appends the audit
@@ -324,13 +422,19 @@ fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError
                         path.display()
                     ))
                 })?;
+            let log = AuditLog {
+                file: Arc::new(file),
+                path: path.clone(),
+                failed: Arc::new(std::sync::Mutex::new(None)),
+            };
+            let _ = AUDIT_LOG.set(log.clone());
             Some(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
                     .with_span_list(false)
-                    .with_writer(Arc::new(file))
+                    .with_writer(log)
                     .with_filter(
                         Targets::new().with_target(observe::AUDIT_TARGET, LevelFilter::TRACE),
                     ),
@@ -346,24 +450,56 @@ fn init_tracing(verbose: u8, audit_log: Option<&PathBuf>) -> Result<(), CliError
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<i32, CliError> {
-    let store_url = StoreUrl::parse(&cli.store).map_err(|e| match e {
-        StoreError::Misconfigured(why) => CliError::usage(format!(
-            "{why}; set --store or STATELOCK_STORE to e.g. {DEFAULT_STORE_URL}"
-        )),
+/// The store named by `--store` / `STATELOCK_STORE` (`given`), else the
+/// per-user default from `env`, with a `file://` path made absolute; and
+/// the text that names it in messages.
+fn resolve_store(
+    given: Option<String>,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<(StoreUrl, String), CliError> {
+    let usage = |e: StoreError| match e {
+        StoreError::Misconfigured(why) => CliError::usage(why),
         other => CliError::usage(other.to_string()),
-    })?;
+    };
+    let url = match &given {
+        Some(text) => StoreUrl::parse(text).map_err(|e| match e {
+            StoreError::Misconfigured(why) => CliError::usage(format!(
+                "{why}; fix --store / STATELOCK_STORE, or leave both unset for the per-user \
+                 default store"
+            )),
+            other => usage(other),
+        })?,
+        None => default_store_url(env).map_err(usage)?,
+    };
+    let url = url.into_absolute().map_err(usage)?;
+    let text = match (&url, given) {
+        (StoreUrl::File(dir), _) => file_store_url(dir),
+        (_, Some(text)) => text,
+        (other, None) => format!("{other:?}"),
+    };
+    Ok((url, text))
+}
+
+async fn run(cli: Cli) -> Result<i32, CliError> {
+    let (store_url, store_text) = resolve_store(cli.store, |name| std::env::var_os(name))?;
+    // What messages call the store: never with credentials typed into it.
+    let store_text = crate::store::url::redact_credentials(&store_text);
     let ctx = Context {
         store_url,
-        store_text: cli.store,
+        store_text,
+        state_store: cli.state_store,
     };
     match cli.command {
         Command::Exec(args) => exec::run(args, &ctx).await,
         Command::Locks(args) => show::locks(args, &ctx).await,
         Command::Status(args) => show::status(args, &ctx).await,
         Command::Unlock(args) => unlock::run(args, &ctx).await,
+        Command::Purge(args) => purge::run(args, &ctx).await,
+        Command::State(args) => state::run(args, &ctx).await,
         #[cfg(feature = "dynamodb")]
         Command::DynamoDb(args) => dynamodb::run(args, &ctx).await,
+        #[cfg(feature = "s3")]
+        Command::S3(args) => s3::run(args, &ctx).await,
     }
 }
 
@@ -379,6 +515,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    // `statelock exec`'s launcher: before any parsing or runtime.
+    if let Some(code) = launcher::dispatch(&args) {
+        return code;
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -400,13 +541,20 @@ where
             return exit::FAILURE;
         }
     };
-    let code = match runtime.block_on(run(cli)) {
+    let mut code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             errln!("statelock: {}.", e.message.trim_end_matches('.'));
             e.code
         }
     };
+    // An audit log that could not be written fails the command.
+    if let Some(why) = audit_failure() {
+        errln!("statelock: {why}; audit events were lost: free space or fix the file, then check what ran.");
+        if code == exit::OK {
+            code = exit::FAILURE;
+        }
+    }
     // Do not hang on a task stuck in the store (e.g. a release on drop).
     runtime.shutdown_timeout(Duration::from_secs(2));
     code
@@ -420,6 +568,36 @@ mod tests {
     #[test]
     fn clap_definition_is_valid() {
         Cli::command().debug_assert();
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> + 'a {
+        move |name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.into())
+    }
+
+    #[test]
+    fn the_store_is_named_by_its_absolute_path() {
+        let home = [("HOME", "/home/u")];
+        assert_eq!(
+            resolve_store(None, env(&home)),
+            Ok((
+                StoreUrl::File("/home/u/.local/state/statelock/locks".into()),
+                "file:///home/u/.local/state/statelock/locks".to_string()
+            ))
+        );
+        // An explicit store wins over the default, and a relative path is
+        // shown absolute.
+        let cwd = std::env::current_dir().unwrap();
+        let (url, text) = resolve_store(Some("file://rel/locks".into()), env(&home)).unwrap();
+        assert_eq!(url, StoreUrl::File(cwd.join("rel/locks")));
+        assert_eq!(text, format!("file://{}", cwd.join("rel/locks").display()));
+        assert_eq!(
+            resolve_store(Some("mem://".into()), env(&[])),
+            Ok((StoreUrl::Memory, "mem://".to_string()))
+        );
+        // No store and no default location: exit 2, telling to pass --store.
+        let err = resolve_store(None, env(&[])).unwrap_err();
+        assert_eq!(err.code, exit::USAGE);
+        assert!(err.message.contains("--store"), "{}", err.message);
     }
 
     #[test]

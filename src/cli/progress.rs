@@ -4,7 +4,7 @@
 //! of holder, else every [`LINE_INTERVAL`]) so logs stay readable.
 
 use super::duration::{human, wall_with_age};
-use crate::client::WaitProgress;
+use crate::client::{StoreTrouble, WaitProgress};
 use crate::clock::Clock;
 use crate::protocol::{LeaseId, MonoTime};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,6 +25,7 @@ struct State {
     display: Display,
     last_owner: Option<LeaseId>,
     last_line: Option<MonoTime>,
+    last_trouble: Option<MonoTime>,
     reported: bool,
 }
 
@@ -50,6 +51,7 @@ impl WaitReporter {
                 display,
                 last_owner: None,
                 last_line: None,
+                last_trouble: None,
                 reported: false,
             }),
         })
@@ -124,6 +126,34 @@ impl WaitReporter {
                     errln!("statelock: {holder}; {takeover}");
                 }
             }
+        }
+    }
+
+    /// Called by the client each time a store request fails in a way that
+    /// retrying may cure: says so at once (one line), then at most every
+    /// [`LINE_INTERVAL`] while it lasts.
+    pub(crate) fn store_trouble(&self, trouble: &StoreTrouble) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let due = match state.last_trouble {
+            None => true,
+            Some(at) => now.saturating_since(at) >= LINE_INTERVAL,
+        };
+        if !due {
+            return;
+        }
+        state.last_trouble = Some(now);
+        state.reported = true;
+        let line = format!(
+            "{} (failed {} time{} in a row; waited {}); retrying until --wait runs out",
+            crate::store::url::redact_credentials(&trouble.error.to_string()),
+            trouble.failures,
+            if trouble.failures == 1 { "" } else { "s" },
+            human(trouble.waited),
+        );
+        match &mut state.display {
+            Display::Spinner(Some(bar)) => bar.println(format!("statelock: {line}")),
+            _ => errln!("statelock: {line}"),
         }
     }
 

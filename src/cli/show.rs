@@ -1,12 +1,21 @@
 //! `statelock locks` and `statelock status`: what the store says, as a table,
-//! a detail view or JSON (the library's [`LockStatus`]). Read-only.
+//! a detail view or JSON (the library's [`LockStatus`]). Read-only, except
+//! for this machine's sightings cache (see [`super::sightings`]).
+//!
+//! Liveness is judged by how long this machine has seen a record's version
+//! unchanged, never by the holder's wall clock: wall times are shown as
+//! information only.
 
-use super::duration::{human, wall, wall_with_age};
-use super::exec::parse_key;
+use super::duration::{self, human, wall, wall_with_age};
+use super::input::parse_key;
+use super::sightings::Sightings;
 use super::{exit, lock_failure, CliError, Context, OutputFormat};
-use crate::client::LockStatus;
+use crate::client::{Liveness, LockClient, LockStatus};
 use crate::protocol::{LockRecord, WallTime};
+use crate::store::DamagedRecord;
+use serde::Serialize;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 /// Arguments of `statelock locks`.
 #[derive(Debug, clap::Args)]
@@ -25,14 +34,29 @@ pub struct StatusArgs {
     /// Output format (JSON: a LockStatus, or null if the key was never locked)
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Keep reading the record for up to this long while its holder's
+    /// liveness is unknown (a live holder renews every third of its lease)
+    #[arg(long, default_value = "0s", value_name = "DURATION")]
+    pub observe: String,
 }
 
-/// `held`, `free` or `STALE`.
+/// `free`, `held`, `alive`, `STALE` or `held` (never expires).
 pub(crate) fn state_word(status: &LockStatus) -> &'static str {
-    match (status.held, status.stale) {
-        (false, _) => "free",
-        (true, false) => "held",
-        (true, true) => "STALE",
+    match status.liveness {
+        Liveness::Released => "free",
+        Liveness::Alive => "alive",
+        Liveness::Stale => "STALE",
+        Liveness::Unknown | Liveness::NeverExpires => "held",
+    }
+}
+
+/// How long this machine has seen the version unchanged, for a table cell.
+fn unchanged_cell(status: &LockStatus) -> String {
+    match status.liveness {
+        Liveness::Released | Liveness::NeverExpires => "-".to_string(),
+        Liveness::Alive => "renewed".to_string(),
+        _ if status.unchanged_ms == 0 => "first look".to_string(),
+        _ => human(Duration::from_millis(status.unchanged_ms)),
     }
 }
 
@@ -63,8 +87,9 @@ fn lease_cell(r: &LockRecord) -> String {
     }
 }
 
-/// Renders the `locks` table (a header and one row per lock).
-pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
+/// Renders the `locks` table (a header and one row per lock, damaged
+/// records last).
+pub(crate) fn locks_table(statuses: &[LockStatus], damaged: &[DamagedRecord]) -> String {
     const HEADER: [&str; 8] = [
         "KEY",
         "STATE",
@@ -72,11 +97,11 @@ pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
         "HOLDER",
         "OPERATION",
         "ACQUIRED",
-        "LAST HEARTBEAT",
+        "UNCHANGED",
         "LEASE",
     ];
     let dash = || "-".to_string();
-    let rows: Vec<[String; 8]> = statuses
+    let mut rows: Vec<[String; 8]> = statuses
         .iter()
         .map(|s| {
             let r = &s.record;
@@ -95,15 +120,23 @@ pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
                     _ => dash(),
                 },
                 if held { wall(r.acquired_at) } else { dash() },
-                if held && r.expires() {
-                    format!("{} ago", human(now.saturating_since(r.heartbeat_at)))
-                } else {
-                    dash()
-                },
+                unchanged_cell(s),
                 lease_cell(r),
             ]
         })
         .collect();
+    rows.extend(damaged.iter().map(|d| {
+        [
+            d.key.clone(),
+            "DAMAGED".to_string(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+        ]
+    }));
     let mut widths = HEADER.map(|h| h.chars().count());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -130,19 +163,37 @@ pub(crate) fn locks_table(statuses: &[LockStatus], now: WallTime) -> String {
         let cells: Vec<&str> = row.iter().map(String::as_str).collect();
         line(&cells);
     }
+    out.push_str(
+        "\nUNCHANGED: how long this machine has seen the record unchanged (a live holder renews it every third of its lease); wall-clock times are informational.\n",
+    );
     if statuses.iter().any(|s| s.stale) {
         out.push_str(
-            "\nSTALE: held, but no heartbeat for longer than a takeover wait; the holder is probably gone and the next waiter will take the lock over.\n",
+            "STALE: seen unchanged for longer than a takeover wait; the holder is probably gone and the next waiter will take the lock over.\n",
+        );
+    }
+    if statuses
+        .iter()
+        .any(|s| s.held && s.liveness == Liveness::Unknown)
+    {
+        out.push_str(
+            "held: liveness not known yet (first look, or unchanged for less than a takeover wait); run again, or `statelock status KEY --observe 10s`.\n",
         );
     }
     if statuses.iter().any(|s| s.held && !s.record.expires()) {
         out.push_str(NEVER_EXPIRES_NOTE);
     }
+    for d in damaged {
+        let _ = writeln!(
+            out,
+            "DAMAGED {}: {} (statelock never overwrites it: inspect and repair or remove it by hand)",
+            d.key, d.reason
+        );
+    }
     out
 }
 
 /// Explains locks without a lease (Terraform's), below a table or detail.
-const NEVER_EXPIRES_NOTE: &str = "\nnever expires: a lock without a lease or fencing token (a Terraform lock); it stays until its holder releases it or an operator runs `statelock unlock --force` after checking the holder is gone.\n";
+const NEVER_EXPIRES_NOTE: &str = "never expires: a lock without a lease or fencing token (a Terraform lock); it stays until its holder releases it or an operator runs `statelock unlock --force` after checking the holder is gone.\n";
 
 /// Renders one lock in detail.
 pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
@@ -151,12 +202,21 @@ pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
     let mut field = |name: &str, value: &str| {
         let _ = writeln!(out, "{:<15} {value}", format!("{name}:"));
     };
-    let state = match state_word(status) {
-        "STALE" => format!(
-            "STALE (held, but no heartbeat for {}; a waiter would take it over)",
-            human(now.saturating_since(r.heartbeat_at))
+    let unchanged = human(Duration::from_millis(status.unchanged_ms));
+    let renew = human(r.lease() / 3);
+    let state = match status.liveness {
+        Liveness::Released => "free".to_string(),
+        Liveness::NeverExpires => "held (never expires)".to_string(),
+        Liveness::Alive => "held, alive (its record changed since this machine last looked)".to_string(),
+        Liveness::Stale => format!(
+            "STALE (seen unchanged by this machine for {unchanged}, longer than a takeover wait; a live holder renews every {renew}; a waiter would take it over)"
         ),
-        word => word.to_string(),
+        Liveness::Unknown if status.unchanged_ms == 0 => format!(
+            "held (first look from this machine; a live holder renews every {renew}: look again, or use --observe)"
+        ),
+        Liveness::Unknown => format!(
+            "held (seen unchanged by this machine for {unchanged}; a live holder renews every {renew})"
+        ),
     };
     field("key", r.key.as_str());
     field("state", &state);
@@ -184,7 +244,13 @@ pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
     field("lease", &lease_cell(r));
     field("acquired", &wall_with_age(r.acquired_at, now));
     match (status.held, r.expires()) {
-        (true, true) => field("last heartbeat", &wall_with_age(r.heartbeat_at, now)),
+        (true, true) => field(
+            "last heartbeat",
+            &format!(
+                "{} (by the holder's wall clock)",
+                wall_with_age(r.heartbeat_at, now)
+            ),
+        ),
         (true, false) => field("last heartbeat", "none (this lock is never renewed)"),
         (false, _) => field("released", &wall_with_age(r.heartbeat_at, now)),
     }
@@ -192,34 +258,71 @@ pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
         field("forced by", by);
     }
     if status.held && !r.expires() {
+        out.push('\n');
         out.push_str(NEVER_EXPIRES_NOTE);
     }
     out
 }
 
+/// The JSON of `statelock locks --output json`.
+#[derive(Serialize)]
+struct LocksJson<'a> {
+    store: &'a str,
+    locks: &'a [LockStatus],
+    damaged: &'a [DamagedRecord],
+}
+
+/// Folds this machine's earlier sightings into `statuses` and saves them.
+pub(crate) fn with_sightings(client: &LockClient, store: &str, statuses: &mut [LockStatus]) {
+    let mut sightings = Sightings::load(store);
+    for status in statuses.iter_mut() {
+        sightings.apply(status, &client.protocol());
+    }
+    sightings.save();
+}
+
 /// Runs `statelock locks`.
 pub(crate) async fn locks(args: LocksArgs, ctx: &Context) -> Result<i32, CliError> {
     let client = ctx.client().await?;
-    let statuses = client
+    let mut listing = client
         .locks()
         .await
         .map_err(|e| lock_failure(e, ctx.store_text()))?;
+    with_sightings(&client, ctx.store_text(), &mut listing.locks);
     match args.output {
-        OutputFormat::Json => outln!("{}", to_json(&statuses)?),
-        OutputFormat::Text if statuses.is_empty() => outln!("No locks in {}.", ctx.store_text()),
-        OutputFormat::Text => out!("{}", locks_table(&statuses, client.clock().wall())),
+        OutputFormat::Json => outln!(
+            "{}",
+            to_json(&LocksJson {
+                store: ctx.store_text(),
+                locks: &listing.locks,
+                damaged: &listing.damaged,
+            })?
+        ),
+        OutputFormat::Text if listing.locks.is_empty() && listing.damaged.is_empty() => {
+            outln!("No locks in {}.", ctx.store_text())
+        }
+        OutputFormat::Text => out!("{}", locks_table(&listing.locks, &listing.damaged)),
     }
-    Ok(exit::OK)
+    // A damaged record is a store problem the operator must look at.
+    Ok(if listing.damaged.is_empty() {
+        exit::OK
+    } else {
+        exit::STORE
+    })
 }
 
 /// Runs `statelock status KEY`.
 pub(crate) async fn status(args: StatusArgs, ctx: &Context) -> Result<i32, CliError> {
     let key = parse_key(&args.key)?;
+    let observe = duration::parse("observe", &args.observe)?;
     let client = ctx.client().await?;
-    let status = client
-        .status(&key)
+    let mut status = client
+        .observe(&key, observe)
         .await
         .map_err(|e| lock_failure(e, ctx.store_text()))?;
+    if let Some(s) = status.as_mut() {
+        with_sightings(&client, ctx.store_text(), std::slice::from_mut(s));
+    }
     match (args.output, &status) {
         (OutputFormat::Json, _) => outln!("{}", to_json(&status)?),
         (OutputFormat::Text, None) => outln!(
@@ -258,35 +361,47 @@ mod tests {
                 forced_by: None,
             },
             held,
-            heartbeat_age_ms: 5_000,
+            liveness: match (held, stale) {
+                (false, _) => Liveness::Released,
+                (true, true) => Liveness::Stale,
+                (true, false) => Liveness::Unknown,
+            },
+            unchanged_ms: if stale { 30_000 } else { 5_000 },
             stale,
+            wall_age_ms: 5_000,
         }
     }
 
     #[test]
     fn table_aligns_and_marks_states() {
-        let now = WallTime(1_705_329_635_000);
+        let damaged = [DamagedRecord {
+            key: "bad".into(),
+            reason: "not valid JSON".into(),
+        }];
         let table = locks_table(
             &[
                 status("a", true, false),
                 status("stack:b", false, false),
                 status("c", true, true),
             ],
-            now,
+            &damaged,
         );
         let lines: Vec<&str> = table.lines().collect();
         assert!(
-            lines[0].starts_with("KEY      STATE  TOKEN  HOLDER"),
+            lines[0].starts_with("KEY      STATE    TOKEN  HOLDER"),
             "{table}"
         );
         assert!(
             lines[1].contains("held")
                 && lines[1].contains("alice@laptop")
-                && lines[1].contains("5s ago")
+                && lines[1].contains("5s"),
+            "{table}"
         );
         assert!(lines[2].contains("free") && !lines[2].contains("alice"));
-        assert!(lines[3].contains("STALE"));
+        assert!(lines[3].contains("STALE") && lines[3].contains("30s"));
+        assert!(lines[4].starts_with("bad") && lines[4].contains("DAMAGED"));
         assert!(table.contains("the holder is probably gone"));
+        assert!(table.contains("DAMAGED bad: not valid JSON"));
         let column = lines[0].find("STATE").unwrap();
         assert_eq!(&lines[2][column..column + 4], "free");
     }
@@ -294,6 +409,7 @@ mod tests {
     /// A Terraform lock: no lease, no token.
     fn terraform_status() -> LockStatus {
         let mut s = status("bucket/env/prod.tfstate", true, false);
+        s.liveness = Liveness::NeverExpires;
         s.record.token = FencingToken::NONE;
         s.record.lease_ms = LockRecord::NO_EXPIRY_LEASE_MS;
         s.record
@@ -317,7 +433,7 @@ mod tests {
         assert!(text.contains("statelock unlock --force"), "{text}");
         assert!(!text.contains("584942417"), "no absurd lease: {text}");
 
-        let table = locks_table(&[terraform_status(), status("a", true, false)], now);
+        let table = locks_table(&[terraform_status(), status("a", true, false)], &[]);
         let lines: Vec<&str> = table.lines().collect();
         let token = lines[0].find("TOKEN").unwrap();
         assert_eq!(&lines[1][token..token + 2], "- ", "{table}");

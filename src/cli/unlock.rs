@@ -6,11 +6,16 @@
 //! Without `--yes` it asks on the terminal, and refuses when stdin is not one.
 
 use super::duration::{human, wall, wall_with_age};
-use super::exec::{parse_key, parse_label};
+use super::input::{confirm, parse_key, parse_label};
+use super::show::with_sightings;
 use super::{default_who, exit, lock_failure, CliError, Context};
-use crate::client::LockError;
+use crate::client::{Liveness, LockError};
 use crate::protocol::{LockRecord, WallTime};
 use std::io::IsTerminal;
+use std::time::Duration;
+
+/// The longest the prompt watches a holder whose liveness is unknown.
+const OBSERVE_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Arguments of `statelock unlock`.
 #[derive(Debug, clap::Args)]
@@ -42,21 +47,6 @@ fn describe_current(current: Option<&LockRecord>, now: WallTime) -> String {
     }
 }
 
-/// Asks on the terminal; true on `y` or `yes`.
-async fn confirm(question: String) -> bool {
-    let answer = tokio::task::spawn_blocking(move || {
-        err!("{question} [y/N] ");
-        let mut line = String::new();
-        match std::io::stdin().read_line(&mut line) {
-            Ok(_) => line,
-            Err(_) => String::new(),
-        }
-    })
-    .await
-    .unwrap_or_default();
-    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
-}
-
 /// Runs `statelock unlock`.
 pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError> {
     let key = parse_key(&args.key)?;
@@ -68,10 +58,38 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
     }
     let by = parse_label("who", args.who.unwrap_or_else(default_who))?;
     let client = ctx.client().await?;
-    let status = client
+    let mut status = client
         .status(&key)
         .await
         .map_err(|e| lock_failure(e, ctx.store_text()))?;
+    if let Some(s) = status.as_mut() {
+        with_sightings(&client, ctx.store_text(), std::slice::from_mut(s));
+    }
+    // Unknown liveness: watch the record for a moment (a live holder renews
+    // every third of its lease) before asking.
+    // Only when a live holder would renew within the watch (and the operator
+    // did not already answer with --yes).
+    let renews_within = |s: &crate::client::LockStatus| {
+        s.record.lease() / 3 + Duration::from_millis(500) <= OBSERVE_AT_MOST
+    };
+    if let Some(s) = status
+        .as_ref()
+        .filter(|s| s.liveness == Liveness::Unknown && !args.yes && renews_within(s))
+    {
+        let patience = s.record.lease() / 3 + Duration::from_millis(500);
+        errln!(
+            "statelock: watching {:?} for up to {} to see whether its holder is alive...",
+            key.as_str(),
+            human(patience)
+        );
+        status = client
+            .observe(&key, patience)
+            .await
+            .map_err(|e| lock_failure(e, ctx.store_text()))?;
+        if let Some(s) = status.as_mut() {
+            with_sightings(&client, ctx.store_text(), std::slice::from_mut(s));
+        }
+    }
     let now = client.clock().wall();
     let shown = match status {
         None => {
@@ -92,14 +110,21 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
         Some(s) => s,
     };
     let record = &shown.record;
-    let silent_for = human(now.saturating_since(record.heartbeat_at));
-    let staleness = if shown.stale {
-        format!("no heartbeat for {silent_for}, longer than a takeover wait, so the holder is probably gone")
-    } else {
-        format!(
-            "its last heartbeat was {silent_for} ago, within its {} lease, so the holder may still be running",
-            human(record.lease())
-        )
+    let unchanged = human(Duration::from_millis(shown.unchanged_ms));
+    let renew = human(record.lease() / 3);
+    let staleness = match shown.liveness {
+        Liveness::Stale => format!(
+            "this machine has seen it unchanged for {unchanged}, longer than a takeover wait, so the holder is probably gone"
+        ),
+        Liveness::Alive => format!(
+            "its holder renewed it while this machine watched (every {renew}), so the holder IS running"
+        ),
+        Liveness::NeverExpires => {
+            "it never expires (a Terraform lock): make sure its holder is gone".to_string()
+        }
+        _ => format!(
+            "this machine has seen it unchanged for only {unchanged} (a live holder renews every {renew}), so the holder may still be running"
+        ),
     };
     errln!(
         "{:?} is {} (record version {}); {staleness}.",

@@ -96,7 +96,9 @@ impl GuardCell {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use crate::protocol::{HolderInfo, LeaseId, LockKey, OpKind, ProtocolConfig};
+    use crate::protocol::{
+        FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, OpKind, ProtocolConfig,
+    };
     use crate::store::memory::MemoryStore;
     use crate::sync::Mutex;
     use loom::sync::atomic::{AtomicUsize, Ordering};
@@ -111,6 +113,9 @@ mod loom_tests {
             new_rvn: RecordVersion(1),
             at: WallTime(0),
             kind: OpKind::Acquire {
+                from: GrantFrom::Absent {
+                    floor: FencingToken(0),
+                },
                 owner: LeaseId(uuid::Uuid::from_u128(1)),
                 lease_ms: 3000,
                 holder: HolderInfo::named("me"),
@@ -222,6 +227,9 @@ mod loom_tests {
                             new_rvn: RecordVersion(100 + i),
                             at: WallTime(0),
                             kind: OpKind::Acquire {
+                                from: GrantFrom::Absent {
+                                    floor: FencingToken(0),
+                                },
                                 owner: LeaseId(uuid::Uuid::from_u128(i + 1)),
                                 lease_ms: 1000,
                                 holder: HolderInfo::named("t"),

@@ -37,6 +37,23 @@ pub enum LockError {
     /// There is no record for the key.
     #[error("no lock record exists for {0:?}")]
     NotFound(String),
+    /// The key has used up every fencing token (u64::MAX grants): it can
+    /// never be granted again.
+    #[error("the lock {key:?} has used up every fencing token (u64::MAX grants) and can never be granted again; use another key")]
+    TokensExhausted {
+        /// The key.
+        key: String,
+        /// Its record, if there is one.
+        record: Option<Box<LockRecord>>,
+    },
+    /// `purge` was asked to delete records released too recently.
+    #[error("records released less than {min:?} ago are never purged (asked for {older_than:?})")]
+    PurgeTooSoon {
+        /// The age asked for.
+        older_than: Duration,
+        /// The shortest age allowed.
+        min: Duration,
+    },
     /// Bad parameters (lease, key).
     #[error(transparent)]
     Protocol(#[from] ProtocolError),

@@ -76,9 +76,10 @@ impl LockGuard {
         &self.shared.key
     }
 
-    /// The fencing token of this grant: pass it with every state write.
+    /// The fencing token of this lease: pass it with every state write. It
+    /// is the grant's token, unless [`LockGuard::rebase_above`] raised it.
     pub fn token(&self) -> FencingToken {
-        self.shared.token
+        self.shared.cell.lock().lease.token()
     }
 
     /// This lease's id (the record's `owner`).
@@ -110,12 +111,85 @@ impl LockGuard {
     /// Returns the token if the lease is valid now, else why not.
     pub fn check(&self) -> Result<FencingToken, LockError> {
         if self.is_valid() {
-            return Ok(self.shared.token);
+            return Ok(self.token());
         }
         let cell = self.shared.cell.lock();
         match cell.lease.state() {
             LeaseState::Lost(reason) => Err(LockError::LeaseLost(reason.clone())),
             _ => Err(LockError::LeaseLost(crate::protocol::LostReason::Expired)),
+        }
+    }
+
+    /// Raises this lease's fencing token above `fence`, if it is not already:
+    /// one conditional write on the lock record, by its owner at its current
+    /// version, which also renews the lease. For a holder that finds, when it
+    /// seals the state, a fence at or above its token: the key's lock record
+    /// was deleted (or restored from an old copy) behind the protocol's back,
+    /// so tokens restarted below the state's fence. Returns the new token.
+    pub async fn rebase_above(&self, fence: FencingToken) -> Result<FencingToken, LockError> {
+        let inner = &self.shared.inner;
+        let clock = &inner.clock;
+        let Some(wanted) = fence.next() else {
+            return Err(LockError::TokensExhausted {
+                key: self.shared.key.to_string(),
+                record: None,
+            });
+        };
+        loop {
+            let (op, deadline) = {
+                let mut cell = self.shared.cell.lock();
+                let now = clock.now();
+                if cell.finish_heartbeat(now, None) == AfterHeartbeat::SignalLost {
+                    signal_lost(&self.shared, &cell);
+                }
+                if !cell.lease.is_valid(now) {
+                    drop(cell);
+                    return Err(self
+                        .check()
+                        .err()
+                        .unwrap_or(LockError::LeaseLost(crate::protocol::LostReason::Expired)));
+                }
+                if cell.lease.token() >= wanted {
+                    return Ok(cell.lease.token());
+                }
+                let op = cell
+                    .lease
+                    .poll_rebase(now, inner.rng.rvn(), clock.wall(), wanted);
+                (op, cell.lease.deadline())
+            };
+            let Some(op) = op else {
+                // A heartbeat is in flight: ask again once it is answered.
+                clock
+                    .sleep(inner.protocol.heartbeat_retry(self.shared.granted.lease()))
+                    .await;
+                continue;
+            };
+            let answer = tokio::select! {
+                r = inner.store.apply(&op) => Some(r),
+                _ = clock.sleep(deadline.saturating_since(clock.now())) => None,
+            };
+            let outcome = match answer {
+                Some(r) => outcome_of(r)?,
+                None => Outcome::Unknown,
+            };
+            let mut cell = self.shared.cell.lock();
+            if cell.finish_heartbeat(clock.now(), Some(outcome)) == AfterHeartbeat::SignalLost {
+                signal_lost(&self.shared, &cell);
+            }
+            let token = cell.lease.token();
+            drop(cell);
+            if token >= wanted {
+                tracing::warn!(
+                    target: observe::AUDIT_TARGET,
+                    event = "lock.rebased",
+                    lock_key = %self.shared.key,
+                    lock_id = %self.shared.owner,
+                    token = token.0,
+                    fence = fence.0,
+                    "fencing token raised above the state's fence"
+                );
+                return Ok(token);
+            }
         }
     }
 
@@ -185,19 +259,39 @@ impl Drop for LockGuard {
     }
 }
 
+/// How long a release keeps trying when the store does not answer. Past it,
+/// the lock frees itself one lease after its last heartbeat anyway.
+pub const RELEASE_BUDGET: Duration = Duration::from_secs(5);
+
 async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> {
     let inner = &shared.inner;
+    let clock = &inner.clock;
+    let until = clock.now() + RELEASE_BUDGET;
+    let gave_up = || {
+        LockError::Store(StoreError::Unavailable(format!(
+            "no answer to the release within {RELEASE_BUDGET:?}; the lock frees itself one lease after its last heartbeat"
+        )))
+    };
     let mut attempts: u32 = 0;
     loop {
         attempts += 1;
-        let outcome = outcome_of(inner.store.apply(&op).await)?;
+        let left = until.saturating_since(clock.now());
+        if left.is_zero() {
+            return Err(gave_up());
+        }
+        let answer = tokio::select! {
+            r = inner.store.apply(&op) => r,
+            _ = clock.sleep(left) => return Err(gave_up()),
+        };
+        let outcome = outcome_of(answer)?;
         let step = {
             let mut cell = shared.cell.lock();
             cell.lease
-                .handle_release(outcome, inner.rng.rvn(), inner.clock.wall())
+                .handle_release(outcome, inner.rng.rvn(), clock.wall())
         };
         match step {
             ReleaseStep::Done(record) => {
+                inner.remember(&record);
                 metrics::counter!(observe::LOCK_RELEASED).increment(1);
                 let held = record
                     .heartbeat_at
@@ -214,20 +308,22 @@ async fn send_release(shared: &Shared, mut op: LockOp) -> Result<(), LockError> 
                 );
                 return Ok(());
             }
-            ReleaseStep::NotHeld(_) => return Ok(()),
-            ReleaseStep::Retry(next) if attempts < 6 => {
+            ReleaseStep::NotHeld(current) => {
+                if let Some(current) = current {
+                    inner.remember(&current);
+                }
+                return Ok(());
+            }
+            ReleaseStep::Retry(next) => {
                 if next == op {
-                    inner
-                        .clock
-                        .sleep(Duration::from_millis(50u64 << attempts.min(6)))
-                        .await;
+                    let pause = Duration::from_millis(50u64 << attempts.min(6));
+                    let left = until.saturating_since(clock.now());
+                    if pause >= left {
+                        return Err(gave_up());
+                    }
+                    clock.sleep(pause).await;
                 }
                 op = next;
-            }
-            ReleaseStep::Retry(_) => {
-                return Err(LockError::Store(StoreError::Unavailable(
-                    "no answer to the release; the lock frees itself after one lease".into(),
-                )))
             }
         }
     }

@@ -18,15 +18,33 @@ pub use guard::LockGuard;
 use crate::clock::{Clock, SystemClock};
 use crate::observe;
 use crate::protocol::{
-    Backoff, HolderInfo, Lease, LockKey, LockOp, LockRecord, MonoTime, OpKind, Outcome,
-    ProtocolConfig, RecordVersion, Waiter, WaiterStep, WallTime,
+    Backoff, HolderInfo, Lease, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind, Outcome,
+    ProtocolConfig, RecordVersion, Seen, Waiter, WaiterAction, WaiterStep, WallTime,
 };
-use crate::store::{LockStore, StoreError};
+use crate::store::{DamagedRecord, LockStore, StoreError};
 use rng::ClientRng;
 use serde::Serialize;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The first attempt of an acquire may take this long for its round trips
+/// even when the wait is shorter (`--wait 0s` still gets one try).
+pub const FIRST_ATTEMPT_BUDGET: Duration = Duration::from_secs(5);
+
+/// After the wait ran out or was cancelled, a grant that may have landed
+/// unheard is given back with requests bounded by this budget.
+pub const ABANDON_BUDGET: Duration = Duration::from_secs(2);
+
+/// Records kept as hints (the last version seen per key) before the cache
+/// starts over.
+const HINTS_MAX: usize = 1024;
+
+/// Grants given up on (they may land later) remembered per client, so that a
+/// later acquire of this client that finds one holding the key releases it.
+const ABANDONED_MAX: usize = 64;
 
 /// Options for [`LockClient::acquire`].
 #[derive(Clone)]
@@ -37,7 +55,8 @@ pub struct AcquireOptions {
     /// How long to wait for a held lock; `Some(ZERO)` tries once, `None` waits
     /// forever.
     pub wait: Option<Duration>,
-    /// Backoff between polls while waiting.
+    /// How often to read a held record, and the backoff after unanswered
+    /// requests.
     pub backoff: Backoff,
     /// Cancels the wait.
     pub cancel: Option<CancellationToken>,
@@ -45,6 +64,9 @@ pub struct AcquireOptions {
     pub holder: HolderInfo,
     /// Called each time the waiter learns who holds the lock.
     pub on_wait: Option<WaitCallback>,
+    /// Called each time a store request fails in a way that retrying may
+    /// cure (the acquirer keeps trying until the wait runs out).
+    pub on_store_error: Option<StoreErrorCallback>,
 }
 
 impl std::fmt::Debug for AcquireOptions {
@@ -67,6 +89,7 @@ impl Default for AcquireOptions {
             cancel: None,
             holder: HolderInfo::named(default_holder_name()),
             on_wait: None,
+            on_store_error: None,
         }
     }
 }
@@ -80,6 +103,9 @@ fn default_holder_name() -> String {
 /// A callback receiving [`WaitProgress`] while an acquirer waits.
 pub type WaitCallback = Arc<dyn Fn(&WaitProgress) + Send + Sync>;
 
+/// A callback receiving [`StoreTrouble`] while an acquirer retries.
+pub type StoreErrorCallback = Arc<dyn Fn(&StoreTrouble) + Send + Sync>;
+
 /// What a waiting acquirer knows, for progress output.
 #[derive(Debug, Clone)]
 pub struct WaitProgress {
@@ -91,6 +117,62 @@ pub struct WaitProgress {
     pub takeover_in: Duration,
 }
 
+/// A store request failed in a way that retrying may cure.
+#[derive(Debug, Clone)]
+pub struct StoreTrouble {
+    /// The error (always retryable: [`StoreError::Unavailable`]).
+    pub error: StoreError,
+    /// Requests that failed in a row.
+    pub failures: u32,
+    /// How long we have waited so far.
+    pub waited: Duration,
+}
+
+/// How alive a lock's holder looks to this observer. Judged only by how long
+/// this observer has seen the record's version unchanged on its own monotonic
+/// clock — never by comparing wall clocks, which may disagree by hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// Nobody holds the lock.
+    Released,
+    /// The lock format has no leases (Terraform's locks): it never expires.
+    NeverExpires,
+    /// The version changed since this observer last looked: the holder (or a
+    /// new one) wrote it recently.
+    Alive,
+    /// Seen unchanged for less than a takeover wait (or seen for the first
+    /// time): not known yet.
+    Unknown,
+    /// Seen unchanged for at least a takeover wait: a waiter would take it
+    /// over; the holder is probably gone.
+    Stale,
+}
+
+impl Liveness {
+    /// The rule every observer applies: `record` has been seen unchanged for
+    /// `unchanged` (on the observer's monotonic clock), and `changed` says
+    /// whether the observer saw another version of it before.
+    pub fn judge(
+        record: &LockRecord,
+        unchanged: Duration,
+        changed: bool,
+        protocol: &ProtocolConfig,
+    ) -> Liveness {
+        if !record.is_held() {
+            Liveness::Released
+        } else if !record.expires() {
+            Liveness::NeverExpires
+        } else if changed {
+            Liveness::Alive
+        } else if unchanged >= protocol.takeover_wait(record.lease()) {
+            Liveness::Stale
+        } else {
+            Liveness::Unknown
+        }
+    }
+}
+
 /// A lock as shown by [`LockClient::status`] and [`LockClient::locks`].
 #[derive(Debug, Clone, Serialize)]
 pub struct LockStatus {
@@ -98,13 +180,45 @@ pub struct LockStatus {
     pub record: LockRecord,
     /// Held (not released).
     pub held: bool,
-    /// Milliseconds since the last heartbeat, by this machine's wall clock
-    /// (informational: wall clocks can disagree).
-    pub heartbeat_age_ms: u64,
-    /// Held, but no heartbeat for longer than a takeover wait: the holder is
-    /// probably gone, and a waiter would take the lock over.
+    /// How alive the holder looks to this observer.
+    pub liveness: Liveness,
+    /// How long this observer has seen the current version unchanged, on its
+    /// own monotonic clock (0 at the first look).
+    pub unchanged_ms: u64,
+    /// Held and unchanged for a whole takeover wait ([`Liveness::Stale`]).
     pub stale: bool,
+    /// Milliseconds between the record's last write and now by the WALL
+    /// clocks of the writer and this machine: informational only (negative
+    /// when the writer's clock is ahead).
+    pub wall_age_ms: i64,
 }
+
+/// What [`LockClient::locks`] found.
+#[derive(Debug, Clone)]
+pub struct LocksListing {
+    /// The readable locks, in key order.
+    pub locks: Vec<LockStatus>,
+    /// The records that could not be read (never overwritten).
+    pub damaged: Vec<DamagedRecord>,
+}
+
+/// What [`LockClient::purge`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeReport {
+    /// The records deleted (the token floor now covers their tokens).
+    pub purged: Vec<LockRecord>,
+    /// Released records younger than the limit, left alone.
+    pub kept_recent: usize,
+    /// Held records, left alone.
+    pub kept_held: usize,
+    /// Records that changed while purging, left alone.
+    pub changed: usize,
+}
+
+/// The shortest age [`LockClient::purge`] accepts: a grant sent before a
+/// record was purged cannot land after this long (AWS rejects requests signed
+/// more than 15 minutes earlier; the local stores decide under a lock).
+pub const PURGE_MIN_AGE: Duration = Duration::from_secs(3600);
 
 /// Builder for [`LockClient`].
 #[derive(Debug)]
@@ -139,6 +253,9 @@ impl LockClientBuilder {
                 clock: self.clock,
                 protocol: self.protocol,
                 rng: ClientRng::new(self.seed),
+                hints: Mutex::new(HashMap::new()),
+                looked: Mutex::new(HashMap::new()),
+                abandoned: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -150,6 +267,61 @@ pub(crate) struct Inner {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) protocol: ProtocolConfig,
     pub(crate) rng: ClientRng,
+    /// The last record this client wrote or saw per key (a hint for the next
+    /// acquire, saving its first read).
+    hints: Mutex<HashMap<LockKey, LockRecord>>,
+    /// Versions this client has looked at (status, locks): key → (version,
+    /// first seen, waiter reading).
+    looked: Mutex<HashMap<LockKey, (RecordVersion, MonoTime)>>,
+    /// Grants this client gave up on while their outcome was unknown:
+    /// `(key, lease id, version the grant would have written)`.
+    abandoned: Mutex<Vec<(LockKey, LeaseId, RecordVersion)>>,
+}
+
+fn guarded<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Inner {
+    /// Remembers `record` as the latest version of its key this client saw.
+    pub(crate) fn remember(&self, record: &LockRecord) {
+        let mut hints = guarded(&self.hints);
+        if hints.len() >= HINTS_MAX && !hints.contains_key(&record.key) {
+            hints.clear();
+        }
+        hints.insert(record.key.clone(), record.clone());
+    }
+
+    fn hint(&self, key: &LockKey) -> Option<LockRecord> {
+        guarded(&self.hints).get(key).cloned()
+    }
+
+    fn note_abandoned(&self, op: &LockOp, owner: LeaseId) {
+        let mut abandoned = guarded(&self.abandoned);
+        if abandoned.len() >= ABANDONED_MAX {
+            abandoned.remove(0);
+        }
+        abandoned.push((op.key.clone(), owner, op.new_rvn));
+    }
+
+    /// True if `record` is a grant this client gave up on (it landed late).
+    fn is_abandoned(&self, record: &LockRecord) -> bool {
+        record.is_held()
+            && guarded(&self.abandoned)
+                .iter()
+                .any(|(k, o, v)| *k == record.key && *o == record.owner && *v == record.rvn)
+    }
+
+    fn forget_abandoned(&self, record: &LockRecord) {
+        guarded(&self.abandoned).retain(|(k, o, _)| !(*k == record.key && *o == record.owner));
+    }
+}
+
+/// How a store call bounded by a deadline and a cancellation ended.
+enum Bounded<T> {
+    Done(T),
+    TimedOut,
+    Cancelled,
 }
 
 /// A lock client over one store. Cheap to clone.
@@ -203,9 +375,16 @@ impl LockClient {
         self.inner.protocol
     }
 
-    /// Acquires `key`: at once if it is free, else waits (polling with backoff)
-    /// until the holder releases it or stays silent for a whole lease, then
-    /// takes it over. Returns a guard holding the lease.
+    /// Acquires `key`: at once if it is free, else waits (reading the record
+    /// every poll interval) until the holder releases it or stays silent for
+    /// a whole lease, then takes it over. Returns a guard holding the lease.
+    ///
+    /// Every store request made while waiting is bounded by the wait's
+    /// deadline (the first attempt gets at least [`FIRST_ATTEMPT_BUDGET`]) and
+    /// by `opts.cancel`. Errors that retrying cannot cure (a misconfigured
+    /// store, a damaged record, a key whose tokens are used up) are returned
+    /// at once; others are reported through `opts.on_store_error` and retried
+    /// with backoff until the wait runs out.
     pub async fn acquire(
         &self,
         key: &LockKey,
@@ -213,8 +392,16 @@ impl LockClient {
     ) -> Result<LockGuard, LockError> {
         let inner = &self.inner;
         let clock = &inner.clock;
-        let started = clock.now();
+        let started = clock.now_waiter();
         let deadline = opts.wait.map(|w| started + w);
+        let mut wait = Wait {
+            started,
+            deadline,
+            calls_until: deadline.map(|d| d.max(started + FIRST_ATTEMPT_BUDGET)),
+            failures: 0,
+            last_failure: None,
+        };
+        let mut stale_grants: u32 = 0;
         loop {
             let mut waiter = Waiter::new(
                 key.clone(),
@@ -224,15 +411,16 @@ impl LockClient {
                 inner.protocol,
                 opts.backoff,
             )?;
-            let (record, t_send, how) = self
-                .wait_for_grant(&mut waiter, started, deadline, &opts)
-                .await?;
+            if let Some(hint) = inner.hint(key) {
+                waiter = waiter.with_hint(Seen::Record(hint));
+            }
+            let (record, t_send, how) = self.wait_for_grant(&mut waiter, &mut wait, &opts).await?;
             let lease = Lease::granted(&record, t_send, inner.protocol);
             let now = clock.now();
             if lease.is_valid(now) {
                 metrics::counter!(observe::LOCK_ACQUIRED, "how" => how).increment(1);
                 metrics::histogram!(observe::LOCK_ACQUIRE_SECONDS)
-                    .record(now.saturating_since(started).as_secs_f64());
+                    .record(clock.now_waiter().saturating_since(started).as_secs_f64());
                 tracing::info!(
                     target: observe::AUDIT_TARGET,
                     event = "lock.acquired",
@@ -245,103 +433,285 @@ impl LockClient {
                 );
                 return Ok(LockGuard::start(inner.clone(), lease, record));
             }
-            // The grant took longer than the lease (the process was paused):
-            // it may already have been taken over. Give it back and start over.
+            // The grant took longer than its lease (the process was paused, or
+            // the answer crawled back): it may already have been taken over.
+            // Give it back, back off and start over, within the wait.
             tracing::warn!(lock_key = %key, "grant arrived after its lease ran out; retrying");
+            stale_grants = stale_grants.saturating_add(1);
             let mut stale = lease;
             if let Some(op) = stale.release(inner.rng.rvn(), clock.wall()) {
-                let _ = inner.store.apply(&op).await;
+                let until = clock.now_waiter() + ABANDON_BUDGET;
+                if let Bounded::Done(Ok(released)) = self
+                    .bounded(inner.store.apply(&op), Some(until), opts.cancel.as_ref())
+                    .await
+                {
+                    inner.remember(&released);
+                }
             }
+            let pause = opts.backoff.delay(stale_grants, inner.rng.jitter());
+            let until = clock.now_waiter() + pause;
+            self.sleep_until(until, &mut wait, None, &opts).await?;
+        }
+    }
+
+    /// Runs `fut` unless the deadline passes or the wait is cancelled first.
+    async fn bounded<T>(
+        &self,
+        fut: impl Future<Output = T>,
+        until: Option<MonoTime>,
+        cancel: Option<&CancellationToken>,
+    ) -> Bounded<T> {
+        let clock = &self.inner.clock;
+        let timeout = async {
+            match until {
+                Some(t) => {
+                    // The clock's sleep may wake before the waiter reading
+                    // reaches `t`: loop until it has.
+                    loop {
+                        let now = clock.now_waiter();
+                        if now >= t {
+                            return;
+                        }
+                        clock.sleep(t.saturating_since(now)).await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let cancelled = async {
+            match cancel {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cancelled => Bounded::Cancelled,
+            r = fut => Bounded::Done(r),
+            _ = timeout => Bounded::TimedOut,
+        }
+    }
+
+    /// Sleeps until `until` (waiter reading), or fails: the wait ran out (after
+    /// giving up any unresolved grant of `waiter`) or was cancelled.
+    async fn sleep_until(
+        &self,
+        until: MonoTime,
+        wait: &mut Wait,
+        waiter: Option<&Waiter>,
+        opts: &AcquireOptions,
+    ) -> Result<(), LockError> {
+        let now = self.inner.clock.now_waiter();
+        let wake = match wait.deadline {
+            Some(d) if now >= d => return Err(self.give_up(waiter, wait, opts).await),
+            Some(d) => until.min(d),
+            None => until,
+        };
+        match self
+            .bounded(
+                std::future::pending::<()>(),
+                Some(wake),
+                opts.cancel.as_ref(),
+            )
+            .await
+        {
+            Bounded::Cancelled => {
+                if let Some(w) = waiter {
+                    self.abandon(w).await;
+                }
+                Err(LockError::Cancelled)
+            }
+            Bounded::Done(()) | Bounded::TimedOut => Ok(()),
         }
     }
 
     async fn wait_for_grant(
         &self,
         waiter: &mut Waiter,
-        started: MonoTime,
-        deadline: Option<MonoTime>,
+        wait: &mut Wait,
         opts: &AcquireOptions,
     ) -> Result<(LockRecord, MonoTime, &'static str), LockError> {
         let inner = &self.inner;
         let clock = &inner.clock;
-        let mut last_unavailable: Option<StoreError> = None;
+        let cancel = opts.cancel.as_ref();
         loop {
-            let op = waiter.poll_send(clock.now(), inner.rng.rvn(), clock.wall());
-            let how = op.kind.name();
-            let answer = inner.store.apply(&op).await;
-            if let Err(e @ StoreError::Unavailable(_)) = &answer {
-                last_unavailable = Some(e.clone());
-            }
-            let outcome = outcome_of(answer)?;
-            let now = clock.now();
-            match waiter.handle_outcome(now, outcome, inner.rng.jitter()) {
-                WaiterStep::Granted { record, t_send } => return Ok((*record, t_send, how)),
-                WaiterStep::SendNow => {}
-                WaiterStep::Wait { until } => {
-                    if let Some(obs) = waiter.observation() {
-                        if let Some(cb) = &opts.on_wait {
-                            cb(&WaitProgress {
-                                holder: obs.record.clone(),
-                                waited: now.saturating_since(started),
-                                takeover_in: obs.takeover_at.saturating_since(now),
-                            });
-                        }
+            let action = waiter.poll(
+                clock.now(),
+                clock.now_waiter(),
+                inner.rng.rvn(),
+                clock.wall(),
+                inner.rng.jitter(),
+            );
+            let step = match action {
+                WaiterAction::Exhausted(record) => {
+                    return Err(LockError::TokensExhausted {
+                        key: waiter.key().to_string(),
+                        record,
+                    })
+                }
+                WaiterAction::Wait { until } => {
+                    if let (Some(obs), Some(cb)) = (waiter.observation(), &opts.on_wait) {
+                        let now = clock.now_waiter();
+                        cb(&WaitProgress {
+                            holder: obs.record.clone(),
+                            waited: now.saturating_since(wait.started),
+                            takeover_in: obs.takeover_at.saturating_since(now),
+                        });
                     }
-                    let wake = match deadline {
-                        Some(d) if now >= d => {
-                            let zero_wait = opts.wait == Some(Duration::ZERO);
-                            return Err(self
-                                .give_up(waiter, now, started, zero_wait, last_unavailable)
-                                .await);
-                        }
-                        Some(d) => until.min(d),
-                        None => until,
-                    };
-                    let sleep = clock.sleep(wake.saturating_since(now));
-                    match &opts.cancel {
-                        Some(token) => {
-                            tokio::select! {
-                                _ = sleep => {}
-                                _ = token.cancelled() => {
-                                    self.abandon(waiter).await;
-                                    return Err(LockError::Cancelled);
+                    WaiterStep::Wait { until }
+                }
+                WaiterAction::Read => {
+                    let read = self.bounded(self.read(waiter.key()), wait.calls_until, cancel);
+                    match read.await {
+                        Bounded::Done(Ok(seen)) => {
+                            wait.succeeded();
+                            if let Seen::Record(r) = &seen {
+                                if inner.is_abandoned(r) {
+                                    self.reclaim(r, wait.calls_until, cancel).await;
+                                    continue;
                                 }
                             }
+                            waiter.handle_read(clock.now_waiter(), seen);
+                            WaiterStep::Continue
                         }
-                        None => sleep.await,
+                        Bounded::Done(Err(e)) if e.is_retryable() => {
+                            self.report(wait, e, opts);
+                            waiter.handle_read_error(clock.now_waiter(), inner.rng.jitter())
+                        }
+                        Bounded::Done(Err(e)) => return Err(e.into()),
+                        Bounded::TimedOut => {
+                            return Err(self.give_up(Some(waiter), wait, opts).await)
+                        }
+                        Bounded::Cancelled => {
+                            self.abandon(waiter).await;
+                            return Err(LockError::Cancelled);
+                        }
                     }
+                }
+                WaiterAction::Send(op) => {
+                    let how = op.kind.name();
+                    let answer = self.bounded(inner.store.apply(&op), wait.calls_until, cancel);
+                    let answer = match answer.await {
+                        Bounded::Done(answer) => answer,
+                        Bounded::TimedOut => {
+                            return Err(self.give_up(Some(waiter), wait, opts).await)
+                        }
+                        Bounded::Cancelled => {
+                            self.abandon(waiter).await;
+                            return Err(LockError::Cancelled);
+                        }
+                    };
+                    match &answer {
+                        Err(e @ StoreError::Unavailable(_)) => self.report(wait, e.clone(), opts),
+                        _ => wait.succeeded(),
+                    }
+                    let outcome = outcome_of(answer)?;
+                    if let Outcome::Conflict(Some(current)) = &outcome {
+                        if inner.is_abandoned(current) {
+                            self.reclaim(current, wait.calls_until, cancel).await;
+                        }
+                    }
+                    match waiter.handle_outcome(clock.now_waiter(), outcome, inner.rng.jitter()) {
+                        WaiterStep::Granted { record, t_send } => {
+                            return Ok((*record, t_send, how))
+                        }
+                        step => step,
+                    }
+                }
+            };
+            match step {
+                WaiterStep::Continue => {}
+                WaiterStep::Wait { until } => {
+                    self.sleep_until(until, wait, Some(waiter), opts).await?
+                }
+                WaiterStep::Granted { record, t_send } => {
+                    return Ok((*record, t_send, "acquire"));
                 }
             }
         }
     }
 
-    /// Builds the error for a wait that ran out, after abandoning any write
+    /// Reads the record of `key`, and the token floor when there is none.
+    async fn read(&self, key: &LockKey) -> Result<Seen, StoreError> {
+        let store = &self.inner.store;
+        match store.get(key).await? {
+            Some(record) => Ok(Seen::Record(record)),
+            None => Ok(Seen::Absent {
+                floor: store.token_floor().await?,
+            }),
+        }
+    }
+
+    fn report(&self, wait: &mut Wait, error: StoreError, opts: &AcquireOptions) {
+        wait.failures = wait.failures.saturating_add(1);
+        tracing::debug!(%error, failures = wait.failures, "store request failed; retrying");
+        if let Some(cb) = &opts.on_store_error {
+            cb(&StoreTrouble {
+                error: error.clone(),
+                failures: wait.failures,
+                waited: self.inner.clock.now_waiter().saturating_since(wait.started),
+            });
+        }
+        wait.last_failure = Some(error);
+    }
+
+    /// Releases a grant of this client that it had given up on and that
+    /// landed after all (best effort, bounded).
+    async fn reclaim(
+        &self,
+        record: &LockRecord,
+        until: Option<MonoTime>,
+        cancel: Option<&CancellationToken>,
+    ) {
+        let inner = &self.inner;
+        let op = LockOp {
+            key: record.key.clone(),
+            new_rvn: inner.rng.rvn(),
+            at: inner.clock.wall(),
+            kind: OpKind::Release {
+                owner: record.owner,
+                current: record.rvn,
+            },
+        };
+        tracing::info!(lock_key = %record.key, lock_id = %record.owner, "releasing a grant this client had given up on");
+        let until = until.map(|u| u.max(inner.clock.now_waiter() + ABANDON_BUDGET));
+        match self.bounded(inner.store.apply(&op), until, cancel).await {
+            Bounded::Done(Ok(released)) => {
+                inner.forget_abandoned(record);
+                inner.remember(&released);
+            }
+            Bounded::Done(Err(StoreError::Conflict { .. })) => inner.forget_abandoned(record),
+            _ => {}
+        }
+    }
+
+    /// Builds the error for a wait that ran out, after abandoning any grant
     /// whose outcome is unknown.
     async fn give_up(
         &self,
-        waiter: &Waiter,
-        now: MonoTime,
-        started: MonoTime,
-        zero_wait: bool,
-        last_unavailable: Option<StoreError>,
+        waiter: Option<&Waiter>,
+        wait: &Wait,
+        opts: &AcquireOptions,
     ) -> LockError {
-        let unresolved = waiter.unresolved().is_some();
-        self.abandon(waiter).await;
-        metrics::counter!(observe::LOCK_ACQUIRE_FAILED, "reason" => "timeout").increment(1);
-        if unresolved {
-            if let Some(e) = last_unavailable {
-                return LockError::Store(e);
-            }
+        if let Some(w) = waiter {
+            self.abandon(w).await;
         }
-        let holder = waiter.observation().map(|o| Box::new(o.record.clone()));
-        let waited = now.saturating_since(started);
+        metrics::counter!(observe::LOCK_ACQUIRE_FAILED, "reason" => "timeout").increment(1);
+        if let Some(e) = &wait.last_failure {
+            return LockError::Store(e.clone());
+        }
+        let holder = waiter
+            .and_then(Waiter::observation)
+            .map(|o| Box::new(o.record.clone()));
+        let waited = self.inner.clock.now_waiter().saturating_since(wait.started);
         match holder {
-            Some(holder) if zero_wait => LockError::Held { holder },
+            Some(holder) if opts.wait == Some(Duration::ZERO) => LockError::Held { holder },
             holder => LockError::Timeout { waited, holder },
         }
     }
 
-    /// If a grant we sent may have landed unheard, release it (best effort).
+    /// If a grant we sent may have landed unheard, release it (best effort,
+    /// bounded by [`ABANDON_BUDGET`]) and remember it, in case it lands later.
     async fn abandon(&self, waiter: &Waiter) {
         let Some(op) = waiter.unresolved() else {
             return;
@@ -349,45 +719,186 @@ impl LockClient {
         if !op.is_grant() {
             return;
         }
+        let inner = &self.inner;
+        inner.note_abandoned(op, waiter.owner());
         let release = LockOp {
             key: op.key.clone(),
-            new_rvn: self.inner.rng.rvn(),
-            at: self.inner.clock.wall(),
+            new_rvn: inner.rng.rvn(),
+            at: inner.clock.wall(),
             kind: OpKind::Release {
                 owner: waiter.owner(),
                 current: op.new_rvn,
             },
         };
-        let _ = self.inner.store.apply(&release).await;
+        let until = inner.clock.now_waiter() + ABANDON_BUDGET;
+        match self
+            .bounded(inner.store.apply(&release), Some(until), None)
+            .await
+        {
+            Bounded::Done(Ok(released)) => {
+                inner.remember(&released);
+                guarded(&inner.abandoned).retain(|(_, o, _)| *o != waiter.owner());
+            }
+            Bounded::Done(Err(StoreError::Conflict { current }))
+                if !op.condition_holds(current.as_deref())
+                    && current.as_ref().is_none_or(|c| c.owner != waiter.owner()) =>
+            {
+                // The record moved on from the version our grant named: the
+                // grant can never land now. (If it still could — it may be
+                // in flight — it stays remembered, and a later acquire of
+                // this client that finds it holding the key releases it.)
+                guarded(&inner.abandoned).retain(|(_, o, _)| *o != waiter.owner());
+            }
+            _ => {}
+        }
     }
 
-    /// The status of `key`, or `None` if it has never been locked.
+    /// The status of `key`, or `None` if it has never been locked. Liveness
+    /// is judged by how long this client has seen the version unchanged (see
+    /// [`Liveness`]): call it again later, or use [`LockClient::observe`].
     pub async fn status(&self, key: &LockKey) -> Result<Option<LockStatus>, LockError> {
         let record = self.inner.store.get(key).await?;
         Ok(record.map(|r| self.describe(r)))
     }
 
-    /// Every lock record in the store, in key order.
-    pub async fn locks(&self) -> Result<Vec<LockStatus>, LockError> {
-        let records = self.inner.store.list().await?;
-        let statuses: Vec<LockStatus> = records.into_iter().map(|r| self.describe(r)).collect();
-        let stale = statuses.iter().filter(|s| s.stale).count();
+    /// Like [`LockClient::status`], but keeps reading the record (every poll
+    /// interval of [`Backoff::default`]) for up to `patience` while its holder
+    /// is not known to be alive or stale: long enough to see a live holder
+    /// renew when `patience` exceeds a third of its lease.
+    pub async fn observe(
+        &self,
+        key: &LockKey,
+        patience: Duration,
+    ) -> Result<Option<LockStatus>, LockError> {
+        let clock = &self.inner.clock;
+        let until = clock.now_waiter() + patience;
+        loop {
+            let status = self.status(key).await?;
+            let settled = match &status {
+                None => true,
+                Some(s) => s.liveness != Liveness::Unknown,
+            };
+            let now = clock.now_waiter();
+            if settled || now >= until {
+                return Ok(status);
+            }
+            let step = Backoff::default().poll_delay(self.inner.rng.jitter());
+            clock.sleep(step.min(until.saturating_since(now))).await;
+        }
+    }
+
+    /// Tells this client that `key`'s version `rvn` has been seen unchanged
+    /// for `unchanged_for` already (e.g. by an earlier process on this
+    /// machine, measured on a machine-wide monotonic clock).
+    pub fn note_seen(&self, key: &LockKey, rvn: RecordVersion, unchanged_for: Duration) {
+        let now = self.inner.clock.now_waiter();
+        let since = MonoTime::from_duration(now.as_duration().saturating_sub(unchanged_for));
+        let mut looked = guarded(&self.inner.looked);
+        match looked.get(key) {
+            Some((v, first)) if *v == rvn && *first <= since => {}
+            _ => {
+                looked.insert(key.clone(), (rvn, since));
+            }
+        }
+    }
+
+    /// Every lock record in the store: the readable ones in key order with
+    /// their status, and the damaged ones apart.
+    pub async fn locks(&self) -> Result<LocksListing, LockError> {
+        let listing = self.inner.store.list().await?;
+        let locks: Vec<LockStatus> = listing
+            .records
+            .into_iter()
+            .map(|r| self.describe(r))
+            .collect();
+        let stale = locks.iter().filter(|s| s.stale).count();
         if stale > 0 {
             metrics::counter!(observe::LOCK_STALE_SEEN).increment(stale as u64);
         }
-        Ok(statuses)
+        Ok(LocksListing {
+            locks,
+            damaged: listing.damaged,
+        })
     }
 
     fn describe(&self, record: LockRecord) -> LockStatus {
-        let wall = self.inner.clock.wall();
-        let age = wall.saturating_since(record.heartbeat_at);
-        let stale = record.is_held() && age > self.inner.protocol.takeover_wait(record.lease());
+        let now = self.inner.clock.now_waiter();
+        let (unchanged, changed) = {
+            let mut looked = guarded(&self.inner.looked);
+            match looked.get(&record.key) {
+                Some((v, since)) if *v == record.rvn => (now.saturating_since(*since), false),
+                previous => {
+                    let changed = previous.is_some();
+                    looked.insert(record.key.clone(), (record.rvn, now));
+                    (Duration::ZERO, changed)
+                }
+            }
+        };
+        let liveness = Liveness::judge(&record, unchanged, changed, &self.inner.protocol);
+        let wall_age_ms = self
+            .inner
+            .clock
+            .wall()
+            .as_millis()
+            .saturating_sub(record.heartbeat_at.as_millis());
         LockStatus {
             held: record.is_held(),
-            heartbeat_age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
-            stale,
+            liveness,
+            unchanged_ms: u64::try_from(unchanged.as_millis()).unwrap_or(u64::MAX),
+            stale: liveness == Liveness::Stale,
+            wall_age_ms,
             record,
         }
+    }
+
+    /// Deletes every record released longer than `older_than` ago (by the
+    /// release's wall-clock time; at least [`PURGE_MIN_AGE`]), each only
+    /// together with the store's token floor, so the next grant of a purged
+    /// key continues above every token ever issued. With `dry_run`, only
+    /// reports what it would delete.
+    pub async fn purge(
+        &self,
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<PurgeReport, LockError> {
+        if older_than < PURGE_MIN_AGE {
+            return Err(LockError::PurgeTooSoon {
+                older_than,
+                min: PURGE_MIN_AGE,
+            });
+        }
+        let listing = self.inner.store.list().await?;
+        let now = self.inner.clock.wall();
+        let mut report = PurgeReport::default();
+        for record in listing.records {
+            if record.is_held() {
+                report.kept_held += 1;
+                continue;
+            }
+            if now.saturating_since(record.heartbeat_at) < older_than {
+                report.kept_recent += 1;
+                continue;
+            }
+            if dry_run {
+                report.purged.push(record);
+                continue;
+            }
+            match self.inner.store.purge(&record.key, record.rvn).await {
+                Ok(purged) => {
+                    tracing::info!(
+                        target: observe::AUDIT_TARGET,
+                        event = "lock.purged",
+                        lock_key = %purged.key,
+                        token = purged.token.0,
+                        "released lock record purged; token floor raised"
+                    );
+                    report.purged.push(purged);
+                }
+                Err(StoreError::Conflict { .. }) => report.changed += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(report)
     }
 
     /// Forces `key` released, but only if its record version is still `seen`
@@ -447,6 +958,23 @@ impl LockClient {
 
     pub(crate) fn inner(&self) -> &Arc<Inner> {
         &self.inner
+    }
+}
+
+/// An acquire's wait: its deadline and how the store has been answering.
+struct Wait {
+    started: MonoTime,
+    deadline: Option<MonoTime>,
+    /// Store requests made while waiting must be answered by then.
+    calls_until: Option<MonoTime>,
+    failures: u32,
+    last_failure: Option<StoreError>,
+}
+
+impl Wait {
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.last_failure = None;
     }
 }
 

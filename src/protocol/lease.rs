@@ -193,6 +193,48 @@ impl Lease {
         Some(op)
     }
 
+    /// A rebase to send now, raising this lease's token to `token` (above a
+    /// state store's fence, see [`OpKind::Rebase`]): a resend of an
+    /// unanswered rebase, a new one, or `None` while a heartbeat is in
+    /// flight (ask again once it is answered) or when there is nothing to do
+    /// (the token is already that high, or the lease is not held). Its answer
+    /// goes to [`Lease::handle_heartbeat`]: a rebase renews like a heartbeat.
+    pub fn poll_rebase(
+        &mut self,
+        now: MonoTime,
+        new_rvn: RecordVersion,
+        wall: WallTime,
+        token: FencingToken,
+    ) -> Option<LockOp> {
+        self.handle_timeout(now);
+        if self.state != LeaseState::Held {
+            return None;
+        }
+        if let Some(p) = &self.heartbeat {
+            return matches!(p.op.kind, OpKind::Rebase { .. }).then(|| p.op.clone());
+        }
+        if token <= self.token {
+            return None;
+        }
+        let op = LockOp {
+            key: self.key.clone(),
+            new_rvn,
+            at: wall,
+            kind: OpKind::Rebase {
+                owner: self.owner,
+                current: self.rvn,
+                token,
+            },
+        };
+        self.next_heartbeat = now + self.cfg.heartbeat_retry(self.lease);
+        self.unconfirmed_rvn = Some(new_rvn);
+        self.heartbeat = Some(Pending {
+            op: op.clone(),
+            first_sent: now,
+        });
+        Some(op)
+    }
+
     /// Feeds the answer to the last heartbeat sent.
     pub fn handle_heartbeat(&mut self, now: MonoTime, outcome: Outcome) -> HeartbeatEvent {
         if self.state != LeaseState::Held {
@@ -209,6 +251,8 @@ impl Lease {
                 self.heartbeat = None;
                 self.unconfirmed_rvn = None;
                 self.rvn = record.rvn;
+                // A rebase raised it; a heartbeat keeps it.
+                self.token = self.token.max(record.token);
                 self.deadline = self
                     .deadline
                     .max(pending.first_sent + self.cfg.holder_validity(self.lease));

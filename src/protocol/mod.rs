@@ -18,13 +18,13 @@ mod waiter;
 pub use config::ProtocolConfig;
 pub use key::{InvalidKey, LockKey, MAX_KEY_BYTES};
 pub use lease::{HeartbeatEvent, Lease, LeaseState, LostReason, ReleaseStep};
-pub use op::{LockOp, OpKind, Outcome, Rejected};
+pub use op::{GrantFrom, LockOp, OpKind, Outcome, Rejected};
 pub use record::{
     FencingToken, HolderInfo, InvalidRecordVersion, LeaseId, LockRecord, RecordVersion,
 };
 pub use supervise::{GraceTooLong, StopCause, StopPlan, SuperviseAction, Supervisor};
 pub use time::{MonoTime, WallTime};
-pub use waiter::{Backoff, Observation, Waiter, WaiterStep};
+pub use waiter::{Backoff, Observation, Seen, Waiter, WaiterAction, WaiterStep};
 
 use std::time::Duration;
 

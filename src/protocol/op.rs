@@ -2,6 +2,13 @@
 //! semantics. Every store performs each [`LockOp`] as exactly one conditional write;
 //! [`LockOp::apply`] is the executable definition stores are tested against (the
 //! memory and file stores call it directly).
+//!
+//! A grant (acquire or takeover) always names the record it replaces as the
+//! acquirer read it — its version and token, or its absence together with the
+//! store's token floor — and installs the next token. So a grant can only land
+//! on the very version its sender decided on: a delayed duplicate never lands
+//! after the key moved on, a damaged record is never rewritten (it cannot be
+//! read), and tokens continue above every token the store ever issued.
 
 use super::{FencingToken, HolderInfo, LeaseId, LockKey, LockRecord, RecordVersion, WallTime};
 use serde::{Deserialize, Serialize};
@@ -19,12 +26,66 @@ pub struct LockOp {
     pub kind: OpKind,
 }
 
+/// The record a grant replaces, as the acquirer read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum GrantFrom {
+    /// There is no record. `floor` is the store's token floor (the largest
+    /// token of any record ever purged, 0 if none): the grant's token is
+    /// `floor + 1`.
+    Absent {
+        /// The store's token floor as read.
+        floor: FencingToken,
+    },
+    /// The record at version `rvn`, whose token is `token`: the grant's token
+    /// is `token + 1`.
+    Version {
+        /// The version read.
+        rvn: RecordVersion,
+        /// Its token.
+        token: FencingToken,
+    },
+}
+
+impl GrantFrom {
+    /// What a grant replacing `current` names (`floor` is used when absent).
+    pub fn of(current: Option<&LockRecord>, floor: FencingToken) -> GrantFrom {
+        match current {
+            None => GrantFrom::Absent { floor },
+            Some(r) => GrantFrom::Version {
+                rvn: r.rvn,
+                token: r.token,
+            },
+        }
+    }
+
+    /// The token the grant installs, or `None` when the key has used up every
+    /// token (u64::MAX grants): it can never be granted again.
+    pub fn next_token(&self) -> Option<FencingToken> {
+        match self {
+            GrantFrom::Absent { floor } => floor.next(),
+            GrantFrom::Version { token, .. } => token.next(),
+        }
+    }
+
+    /// True if `current` is the record this grant names.
+    fn matches(&self, current: Option<&LockRecord>) -> bool {
+        match (self, current) {
+            (GrantFrom::Absent { .. }, None) => true,
+            (GrantFrom::Version { rvn, token }, Some(r)) => r.rvn == *rvn && r.token == *token,
+            _ => false,
+        }
+    }
+}
+
 /// The operation and its condition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OpKind {
-    /// Grant if the record is absent or released.
+    /// Grant a free key: the record is absent, or released at the version read.
     Acquire {
+        /// The record replaced (absent, or a released version).
+        from: GrantFrom,
         /// The new lease.
         owner: LeaseId,
         /// Lease duration promised, in milliseconds.
@@ -32,10 +93,13 @@ pub enum OpKind {
         /// Who asks.
         holder: HolderInfo,
     },
-    /// Grant if the record's version is still the one the waiter timed.
+    /// Grant a held key whose version the waiter has seen unchanged for a
+    /// whole takeover wait: the record is still at that version.
     Takeover {
         /// The version the waiter observed for a whole lease.
         observed: RecordVersion,
+        /// That version's token.
+        token: FencingToken,
         /// The new lease.
         owner: LeaseId,
         /// Lease duration promised, in milliseconds.
@@ -49,6 +113,18 @@ pub enum OpKind {
         owner: LeaseId,
         /// The version the holder last wrote.
         current: RecordVersion,
+    },
+    /// Raise the holder's token to `token` (above a state store's fence
+    /// found at seal time, after a record was deleted behind the protocol's
+    /// back): only the current owner at its current version, and only
+    /// upwards. Renews the lease like a heartbeat.
+    Rebase {
+        /// The holder's lease.
+        owner: LeaseId,
+        /// The version the holder last wrote.
+        current: RecordVersion,
+        /// The new token (larger than the record's).
+        token: FencingToken,
     },
     /// Release: only the current owner at its current version. Keeps the token.
     Release {
@@ -73,6 +149,7 @@ impl OpKind {
             OpKind::Acquire { .. } => "acquire",
             OpKind::Takeover { .. } => "takeover",
             OpKind::Heartbeat { .. } => "heartbeat",
+            OpKind::Rebase { .. } => "rebase",
             OpKind::Release { .. } => "release",
             OpKind::ForceUnlock { .. } => "force_unlock",
         }
@@ -93,15 +170,39 @@ impl LockOp {
     /// True if this op's condition holds on `current` (`None` = no record).
     pub fn condition_holds(&self, current: Option<&LockRecord>) -> bool {
         match (&self.kind, current) {
-            (OpKind::Acquire { .. }, None) => true,
-            (OpKind::Acquire { .. }, Some(r)) => r.released,
-            (OpKind::Takeover { observed, .. }, Some(r)) => r.rvn == *observed,
+            (OpKind::Acquire { from, .. }, _) => {
+                from.matches(current) && current.is_none_or(|r| r.released)
+            }
+            (
+                OpKind::Takeover {
+                    observed, token, ..
+                },
+                Some(r),
+            ) => r.rvn == *observed && r.token == *token,
             (OpKind::Heartbeat { owner, current: v }, Some(r))
             | (OpKind::Release { owner, current: v }, Some(r)) => {
                 !r.released && r.owner == *owner && r.rvn == *v
             }
+            (
+                OpKind::Rebase {
+                    owner,
+                    current: v,
+                    token,
+                },
+                Some(r),
+            ) => !r.released && r.owner == *owner && r.rvn == *v && *token > r.token,
             (OpKind::ForceUnlock { observed, .. }, Some(r)) => r.rvn == *observed,
             (_, None) => false,
+        }
+    }
+
+    /// The token a grant installs (`None` for other ops, and for a grant on a
+    /// key whose tokens are used up).
+    pub fn granted_token(&self) -> Option<FencingToken> {
+        match &self.kind {
+            OpKind::Acquire { from, .. } => from.next_token(),
+            OpKind::Takeover { token, .. } => token.next(),
+            _ => None,
         }
     }
 
@@ -122,6 +223,7 @@ impl LockOp {
                     owner,
                     lease_ms,
                     holder,
+                    ..
                 }
                 | OpKind::Takeover {
                     owner,
@@ -131,10 +233,7 @@ impl LockOp {
                 },
                 _,
             ) => {
-                let token = match current {
-                    None => FencingToken::FIRST,
-                    Some(r) => r.token.next().ok_or(Rejected::TokensExhausted)?,
-                };
+                let token = self.granted_token().ok_or(Rejected::TokensExhausted)?;
                 Ok(LockRecord {
                     key: self.key.clone(),
                     owner: *owner,
@@ -150,6 +249,12 @@ impl LockOp {
             }
             (OpKind::Heartbeat { .. }, Some(r)) => Ok(LockRecord {
                 rvn: self.new_rvn,
+                heartbeat_at: self.at,
+                ..r.clone()
+            }),
+            (OpKind::Rebase { token, .. }, Some(r)) => Ok(LockRecord {
+                rvn: self.new_rvn,
+                token: *token,
                 heartbeat_at: self.at,
                 ..r.clone()
             }),
@@ -236,17 +341,36 @@ mod tests {
         }
     }
 
+    fn acquire_from(me: LeaseId, from: GrantFrom) -> OpKind {
+        OpKind::Acquire {
+            from,
+            owner: me,
+            lease_ms: 1000,
+            holder: HolderInfo::named("me"),
+        }
+    }
+
+    fn version(rvn: u128, token: u64) -> GrantFrom {
+        GrantFrom::Version {
+            rvn: RecordVersion(rvn),
+            token: FencingToken(token),
+        }
+    }
+
     #[test]
     fn condition_table() {
         let me = LeaseId(uuid::Uuid::from_u128(1));
         let other = LeaseId(uuid::Uuid::from_u128(2));
-        let acquire = OpKind::Acquire {
-            owner: me,
-            lease_ms: 1000,
-            holder: HolderInfo::named("me"),
-        };
-        let takeover = |v| OpKind::Takeover {
+        let absent = acquire_from(
+            me,
+            GrantFrom::Absent {
+                floor: FencingToken(0),
+            },
+        );
+        let acquire = |rvn, token| acquire_from(me, version(rvn, token));
+        let takeover = |v, token| OpKind::Takeover {
             observed: RecordVersion(v),
+            token: FencingToken(token),
             owner: me,
             lease_ms: 1000,
             holder: HolderInfo::named("me"),
@@ -269,14 +393,20 @@ mod tests {
         let released_mine = rec(me, 4, 7, true);
         // (op, current, condition holds?)
         let table: Vec<(OpKind, Option<&LockRecord>, bool)> = vec![
-            (acquire.clone(), None, true),
-            (acquire.clone(), Some(&released), true),
-            (acquire.clone(), Some(&held_by_other), false),
-            (acquire.clone(), Some(&held_by_me), false),
-            (takeover(7), Some(&held_by_other), true),
-            (takeover(8), Some(&held_by_other), false),
-            (takeover(7), Some(&released), true),
-            (takeover(7), None, false),
+            (absent.clone(), None, true),
+            (absent.clone(), Some(&released), false),
+            (absent.clone(), Some(&held_by_other), false),
+            (acquire(7, 4), None, false),
+            (acquire(7, 4), Some(&released), true),
+            (acquire(8, 4), Some(&released), false),
+            (acquire(7, 3), Some(&released), false),
+            (acquire(7, 4), Some(&held_by_other), false),
+            (acquire(7, 4), Some(&held_by_me), false),
+            (takeover(7, 4), Some(&held_by_other), true),
+            (takeover(8, 4), Some(&held_by_other), false),
+            (takeover(7, 5), Some(&held_by_other), false),
+            (takeover(7, 4), Some(&released), true),
+            (takeover(7, 4), None, false),
             (hb(7), Some(&held_by_me), true),
             (hb(8), Some(&held_by_me), false),
             (hb(7), Some(&held_by_other), false),
@@ -300,15 +430,17 @@ mod tests {
     #[test]
     fn grants_increment_tokens_and_release_keeps_them() {
         let me = LeaseId(uuid::Uuid::from_u128(1));
-        let acquire = op(
-            OpKind::Acquire {
-                owner: me,
-                lease_ms: 1000,
-                holder: HolderInfo::named("me"),
-            },
+        let first = op(
+            acquire_from(
+                me,
+                GrantFrom::Absent {
+                    floor: FencingToken(0),
+                },
+            ),
             10,
-        );
-        let first = acquire.apply(None).unwrap();
+        )
+        .apply(None)
+        .unwrap();
         assert_eq!(first.token, FencingToken(1));
         assert_eq!(first.rvn, RecordVersion(10));
         assert!(!first.released);
@@ -323,7 +455,12 @@ mod tests {
         .unwrap();
         assert!(released.released);
         assert_eq!(released.token, FencingToken(1));
-        let second = op(acquire.kind.clone(), 12).apply(Some(&released)).unwrap();
+        let second = op(
+            acquire_from(me, GrantFrom::of(Some(&released), FencingToken(0))),
+            12,
+        )
+        .apply(Some(&released))
+        .unwrap();
         assert_eq!(second.token, FencingToken(2));
         let hb = op(
             OpKind::Heartbeat {
@@ -353,19 +490,104 @@ mod tests {
     }
 
     #[test]
+    fn a_rebase_only_raises_the_holders_token() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let other = LeaseId(uuid::Uuid::from_u128(2));
+        let rebase = |owner, v, t| {
+            op(
+                OpKind::Rebase {
+                    owner,
+                    current: RecordVersion(v),
+                    token: FencingToken(t),
+                },
+                9,
+            )
+        };
+        let held = rec(me, 4, 7, false);
+        let raised = rebase(me, 7, 12).apply(Some(&held)).unwrap();
+        assert_eq!(
+            (raised.token, raised.rvn, raised.owner, raised.released),
+            (FencingToken(12), RecordVersion(9), me, false)
+        );
+        for (o, why) in [
+            (rebase(me, 7, 4), "not upwards"),
+            (rebase(me, 7, 3), "downwards"),
+            (rebase(me, 8, 12), "stale version"),
+            (rebase(other, 7, 12), "not the owner"),
+        ] {
+            assert_eq!(
+                o.apply(Some(&held)),
+                Err(Rejected::ConditionFailed),
+                "{why}"
+            );
+        }
+        assert!(rebase(me, 7, 12).apply(Some(&rec(me, 4, 7, true))).is_err());
+        assert!(rebase(me, 7, 12).apply(None).is_err());
+    }
+
+    #[test]
+    fn a_grant_on_an_absent_record_continues_above_the_floor() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let granted = op(
+            acquire_from(
+                me,
+                GrantFrom::Absent {
+                    floor: FencingToken(41),
+                },
+            ),
+            1,
+        )
+        .apply(None)
+        .unwrap();
+        assert_eq!(granted.token, FencingToken(42));
+    }
+
+    #[test]
     fn exhausted_tokens_are_rejected() {
         let me = LeaseId(uuid::Uuid::from_u128(1));
-        let mut last = rec(me, u64::MAX, 1, true);
-        last.released = true;
+        let last = rec(me, u64::MAX, 1, true);
         let acquire = op(
-            OpKind::Acquire {
-                owner: me,
-                lease_ms: 1000,
-                holder: HolderInfo::named("me"),
-            },
+            acquire_from(me, GrantFrom::of(Some(&last), FencingToken(0))),
             2,
         );
+        assert_eq!(acquire.granted_token(), None);
         assert_eq!(acquire.apply(Some(&last)), Err(Rejected::TokensExhausted));
+        let floor_at_max = op(
+            acquire_from(
+                me,
+                GrantFrom::Absent {
+                    floor: FencingToken(u64::MAX),
+                },
+            ),
+            3,
+        );
+        assert_eq!(floor_at_max.apply(None), Err(Rejected::TokensExhausted));
+    }
+
+    /// A grant decided on one version can never land on a later one: a
+    /// delayed duplicate of an acquire arriving after the key moved on fails.
+    #[test]
+    fn a_delayed_duplicate_grant_never_lands_on_a_later_version() {
+        let me = LeaseId(uuid::Uuid::from_u128(1));
+        let released = rec(me, 4, 7, true);
+        let acquire = op(
+            acquire_from(me, GrantFrom::of(Some(&released), FencingToken(0))),
+            20,
+        );
+        let granted = acquire.apply(Some(&released)).unwrap();
+        let released_again = op(
+            OpKind::Release {
+                owner: me,
+                current: RecordVersion(20),
+            },
+            21,
+        )
+        .apply(Some(&granted))
+        .unwrap();
+        assert_eq!(
+            acquire.apply(Some(&released_again)),
+            Err(Rejected::ConditionFailed)
+        );
     }
 
     #[test]
@@ -373,19 +595,13 @@ mod tests {
         let me = LeaseId(uuid::Uuid::from_u128(1));
         let mut other_key = rec(me, 1, 1, true);
         other_key.key = LockKey::new("other").unwrap();
-        let acquire = op(
-            OpKind::Acquire {
-                owner: me,
-                lease_ms: 1000,
-                holder: HolderInfo::named("me"),
-            },
-            2,
-        );
+        let acquire = op(acquire_from(me, version(1, 1)), 2);
         assert_eq!(
             acquire.apply(Some(&other_key)),
             Err(Rejected::ConditionFailed)
         );
-        let landed = acquire.apply(None).unwrap();
+        let mine = rec(me, 1, 1, true);
+        let landed = acquire.apply(Some(&mine)).unwrap();
         assert_eq!(
             Outcome::Conflict(Some(landed.clone())).resolve(&acquire),
             Outcome::Applied(landed.clone())

@@ -2,24 +2,36 @@
 //! waiter's own monotonic clock, and taking over only after that version has
 //! been seen unchanged for `lease × (1 + ρ) + margin`.
 //!
-//! Call order: [`Waiter::poll_send`] gives the op to send; feed its answer to
-//! [`Waiter::handle_outcome`], which says: granted, send again now, or wait
-//! until a time (sleep there, then `poll_send` again). Every poll is an acquire
-//! attempt, so each round trip both tries and learns the current holder.
+//! The waiter reads and writes only when writing can succeed: it reads the
+//! record (a consistent read), and sends a grant only when the record is
+//! absent, released, or held at a version it has timed for a whole takeover
+//! wait. Every grant names the version it replaces ([`GrantFrom`]), so it can
+//! land only on that version.
+//!
+//! Call order: [`Waiter::poll`] says what to do — read the record (feed it to
+//! [`Waiter::handle_read`], or a failed read to [`Waiter::handle_read_error`]),
+//! send an op (feed its answer to [`Waiter::handle_outcome`]), or sleep until a
+//! time and poll again. `poll` takes both of the client's clock readings: the
+//! holder reading (it stamps `t_send`, from which a granted lease is timed)
+//! and the waiter reading (it times the holder's version); see
+//! [`crate::clock::Clock`].
 
 use super::{
-    HolderInfo, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind, Outcome, ProtocolConfig,
-    ProtocolError, RecordVersion, WallTime,
+    FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind,
+    Outcome, ProtocolConfig, ProtocolError, RecordVersion, WallTime,
 };
 use std::time::Duration;
 
-/// Exponential backoff with full jitter between polls.
+/// How often a waiter reads, and how it backs off after unanswered requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
-    /// First window.
+    /// First window after an unanswered request (exponential, full jitter).
     pub base: Duration,
-    /// Largest window.
+    /// Largest window after unanswered requests.
     pub cap: Duration,
+    /// The interval between reads of a held record: each read comes after
+    /// between half of it and all of it (jittered).
+    pub poll: Duration,
 }
 
 impl Default for Backoff {
@@ -27,12 +39,13 @@ impl Default for Backoff {
         Backoff {
             base: Duration::from_millis(50),
             cap: Duration::from_secs(2),
+            poll: Duration::from_millis(60),
         }
     }
 }
 
 impl Backoff {
-    /// The window after `attempts` failed polls.
+    /// The window after `attempts` unanswered requests.
     pub fn window(&self, attempts: u32) -> Duration {
         let factor = 1u32 << attempts.min(16);
         self.base.saturating_mul(factor).min(self.cap)
@@ -41,15 +54,41 @@ impl Backoff {
     /// Full jitter: a delay uniformly in the window, `jitter` in `[0, 1)`;
     /// never under a millisecond.
     pub fn delay(&self, attempts: u32, jitter: f64) -> Duration {
-        let j = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.5
-        };
         self.window(attempts)
-            .mul_f64(j)
+            .mul_f64(clamp_jitter(jitter))
             .max(Duration::from_millis(1))
     }
+
+    /// The delay before the next read of a held record: `poll × (½ + jitter/2)`,
+    /// never under a millisecond.
+    pub fn poll_delay(&self, jitter: f64) -> Duration {
+        self.poll
+            .mul_f64(0.5 + clamp_jitter(jitter) / 2.0)
+            .max(Duration::from_millis(1))
+    }
+}
+
+fn clamp_jitter(jitter: f64) -> f64 {
+    if jitter.is_finite() {
+        jitter.clamp(0.0, 1.0)
+    } else {
+        0.5
+    }
+}
+
+/// What a read of the record found.
+// One value per store round trip, moved once: boxing would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// No record; `floor` is the store's token floor.
+    Absent {
+        /// The store's token floor.
+        floor: FencingToken,
+    },
+    /// The record.
+    Record(LockRecord),
 }
 
 /// What the waiter knows of the current holder.
@@ -63,21 +102,39 @@ pub struct Observation {
     pub takeover_at: MonoTime,
 }
 
+/// What to do next, from [`Waiter::poll`].
+// One value per poll, moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaiterAction {
+    /// Read the record consistently (and, if absent, the token floor), then
+    /// call [`Waiter::handle_read`].
+    Read,
+    /// Send this op, then call [`Waiter::handle_outcome`].
+    Send(LockOp),
+    /// Sleep until `until` (waiter's clock), then poll again.
+    Wait {
+        /// When to poll again.
+        until: MonoTime,
+    },
+    /// The key has used up every fencing token: it can never be granted.
+    Exhausted(Option<Box<LockRecord>>),
+}
+
 /// What [`Waiter::handle_outcome`] concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WaiterStep {
-    /// The lock is ours: `record` is what we wrote; `t_send` (our clock) is when
-    /// the granting op was first sent — start the [`super::Lease`] from it.
+    /// The lock is ours: `record` is what we wrote; `t_send` (holder clock) is
+    /// when the granting op was first sent — start the [`super::Lease`] from it.
     Granted {
         /// The record written by the grant.
         record: Box<LockRecord>,
         /// When the granting op was first sent.
         t_send: MonoTime,
     },
-    /// Call [`Waiter::poll_send`] again at once (the lock is free, or a takeover
-    /// is due).
-    SendNow,
-    /// Sleep until `until`, then call [`Waiter::poll_send`].
+    /// Poll again at once.
+    Continue,
+    /// Sleep until `until` (waiter's clock), then poll again.
     Wait {
         /// When to poll again.
         until: MonoTime,
@@ -90,6 +147,10 @@ struct Pending {
     first_sent: MonoTime,
 }
 
+/// Grants whose condition failed on a free record in a row before the waiter
+/// pauses for a poll interval (it never spins).
+const FREE_CONFLICTS_BEFORE_PAUSE: u32 = 3;
+
 /// The waiter state machine (sans-IO).
 #[derive(Debug, Clone)]
 pub struct Waiter {
@@ -99,10 +160,12 @@ pub struct Waiter {
     holder: HolderInfo,
     cfg: ProtocolConfig,
     backoff: Backoff,
+    /// What the last read or answer showed, not yet acted on.
+    known: Option<Seen>,
     observed: Option<Observation>,
     pending: Option<Pending>,
-    attempts: u32,
-    quick_retries: u32,
+    unanswered: u32,
+    free_conflicts: u32,
 }
 
 impl Waiter {
@@ -125,16 +188,34 @@ impl Waiter {
             holder,
             cfg,
             backoff,
+            known: None,
             observed: None,
             pending: None,
-            attempts: 0,
-            quick_retries: 0,
+            unanswered: 0,
+            free_conflicts: 0,
         })
+    }
+
+    /// Starts from a free record this client saw recently (e.g. the one it
+    /// wrote when it last released the key), saving the first read: the first
+    /// op is a grant naming it. A stale hint costs one failed condition, which
+    /// returns the current record. A held record is no hint (the waiter must
+    /// time it from its own reads): it is ignored.
+    pub fn with_hint(mut self, seen: Seen) -> Waiter {
+        if !matches!(&seen, Seen::Record(r) if r.is_held()) {
+            self.known = Some(seen);
+        }
+        self
     }
 
     /// The lease id this waiter will hold as.
     pub fn owner(&self) -> LeaseId {
         self.owner
+    }
+
+    /// The key.
+    pub fn key(&self) -> &LockKey {
+        &self.key
     }
 
     /// The current holder as last observed, with the takeover time.
@@ -147,21 +228,61 @@ impl Waiter {
         self.pending.as_ref().map(|p| &p.op)
     }
 
-    /// The op to send now: a resend of an unanswered op, a takeover if the
-    /// observed version has stood long enough, else an acquire attempt.
-    /// `new_rvn` is used only when a new op is built.
-    pub fn poll_send(&mut self, now: MonoTime, new_rvn: RecordVersion, wall: WallTime) -> LockOp {
+    /// What to do now. `now` is the holder reading of the client's clock,
+    /// `now_waiter` its waiter reading; `new_rvn` is used only if a new op is
+    /// built; `jitter` is uniform in `[0, 1)`.
+    pub fn poll(
+        &mut self,
+        now: MonoTime,
+        now_waiter: MonoTime,
+        new_rvn: RecordVersion,
+        wall: WallTime,
+        jitter: f64,
+    ) -> WaiterAction {
         if let Some(p) = &self.pending {
-            return p.op.clone();
+            return WaiterAction::Send(p.op.clone());
         }
-        let kind = match &self.observed {
-            Some(obs) if now >= obs.takeover_at => OpKind::Takeover {
-                observed: obs.record.rvn,
-                owner: self.owner,
-                lease_ms: self.lease_ms,
-                holder: self.holder.clone(),
-            },
-            _ => OpKind::Acquire {
+        let from = match &self.known {
+            None => return WaiterAction::Read,
+            Some(Seen::Absent { floor }) => GrantFrom::Absent { floor: *floor },
+            Some(Seen::Record(r)) if r.released => GrantFrom::of(Some(r), FencingToken::NONE),
+            Some(Seen::Record(r)) => {
+                let due = r.expires()
+                    && self
+                        .observed
+                        .as_ref()
+                        .is_some_and(|o| o.record.rvn == r.rvn && now_waiter >= o.takeover_at);
+                if !due {
+                    let mut until = now_waiter + self.backoff.poll_delay(jitter);
+                    if let Some(o) = self.observed.as_ref().filter(|_| r.expires()) {
+                        until = until.min(o.takeover_at.max(now_waiter));
+                    }
+                    // The next poll reads again.
+                    self.known = None;
+                    return WaiterAction::Wait { until };
+                }
+                GrantFrom::of(Some(r), FencingToken::NONE)
+            }
+        };
+        if from.next_token().is_none() {
+            let record = match &self.known {
+                Some(Seen::Record(r)) => Some(Box::new(r.clone())),
+                _ => None,
+            };
+            return WaiterAction::Exhausted(record);
+        }
+        let kind = match (from, &self.known) {
+            (GrantFrom::Version { rvn, token }, Some(Seen::Record(r))) if !r.released => {
+                OpKind::Takeover {
+                    observed: rvn,
+                    token,
+                    owner: self.owner,
+                    lease_ms: self.lease_ms,
+                    holder: self.holder.clone(),
+                }
+            }
+            (from, _) => OpKind::Acquire {
+                from,
                 owner: self.owner,
                 lease_ms: self.lease_ms,
                 holder: self.holder.clone(),
@@ -173,88 +294,113 @@ impl Waiter {
             at: wall,
             kind,
         };
+        self.known = None;
         self.pending = Some(Pending {
             op: op.clone(),
             first_sent: now,
         });
-        op
+        WaiterAction::Send(op)
     }
 
-    /// Feeds the answer to the op last returned by [`Waiter::poll_send`].
-    /// `jitter` is a uniform random number in `[0, 1)` for the backoff.
-    pub fn handle_outcome(&mut self, now: MonoTime, outcome: Outcome, jitter: f64) -> WaiterStep {
+    /// Feeds what a read found (waiter's clock).
+    pub fn handle_read(&mut self, now_waiter: MonoTime, seen: Seen) {
+        self.unanswered = 0;
+        self.learn(now_waiter, seen);
+    }
+
+    /// A read failed (no answer): wait a backoff before polling again.
+    pub fn handle_read_error(&mut self, now_waiter: MonoTime, jitter: f64) -> WaiterStep {
+        self.unanswered = self.unanswered.saturating_add(1);
+        WaiterStep::Wait {
+            until: now_waiter + self.backoff.delay(self.unanswered, jitter),
+        }
+    }
+
+    /// Feeds the answer to the op last returned by [`Waiter::poll`]
+    /// (waiter's clock). `jitter` is uniform in `[0, 1)`.
+    pub fn handle_outcome(
+        &mut self,
+        now_waiter: MonoTime,
+        outcome: Outcome,
+        jitter: f64,
+    ) -> WaiterStep {
         let Some(pending) = self.pending.clone() else {
-            return WaiterStep::SendNow;
+            return WaiterStep::Continue;
         };
         match outcome.resolve(&pending.op) {
             Outcome::Applied(record) => {
                 self.pending = None;
+                self.unanswered = 0;
                 WaiterStep::Granted {
                     record: Box::new(record),
                     t_send: pending.first_sent,
                 }
             }
             Outcome::Unknown => {
-                self.attempts = self.attempts.saturating_add(1);
-                self.wait(now, jitter)
+                // The same op is resent after a backoff: it recognises its
+                // own write if the first one landed.
+                self.unanswered = self.unanswered.saturating_add(1);
+                WaiterStep::Wait {
+                    until: now_waiter + self.backoff.delay(self.unanswered, jitter),
+                }
             }
             Outcome::Conflict(current) => {
+                // The op named a version the record no longer has: it can
+                // never land now. Learn the current record instead.
                 self.pending = None;
+                self.unanswered = 0;
+                let free = current.as_ref().is_none_or(|r| r.released);
                 match current {
-                    Some(record) if record.is_held() => {
-                        self.quick_retries = 0;
-                        self.observe(now, record);
-                        self.attempts = self.attempts.saturating_add(1);
-                        match &self.observed {
-                            Some(obs) if now >= obs.takeover_at => WaiterStep::SendNow,
-                            _ => self.wait(now, jitter),
-                        }
-                    }
-                    // Free (released or absent): try again at once, but never spin.
-                    _ => {
+                    Some(record) => self.learn(now_waiter, Seen::Record(record)),
+                    // Absent: read again (the token floor is needed).
+                    None => {
+                        self.known = None;
                         self.observed = None;
-                        self.quick_retries += 1;
-                        if self.quick_retries <= 3 {
-                            WaiterStep::SendNow
-                        } else {
-                            self.attempts = self.attempts.saturating_add(1);
-                            self.wait(now, jitter)
-                        }
                     }
                 }
+                if free {
+                    self.free_conflicts += 1;
+                    if self.free_conflicts > FREE_CONFLICTS_BEFORE_PAUSE {
+                        self.free_conflicts = 0;
+                        self.known = None;
+                        return WaiterStep::Wait {
+                            until: now_waiter + self.backoff.poll_delay(jitter),
+                        };
+                    }
+                } else {
+                    self.free_conflicts = 0;
+                }
+                WaiterStep::Continue
             }
         }
     }
 
-    fn observe(&mut self, now: MonoTime, record: LockRecord) {
+    fn learn(&mut self, now_waiter: MonoTime, seen: Seen) {
+        match &seen {
+            Seen::Record(r) if r.is_held() => self.observe(now_waiter, r.clone()),
+            _ => self.observed = None,
+        }
+        self.known = Some(seen);
+    }
+
+    fn observe(&mut self, now_waiter: MonoTime, record: LockRecord) {
         match &mut self.observed {
             Some(obs) if obs.record.rvn == record.rvn => obs.record = record,
             _ => {
-                let takeover_at = now + self.cfg.takeover_wait(record.lease());
+                let takeover_at = now_waiter + self.cfg.takeover_wait(record.lease());
                 self.observed = Some(Observation {
                     record,
-                    since: now,
+                    since: now_waiter,
                     takeover_at,
                 });
             }
         }
-    }
-
-    fn wait(&self, now: MonoTime, jitter: f64) -> WaiterStep {
-        let mut until = now + self.backoff.delay(self.attempts, jitter);
-        if let Some(obs) = &self.observed {
-            if self.pending.is_none() {
-                until = until.min(obs.takeover_at.max(now));
-            }
-        }
-        WaiterStep::Wait { until }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::FencingToken;
 
     fn cfg() -> ProtocolConfig {
         ProtocolConfig {
@@ -271,6 +417,13 @@ mod tests {
     fn them() -> LeaseId {
         LeaseId(uuid::Uuid::from_u128(2))
     }
+    fn backoff() -> Backoff {
+        Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+            poll: Duration::from_millis(40),
+        }
+    }
     fn waiter() -> Waiter {
         Waiter::new(
             LockKey::new("k").unwrap(),
@@ -278,10 +431,7 @@ mod tests {
             Duration::from_secs(1),
             HolderInfo::named("me"),
             cfg(),
-            Backoff {
-                base: Duration::from_millis(100),
-                cap: Duration::from_millis(400),
-            },
+            backoff(),
         )
         .unwrap()
     }
@@ -299,35 +449,85 @@ mod tests {
             forced_by: None,
         }
     }
+    fn released(rvn: u128) -> LockRecord {
+        LockRecord {
+            released: true,
+            ..held(rvn, 1000)
+        }
+    }
+    /// Polls at `t` (both readings equal) with jitter ½.
+    fn poll(w: &mut Waiter, t: u64, rvn: u128) -> WaiterAction {
+        w.poll(ms(t), ms(t), RecordVersion(rvn), WallTime(0), 0.5)
+    }
+    fn sent(action: WaiterAction) -> LockOp {
+        match action {
+            WaiterAction::Send(op) => op,
+            other => panic!("expected a send, got {other:?}"),
+        }
+    }
 
     #[test]
-    fn free_lock_is_granted_from_first_send() {
+    fn reads_first_and_grants_an_absent_record_above_the_floor() {
         let mut w = waiter();
-        let op = w.poll_send(ms(10), RecordVersion(1), WallTime(0));
-        assert!(matches!(op.kind, OpKind::Acquire { .. }));
+        assert_eq!(poll(&mut w, 10, 1), WaiterAction::Read);
+        w.handle_read(
+            ms(11),
+            Seen::Absent {
+                floor: FencingToken(7),
+            },
+        );
+        let op = sent(poll(&mut w, 12, 1));
+        assert_eq!(op.granted_token(), Some(FencingToken(8)));
         let rec = op.apply(None).unwrap();
         assert_eq!(
             w.handle_outcome(ms(20), Outcome::Applied(rec.clone()), 0.5),
             WaiterStep::Granted {
                 record: Box::new(rec),
-                t_send: ms(10)
+                t_send: ms(12)
             }
         );
     }
 
     #[test]
-    fn lost_answer_is_resent_and_recognised_with_original_t_send() {
-        let mut w = waiter();
-        let op = w.poll_send(ms(10), RecordVersion(1), WallTime(0));
-        let WaiterStep::Wait { until } = w.handle_outcome(ms(20), Outcome::Unknown, 0.5) else {
-            panic!("expected to wait")
-        };
-        assert!(until > ms(20));
-        let again = w.poll_send(until, RecordVersion(2), WallTime(0));
-        assert_eq!(again, op, "the same op, the same new rvn");
-        let landed = op.apply(None).unwrap();
+    fn a_held_record_is_no_hint() {
+        let mut w = waiter().with_hint(Seen::Record(held(7, 1000)));
+        assert_eq!(poll(&mut w, 0, 1), WaiterAction::Read);
+    }
+
+    #[test]
+    fn a_released_record_is_acquired_at_its_version() {
+        let mut w = waiter().with_hint(Seen::Record(released(7)));
+        let op = sent(poll(&mut w, 0, 1));
+        assert!(matches!(
+            op.kind,
+            OpKind::Acquire {
+                from: GrantFrom::Version {
+                    rvn: RecordVersion(7),
+                    token: FencingToken(4)
+                },
+                ..
+            }
+        ));
+        assert_eq!(op.granted_token(), Some(FencingToken(5)));
+    }
+
+    /// The lease of a grant whose answers were lost is timed from the FIRST
+    /// send: resends never move `t_send` later.
+    #[test]
+    fn lost_answers_are_resent_and_recognised_with_the_first_t_send() {
+        let mut w = waiter().with_hint(Seen::Record(released(7)));
+        let op = sent(poll(&mut w, 10, 1));
+        for (at, rvn) in [(20u64, 2u128), (300, 3)] {
+            let WaiterStep::Wait { until } = w.handle_outcome(ms(at), Outcome::Unknown, 0.5) else {
+                panic!("expected to back off")
+            };
+            assert!(until > ms(at));
+            let again = sent(poll(&mut w, at + 100, rvn));
+            assert_eq!(again, op, "the same op, the same new rvn");
+        }
+        let landed = op.apply(Some(&released(7))).unwrap();
         assert_eq!(
-            w.handle_outcome(until, Outcome::Conflict(Some(landed.clone())), 0.5),
+            w.handle_outcome(ms(500), Outcome::Conflict(Some(landed.clone())), 0.5),
             WaiterStep::Granted {
                 record: Box::new(landed),
                 t_send: ms(10)
@@ -336,31 +536,32 @@ mod tests {
     }
 
     #[test]
-    fn takeover_only_after_same_rvn_for_whole_wait() {
+    fn a_held_record_is_polled_by_reads_and_taken_over_after_the_whole_wait() {
         // takeover_wait(1000 ms) = 1000 × 1.001 + 100 = 1101 ms.
         let mut w = waiter();
-        let _ = w.poll_send(ms(0), RecordVersion(1), WallTime(0));
-        let step = w.handle_outcome(ms(5), Outcome::Conflict(Some(held(7, 1000))), 0.99);
-        let WaiterStep::Wait { until } = step else {
-            panic!("{step:?}")
-        };
-        assert!(until <= ms(5 + 1101));
+        assert_eq!(poll(&mut w, 0, 1), WaiterAction::Read);
+        w.handle_read(ms(5), Seen::Record(held(7, 1000)));
         assert_eq!(w.observation().unwrap().takeover_at, ms(1106));
-        // Polls before the deadline are acquire attempts, not takeovers.
-        let op = w.poll_send(ms(600), RecordVersion(2), WallTime(0));
-        assert!(matches!(op.kind, OpKind::Acquire { .. }));
+        // Not due: wait a poll interval (20..40 ms; ½ jitter → 30), then read.
+        assert_eq!(poll(&mut w, 5, 2), WaiterAction::Wait { until: ms(35) });
+        assert_eq!(poll(&mut w, 35, 2), WaiterAction::Read);
         // Same rvn again: the clock is NOT reset.
-        let _ = w.handle_outcome(ms(601), Outcome::Conflict(Some(held(7, 1000))), 0.99);
+        w.handle_read(ms(600), Seen::Record(held(7, 1000)));
         assert_eq!(w.observation().unwrap().since, ms(5));
-        // At 1105 still an acquire, at 1106 a takeover of rvn 7.
-        let op = w.poll_send(ms(1105), RecordVersion(3), WallTime(0));
-        assert!(matches!(op.kind, OpKind::Acquire { .. }));
-        let _ = w.handle_outcome(ms(1105), Outcome::Conflict(Some(held(7, 1000))), 0.99);
-        let op = w.poll_send(ms(1106), RecordVersion(4), WallTime(0));
+        // The wait is cut short at the takeover time.
+        assert_eq!(
+            poll(&mut w, 1090, 2),
+            WaiterAction::Wait { until: ms(1106) }
+        );
+        w.handle_read(ms(1105), Seen::Record(held(7, 1000)));
+        assert!(matches!(poll(&mut w, 1105, 3), WaiterAction::Wait { .. }));
+        w.handle_read(ms(1106), Seen::Record(held(7, 1000)));
+        let op = sent(poll(&mut w, 1106, 4));
         assert_eq!(
             op.kind,
             OpKind::Takeover {
                 observed: RecordVersion(7),
+                token: FencingToken(4),
                 owner: me(),
                 lease_ms: 1000,
                 holder: HolderInfo::named("me")
@@ -374,57 +575,131 @@ mod tests {
         ));
     }
 
+    /// The waiter's reading times the holder; the holder reading stamps the
+    /// grant's `t_send`.
     #[test]
-    fn heartbeat_resets_the_observation() {
+    fn the_two_clock_readings_have_their_roles() {
         let mut w = waiter();
-        let _ = w.poll_send(ms(0), RecordVersion(1), WallTime(0));
-        let _ = w.handle_outcome(ms(0), Outcome::Conflict(Some(held(7, 1000))), 0.5);
-        let _ = w.poll_send(ms(900), RecordVersion(2), WallTime(0));
-        let _ = w.handle_outcome(ms(900), Outcome::Conflict(Some(held(8, 1000))), 0.5);
+        w.handle_read(ms(0), Seen::Record(held(7, 1000)));
+        // Holder reading far ahead, waiter reading before the takeover time:
+        // not due.
+        let action = w.poll(ms(5000), ms(1000), RecordVersion(2), WallTime(0), 0.5);
+        assert!(matches!(action, WaiterAction::Wait { .. }), "{action:?}");
+        w.handle_read(ms(1101), Seen::Record(held(7, 1000)));
+        let op = sent(w.poll(ms(9000), ms(1101), RecordVersion(3), WallTime(0), 0.5));
+        let rec = op.apply(Some(&held(7, 1000))).unwrap();
+        assert!(matches!(
+            w.handle_outcome(ms(1102), Outcome::Applied(rec), 0.5),
+            WaiterStep::Granted { t_send, .. } if t_send == ms(9000)
+        ));
+    }
+
+    #[test]
+    fn a_heartbeat_resets_the_observation() {
+        let mut w = waiter();
+        w.handle_read(ms(0), Seen::Record(held(7, 1000)));
+        w.handle_read(ms(900), Seen::Record(held(8, 1000)));
         let obs = w.observation().unwrap();
         assert_eq!((obs.since, obs.takeover_at), (ms(900), ms(2001)));
         // A takeover whose condition fails (holder renewed meanwhile) resets too.
-        let op = w.poll_send(ms(2001), RecordVersion(3), WallTime(0));
+        let op = sent(poll(&mut w, 2001, 3));
         assert!(
             matches!(op.kind, OpKind::Takeover { observed, .. } if observed == RecordVersion(8))
         );
-        let _ = w.handle_outcome(ms(2002), Outcome::Conflict(Some(held(9, 1000))), 0.5);
+        assert_eq!(
+            w.handle_outcome(ms(2002), Outcome::Conflict(Some(held(9, 1000))), 0.5),
+            WaiterStep::Continue
+        );
         assert_eq!(w.observation().unwrap().since, ms(2002));
+        assert!(matches!(poll(&mut w, 2002, 4), WaiterAction::Wait { .. }));
     }
 
     #[test]
     fn waits_use_the_holders_lease_not_ours() {
         let mut w = waiter();
-        let _ = w.poll_send(ms(0), RecordVersion(1), WallTime(0));
-        let _ = w.handle_outcome(ms(0), Outcome::Conflict(Some(held(7, 10_000))), 0.5);
+        w.handle_read(ms(0), Seen::Record(held(7, 10_000)));
         assert_eq!(w.observation().unwrap().takeover_at, ms(10_000 + 10 + 100));
     }
 
     #[test]
-    fn released_record_is_retried_at_once_but_never_spins() {
+    fn a_lock_that_never_expires_is_never_taken_over() {
         let mut w = waiter();
-        let mut released = held(7, 1000);
-        released.released = true;
-        for _ in 0..3 {
-            let _ = w.poll_send(ms(0), RecordVersion(1), WallTime(0));
-            assert_eq!(
-                w.handle_outcome(ms(0), Outcome::Conflict(Some(released.clone())), 0.5),
-                WaiterStep::SendNow
-            );
-        }
-        let _ = w.poll_send(ms(0), RecordVersion(1), WallTime(0));
+        let forever = held(7, LockRecord::NO_EXPIRY_LEASE_MS);
+        w.handle_read(ms(0), Seen::Record(forever.clone()));
+        w.handle_read(ms(u64::MAX / 4), Seen::Record(forever));
         assert!(matches!(
-            w.handle_outcome(ms(0), Outcome::Conflict(Some(released)), 0.5),
-            WaiterStep::Wait { .. }
+            poll(&mut w, u64::MAX / 4, 2),
+            WaiterAction::Wait { .. }
         ));
     }
 
     #[test]
-    fn backoff_is_capped_full_jitter() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_millis(400),
+    fn conflicts_on_a_free_record_are_retried_at_once_but_never_spin() {
+        let mut w = waiter().with_hint(Seen::Record(released(1)));
+        for i in 0..FREE_CONFLICTS_BEFORE_PAUSE {
+            let _ = sent(poll(&mut w, 0, u128::from(i) + 10));
+            assert_eq!(
+                w.handle_outcome(
+                    ms(0),
+                    Outcome::Conflict(Some(released(u128::from(i) + 2))),
+                    0.5
+                ),
+                WaiterStep::Continue
+            );
+        }
+        let _ = sent(poll(&mut w, 0, 99));
+        assert!(matches!(
+            w.handle_outcome(ms(0), Outcome::Conflict(Some(released(50))), 0.5),
+            WaiterStep::Wait { .. }
+        ));
+        assert_eq!(poll(&mut w, 30, 100), WaiterAction::Read);
+    }
+
+    #[test]
+    fn a_record_gone_since_it_was_read_is_read_again() {
+        let mut w = waiter().with_hint(Seen::Record(released(1)));
+        let _ = sent(poll(&mut w, 0, 2));
+        assert_eq!(
+            w.handle_outcome(ms(1), Outcome::Conflict(None), 0.5),
+            WaiterStep::Continue
+        );
+        assert_eq!(poll(&mut w, 1, 3), WaiterAction::Read);
+    }
+
+    #[test]
+    fn used_up_tokens_are_reported_not_waited_out() {
+        let mut w = waiter();
+        let mut last = released(7);
+        last.token = FencingToken(u64::MAX);
+        w.handle_read(ms(0), Seen::Record(last.clone()));
+        assert_eq!(
+            poll(&mut w, 0, 1),
+            WaiterAction::Exhausted(Some(Box::new(last)))
+        );
+        let mut w = waiter();
+        w.handle_read(
+            ms(0),
+            Seen::Absent {
+                floor: FencingToken(u64::MAX),
+            },
+        );
+        assert_eq!(poll(&mut w, 0, 1), WaiterAction::Exhausted(None));
+    }
+
+    #[test]
+    fn failed_reads_back_off() {
+        let mut w = waiter();
+        assert_eq!(poll(&mut w, 0, 1), WaiterAction::Read);
+        let WaiterStep::Wait { until } = w.handle_read_error(ms(0), 0.99) else {
+            panic!()
         };
+        assert!(until > ms(100) && until <= ms(200), "{until:?}");
+        assert_eq!(poll(&mut w, 200, 1), WaiterAction::Read);
+    }
+
+    #[test]
+    fn backoff_is_capped_full_jitter_and_polls_are_jittered() {
+        let b = backoff();
         assert_eq!(b.window(0), Duration::from_millis(100));
         assert_eq!(b.window(1), Duration::from_millis(200));
         assert_eq!(b.window(5), Duration::from_millis(400));
@@ -432,6 +707,8 @@ mod tests {
         assert_eq!(b.delay(5, 0.5), Duration::from_millis(200));
         assert_eq!(b.delay(5, 0.0), Duration::from_millis(1));
         assert_eq!(b.delay(5, f64::NAN), Duration::from_millis(200));
+        assert_eq!(b.poll_delay(0.0), Duration::from_millis(20));
+        assert_eq!(b.poll_delay(1.0), Duration::from_millis(40));
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! Every save is one `TransactWriteItems`:
 //! 1. a `ConditionCheck` on the lock item: `lockId = :owner AND token = :token
 //!    AND released = false` — the writer is the current holder (with
-//!    [`StateStore::save`], which has no owner, `token = :token AND released =
+//!    [`FencedRegister::save`], which has no owner, `token = :token AND released =
 //!    false`: tokens are unique per grant, so that is the same grant);
 //! 2. a conditional `Put` of the head: `attribute_not_exists(lockKey)` when no
 //!    state is expected, else `fence <= :token AND version = :expected`.
@@ -42,13 +42,15 @@
 //! `dynamodb:GetItem` on the state table (`TransactWriteItems` is authorised
 //! per contained action); `CreateTable`/`DescribeTable` for `create_table`.
 
-use super::{StateError, StateSnapshot, StateStore, StateVersion};
+use super::register::{FencedRegister, StateSnapshot};
+use super::{StateError, StateVersion};
 use crate::clock::{Clock, SystemClock};
 use crate::protocol::{FencingToken, LeaseId, LockKey};
-use crate::store::dynamodb::{
-    attr, ensure_table, n, s, service_error, split_sdk_error, write_once, DynamoDbStore, Expr,
-    Failure, Item, ItemReader, Table, TableSetup,
+use crate::store::dynamodb::errors::{sdk_error, service_error, split_sdk_error, Failure};
+use crate::store::dynamodb::table::{
+    attr, ensure_table, n, s, write_once, Expr, Item, ItemReader, Table, TableSetup,
 };
+use crate::store::dynamodb::DynamoDbStore;
 use crate::store::url::LockFormat;
 use crate::store::StoreError;
 use async_trait::async_trait;
@@ -394,7 +396,7 @@ fn snapshot_from_item(item: &Item) -> Result<StateSnapshot, StoreError> {
 }
 
 #[async_trait]
-impl StateStore for DynamoDbStateStore {
+impl FencedRegister for DynamoDbStateStore {
     async fn load(&self, key: &LockKey) -> Result<Option<StateSnapshot>, StateError> {
         let out = self
             .heads
@@ -405,7 +407,7 @@ impl StateStore for DynamoDbStateStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| state_error(crate::store::dynamodb::sdk_error(e, &self.heads.ctx)))?;
+            .map_err(|e| state_error(sdk_error(e, &self.heads.ctx)))?;
         out.item()
             .map(snapshot_from_item)
             .transpose()

@@ -2,8 +2,8 @@
 //! definition of a correct store (it applies [`LockOp::apply`] atomically) and
 //! the server of the simulator. Data lives as long as the value.
 
-use super::{apply_reference, LockStore, StoreError};
-use crate::protocol::{LockKey, LockOp, LockRecord};
+use super::{apply_reference, check_floor, purge_reference, Listing, LockStore, StoreError};
+use crate::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
 use crate::sync::Mutex;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -11,7 +11,13 @@ use std::collections::BTreeMap;
 /// An in-memory lock store.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    records: Mutex<BTreeMap<LockKey, LockRecord>>,
+    records: Mutex<Records>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    by_key: BTreeMap<LockKey, LockRecord>,
+    floor: FencingToken,
 }
 
 impl MemoryStore {
@@ -24,19 +30,56 @@ impl MemoryStore {
     /// compare-and-swap under the mutex.
     pub fn apply_now(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
         let mut records = self.records.lock();
-        let next = apply_reference(op, records.get(&op.key))?;
-        records.insert(op.key.clone(), next.clone());
+        check_floor(op, records.by_key.get(&op.key), records.floor)?;
+        let next = apply_reference(op, records.by_key.get(&op.key))?;
+        records.by_key.insert(op.key.clone(), next.clone());
         Ok(next)
     }
 
     /// [`LockStore::get`] without the async wrapper.
     pub fn get_now(&self, key: &LockKey) -> Option<LockRecord> {
-        self.records.lock().get(key).cloned()
+        self.records.lock().by_key.get(key).cloned()
     }
 
-    /// [`LockStore::list`] without the async wrapper.
+    /// [`LockStore::list`] without the async wrapper (key order).
     pub fn list_now(&self) -> Vec<LockRecord> {
-        self.records.lock().values().cloned().collect()
+        self.records.lock().by_key.values().cloned().collect()
+    }
+
+    /// [`LockStore::token_floor`] without the async wrapper.
+    pub fn token_floor_now(&self) -> FencingToken {
+        self.records.lock().floor
+    }
+
+    /// [`LockStore::purge`] without the async wrapper: raises the floor and
+    /// deletes the record in one step under the mutex.
+    pub fn purge_now(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        let mut records = self.records.lock();
+        let purged = purge_reference(records.by_key.get(key), observed)?;
+        records.floor = records.floor.max(purged.token);
+        records.by_key.remove(key);
+        Ok(purged)
+    }
+
+    /// Stores `record` as it is, without any condition, as an operator editing
+    /// the store by hand would. For tests (records at extreme tokens, records
+    /// restored from old backups).
+    pub fn put_behind_the_protocols_back(&self, record: LockRecord) {
+        self.records
+            .lock()
+            .by_key
+            .insert(record.key.clone(), record);
+    }
+
+    /// Deletes the record of `key` without raising the floor, as an operator
+    /// or a lifecycle rule deleting it behind the protocol's back would.
+    /// For tests of what fencing does then.
+    pub fn delete_behind_the_protocols_back(&self, key: &LockKey) {
+        self.records.lock().by_key.remove(key);
     }
 }
 
@@ -48,8 +91,18 @@ impl LockStore for MemoryStore {
     async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
         Ok(self.get_now(key))
     }
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
-        Ok(self.list_now())
+    async fn list(&self) -> Result<Listing, StoreError> {
+        Ok(Listing::of(self.list_now()))
+    }
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        Ok(self.token_floor_now())
+    }
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        self.purge_now(key, observed)
     }
     fn describe(&self) -> String {
         "mem://".to_string()

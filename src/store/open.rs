@@ -10,6 +10,7 @@ pub async fn open_lock_store(url: &StoreUrl) -> Result<Arc<dyn LockStore>, Store
         StoreUrl::File(dir) => Ok(Arc::new(super::file::FileStore::open(dir.clone())?)),
         StoreUrl::Memory => Ok(Arc::new(super::memory::MemoryStore::new())),
         StoreUrl::DynamoDb { .. } => open_dynamodb(url).await,
+        StoreUrl::S3(_) => open_s3(url).await,
     }
 }
 
@@ -22,5 +23,17 @@ async fn open_dynamodb(url: &StoreUrl) -> Result<Arc<dyn LockStore>, StoreError>
 async fn open_dynamodb(_url: &StoreUrl) -> Result<Arc<dyn LockStore>, StoreError> {
     Err(StoreError::Misconfigured(
         "this statelock was built without the `dynamodb` feature".into(),
+    ))
+}
+
+#[cfg(feature = "s3")]
+async fn open_s3(url: &StoreUrl) -> Result<Arc<dyn LockStore>, StoreError> {
+    super::s3::open(url).await
+}
+
+#[cfg(not(feature = "s3"))]
+async fn open_s3(_url: &StoreUrl) -> Result<Arc<dyn LockStore>, StoreError> {
+    Err(StoreError::Misconfigured(
+        "this statelock was built without the `s3` feature".into(),
     ))
 }

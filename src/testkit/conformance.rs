@@ -16,10 +16,10 @@
 
 use super::faults::LoseResponses;
 use crate::protocol::{
-    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, Outcome, RecordVersion,
-    WallTime, MAX_KEY_BYTES,
+    FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, Outcome,
+    RecordVersion, WallTime, MAX_KEY_BYTES,
 };
-use crate::store::{LockStore, StoreError};
+use crate::store::{Listing, LockStore, StoreError};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,6 +48,9 @@ pub const CASES: &[&str] = &[
     "keys_are_independent",
     "written_record_matches_reference_semantics",
     "concurrent_acquirers_exactly_one_wins",
+    "grants_name_the_version_they_replace",
+    "purge_raises_the_floor_and_tokens_continue",
+    "rebase_raises_only_the_holders_token",
 ];
 
 /// Mounts the conformance suite on a store: expands to one `#[test]` per case
@@ -95,6 +98,9 @@ macro_rules! lock_store_conformance {
             keys_are_independent
             written_record_matches_reference_semantics
             concurrent_acquirers_exactly_one_wins
+            grants_name_the_version_they_replace
+            purge_raises_the_floor_and_tokens_continue
+            rebase_raises_only_the_holders_token
         );
     };
 }
@@ -114,7 +120,10 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap_or_else(|e| panic!("cannot start a tokio runtime for the conformance suite: {e}"))
 }
 
-/// Runs every case in turn against `store`, each under `prefix/<case>`.
+/// Runs every case in turn against `store`, each under `prefix/<case>`. The
+/// cases assume a store whose token floor is 0 when they start (a fresh
+/// store, table or bucket prefix); [`lock_store_conformance!`] needs one
+/// per case for the same reason, since one case raises the floor.
 pub async fn run_all(store: SharedStore, prefix: &str) {
     let p = |case: &str| format!("{prefix}/{case}");
     acquire_absent_grants_first_token(store.clone(), &p(CASES[0])).await;
@@ -131,7 +140,12 @@ pub async fn run_all(store: SharedStore, prefix: &str) {
     list_and_get_agree(store.clone(), &p(CASES[11])).await;
     keys_are_independent(store.clone(), &p(CASES[12])).await;
     written_record_matches_reference_semantics(store.clone(), &p(CASES[13])).await;
-    concurrent_acquirers_exactly_one_wins(store, &p(CASES[14])).await;
+    concurrent_acquirers_exactly_one_wins(store.clone(), &p(CASES[14])).await;
+    grants_name_the_version_they_replace(store.clone(), &p(CASES[15])).await;
+    rebase_raises_only_the_holders_token(store.clone(), &p(CASES[17])).await;
+    // Last: it raises the store's token floor, which the cases above assume
+    // to be 0.
+    purge_raises_the_floor_and_tokens_continue(store, &p(CASES[16])).await;
 }
 
 /// A store together with something that must live as long as it (a temporary
@@ -173,8 +187,18 @@ impl<S: LockStore, G: Send + Sync> LockStore for WithGuard<S, G> {
     async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
         self.store.get(key).await
     }
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         self.store.list().await
+    }
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        self.store.token_floor().await
+    }
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        self.store.purge(key, observed).await
     }
     fn describe(&self) -> String {
         self.store.describe()
@@ -218,10 +242,17 @@ fn op(key: &LockKey, kind: OpKind) -> LockOp {
     }
 }
 
-fn acquire(key: &LockKey, owner: LeaseId) -> LockOp {
+/// An acquire naming `current` as the record it replaces (absent: a store
+/// whose token floor is 0, as every fresh store's is).
+fn acquire(key: &LockKey, owner: LeaseId, current: Option<&LockRecord>) -> LockOp {
+    acquire_from(key, owner, GrantFrom::of(current, FencingToken(0)))
+}
+
+fn acquire_from(key: &LockKey, owner: LeaseId, from: GrantFrom) -> LockOp {
     op(
         key,
         OpKind::Acquire {
+            from,
             owner,
             lease_ms: 20_000,
             holder: holder("acquirer"),
@@ -229,16 +260,23 @@ fn acquire(key: &LockKey, owner: LeaseId) -> LockOp {
     )
 }
 
-fn takeover(key: &LockKey, observed: RecordVersion, owner: LeaseId) -> LockOp {
+/// A takeover of the version `observed` whose token is `token`.
+fn takeover(key: &LockKey, observed: RecordVersion, token: FencingToken, owner: LeaseId) -> LockOp {
     op(
         key,
         OpKind::Takeover {
             observed,
+            token,
             owner,
             lease_ms: 15_000,
             holder: holder("taker"),
         },
     )
+}
+
+/// A takeover of `record` as observed.
+fn takeover_of(record: &LockRecord, owner: LeaseId) -> LockOp {
+    takeover(&record.key, record.rvn, record.token, owner)
 }
 
 fn heartbeat(key: &LockKey, owner: LeaseId, current: RecordVersion) -> LockOp {
@@ -282,10 +320,17 @@ async fn get(store: &dyn LockStore, key: &LockKey) -> Option<LockRecord> {
 
 /// The records under `prefix/`, as `list` returns them (checking its order).
 async fn list_under(store: &dyn LockStore, prefix: &str) -> Vec<LockRecord> {
-    let all = store
+    let listing = store
         .list()
         .await
         .unwrap_or_else(|e| panic!("list failed: {e:?}"));
+    let mine = format!("{prefix}/");
+    assert!(
+        !listing.damaged.iter().any(|d| d.key.starts_with(&mine)),
+        "list reports a record of this case as damaged: {:?}",
+        listing.damaged
+    );
+    let all = listing.records;
     for pair in all.windows(2) {
         assert!(
             pair[0].key < pair[1].key,
@@ -294,7 +339,6 @@ async fn list_under(store: &dyn LockStore, prefix: &str) -> Vec<LockRecord> {
             pair[1].key.as_str()
         );
     }
-    let mine = format!("{prefix}/");
     all.into_iter()
         .filter(|r| r.key.as_str().starts_with(&mine))
         .collect()
@@ -377,7 +421,7 @@ pub async fn acquire_absent_grants_first_token(store: SharedStore, prefix: &str)
     let s = &*store;
     let k = key(prefix, "lock");
     assert_eq!(get(s, &k).await, None, "a fresh key must have no record");
-    let op = acquire(&k, LeaseId::random());
+    let op = acquire(&k, LeaseId::random(), None);
     let record = applied(s, &op, None).await;
     assert_eq!(record.token, FencingToken::FIRST);
     assert_eq!(record.rvn, op.new_rvn);
@@ -390,21 +434,31 @@ pub async fn acquire_held_conflicts_with_current_record(store: SharedStore, pref
     let s = &*store;
     let k = key(prefix, "lock");
     let holder = LeaseId::random();
-    let held = applied(s, &acquire(&k, holder), None).await;
-    conflicts(s, &acquire(&k, LeaseId::random()), Some(&held)).await;
-    conflicts(s, &acquire(&k, holder), Some(&held)).await;
+    let held = applied(s, &acquire(&k, holder, None), None).await;
+    conflicts(s, &acquire(&k, LeaseId::random(), Some(&held)), Some(&held)).await;
+    conflicts(s, &acquire(&k, holder, Some(&held)), Some(&held)).await;
     let renewed = applied(s, &heartbeat_of(&held), Some(&held)).await;
-    conflicts(s, &acquire(&k, LeaseId::random()), Some(&renewed)).await;
+    conflicts(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&renewed)),
+        Some(&renewed),
+    )
+    .await;
 }
 
 /// An acquire of a released key succeeds at once with the next token.
 pub async fn acquire_released_increments_token(store: SharedStore, prefix: &str) {
     let s = &*store;
     let k = key(prefix, "lock");
-    let first = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let first = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     let released = applied(s, &release_of(&first), Some(&first)).await;
     let second_owner = LeaseId::random();
-    let second = applied(s, &acquire(&k, second_owner), Some(&released)).await;
+    let second = applied(
+        s,
+        &acquire(&k, second_owner, Some(&released)),
+        Some(&released),
+    )
+    .await;
     assert_eq!(second.token, FencingToken(2));
     assert_eq!(second.owner, second_owner);
     assert_ne!(second.rvn, released.rvn);
@@ -415,21 +469,31 @@ pub async fn acquire_released_increments_token(store: SharedStore, prefix: &str)
 pub async fn token_monotonic_across_grants(store: SharedStore, prefix: &str) {
     let s = &*store;
     let k = key(prefix, "lock");
-    let mut current = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let mut current = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     let mut tokens = vec![current.token];
     for cycle in 0..24 {
         current = match cycle % 3 {
             0 => {
                 let released = applied(s, &release_of(&current), Some(&current)).await;
-                applied(s, &acquire(&k, LeaseId::random()), Some(&released)).await
+                applied(
+                    s,
+                    &acquire(&k, LeaseId::random(), Some(&released)),
+                    Some(&released),
+                )
+                .await
             }
             1 => {
-                let taken = takeover(&k, current.rvn, LeaseId::random());
+                let taken = takeover_of(&current, LeaseId::random());
                 applied(s, &taken, Some(&current)).await
             }
             _ => {
                 let forced = applied(s, &force(&k, current.rvn), Some(&current)).await;
-                applied(s, &acquire(&k, LeaseId::random()), Some(&forced)).await
+                applied(
+                    s,
+                    &acquire(&k, LeaseId::random(), Some(&forced)),
+                    Some(&forced),
+                )
+                .await
             }
         };
         tokens.push(current.token);
@@ -450,28 +514,33 @@ pub async fn takeover_requires_observed_rvn(store: SharedStore, prefix: &str) {
     let never = key(prefix, "never-written");
     conflicts(
         s,
-        &takeover(&never, RecordVersion::random(), LeaseId::random()),
+        &takeover(
+            &never,
+            RecordVersion::random(),
+            FencingToken(0),
+            LeaseId::random(),
+        ),
         None,
     )
     .await;
 
-    let first = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let first = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     let renewed = applied(s, &heartbeat_of(&first), Some(&first)).await;
     // The waiter observed the version before the heartbeat: too old.
+    conflicts(s, &takeover_of(&first, LeaseId::random()), Some(&renewed)).await;
     conflicts(
         s,
-        &takeover(&k, first.rvn, LeaseId::random()),
-        Some(&renewed),
-    )
-    .await;
-    conflicts(
-        s,
-        &takeover(&k, RecordVersion::random(), LeaseId::random()),
+        &takeover(
+            &k,
+            RecordVersion::random(),
+            renewed.token,
+            LeaseId::random(),
+        ),
         Some(&renewed),
     )
     .await;
     let taker = LeaseId::random();
-    let taken = applied(s, &takeover(&k, renewed.rvn, taker), Some(&renewed)).await;
+    let taken = applied(s, &takeover_of(&renewed, taker), Some(&renewed)).await;
     assert_eq!(taken.owner, taker);
     assert_eq!(taken.token, FencingToken(2));
     // The old holder has lost the lock: its heartbeat and release fail.
@@ -481,7 +550,7 @@ pub async fn takeover_requires_observed_rvn(store: SharedStore, prefix: &str) {
     let released = applied(s, &release_of(&taken), Some(&taken)).await;
     let again = applied(
         s,
-        &takeover(&k, released.rvn, LeaseId::random()),
+        &takeover_of(&released, LeaseId::random()),
         Some(&released),
     )
     .await;
@@ -504,7 +573,7 @@ pub async fn conditional_heartbeat(store: SharedStore, prefix: &str) {
     )
     .await;
 
-    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     conflicts(s, &heartbeat(&k, LeaseId::random(), held.rvn), Some(&held)).await;
     conflicts(
         s,
@@ -539,7 +608,7 @@ pub async fn owner_only_release(store: SharedStore, prefix: &str) {
     )
     .await;
 
-    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     conflicts(s, &release(&k, LeaseId::random(), held.rvn), Some(&held)).await;
     conflicts(
         s,
@@ -570,7 +639,7 @@ pub async fn force_unlock_needs_seen_version(store: SharedStore, prefix: &str) {
     )
     .await;
 
-    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     let renewed = applied(s, &heartbeat_of(&held), Some(&held)).await;
     // The operator was shown the record before the heartbeat: refused.
     conflicts(s, &force(&k, held.rvn), Some(&renewed)).await;
@@ -581,7 +650,12 @@ pub async fn force_unlock_needs_seen_version(store: SharedStore, prefix: &str) {
     // The forced-out holder cannot renew or release any more.
     conflicts(s, &heartbeat_of(&renewed), Some(&forced)).await;
     conflicts(s, &release_of(&renewed), Some(&forced)).await;
-    let next = applied(s, &acquire(&k, LeaseId::random()), Some(&forced)).await;
+    let next = applied(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&forced)),
+        Some(&forced),
+    )
+    .await;
     assert_eq!(next.token, FencingToken(2));
     assert_eq!(next.forced_by, None, "a new grant clears forced_by");
 }
@@ -591,12 +665,17 @@ pub async fn force_unlock_needs_seen_version(store: SharedStore, prefix: &str) {
 pub async fn records_are_never_deleted(store: SharedStore, prefix: &str) {
     let s = &*store;
     let k = key(prefix, "lock");
-    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     let released = applied(s, &release_of(&held), Some(&held)).await;
     assert_eq!(get(s, &k).await, Some(released.clone()));
     assert_eq!(list_under(s, prefix).await, vec![released.clone()]);
     conflicts(s, &release_of(&held), Some(&released)).await;
-    let again = applied(s, &acquire(&k, LeaseId::random()), Some(&released)).await;
+    let again = applied(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&released)),
+        Some(&released),
+    )
+    .await;
     let forced = applied(s, &force(&k, again.rvn), Some(&again)).await;
     assert_eq!(get(s, &k).await, Some(forced.clone()));
     assert_eq!(list_under(s, prefix).await, vec![forced]);
@@ -608,7 +687,20 @@ pub async fn conflict_returns_current_record(store: SharedStore, prefix: &str) {
     let s = &*store;
     let absent = key(prefix, "absent");
     for failing in [
-        takeover(&absent, RecordVersion::random(), LeaseId::random()),
+        takeover(
+            &absent,
+            RecordVersion::random(),
+            FencingToken(0),
+            LeaseId::random(),
+        ),
+        acquire_from(
+            &absent,
+            LeaseId::random(),
+            GrantFrom::Version {
+                rvn: RecordVersion::random(),
+                token: FencingToken(3),
+            },
+        ),
         heartbeat(&absent, LeaseId::random(), RecordVersion::random()),
         release(&absent, LeaseId::random(), RecordVersion::random()),
         force(&absent, RecordVersion::random()),
@@ -617,12 +709,14 @@ pub async fn conflict_returns_current_record(store: SharedStore, prefix: &str) {
     }
 
     let k = key(prefix, "lock");
-    let held = applied(s, &acquire(&k, LeaseId::random()), None).await;
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
     let stranger = LeaseId::random();
     for failing in [
-        acquire(&k, stranger),
-        acquire(&k, held.owner),
-        takeover(&k, RecordVersion::random(), stranger),
+        acquire(&k, stranger, None),
+        acquire(&k, stranger, Some(&held)),
+        acquire(&k, held.owner, Some(&held)),
+        takeover(&k, RecordVersion::random(), held.token, stranger),
+        takeover(&k, held.rvn, FencingToken(held.token.0 + 1), stranger),
         heartbeat(&k, stranger, held.rvn),
         heartbeat(&k, held.owner, RecordVersion::random()),
         release(&k, stranger, held.rvn),
@@ -634,7 +728,9 @@ pub async fn conflict_returns_current_record(store: SharedStore, prefix: &str) {
 
     let released = applied(s, &release_of(&held), Some(&held)).await;
     for failing in [
-        takeover(&k, held.rvn, stranger),
+        takeover_of(&held, stranger),
+        acquire(&k, stranger, Some(&held)),
+        acquire(&k, stranger, None),
         heartbeat(&k, held.owner, released.rvn),
         heartbeat_of(&held),
         release(&k, held.owner, released.rvn),
@@ -658,7 +754,7 @@ pub async fn lost_response_recognised_by_rvn(store: SharedStore, prefix: &str) {
     let mut current: Option<LockRecord> = None;
     for step in ["acquire", "heartbeat", "heartbeat", "release"] {
         let sent = match (&current, step) {
-            (None, _) => acquire(&k, LeaseId::random()),
+            (None, _) => acquire(&k, LeaseId::random(), None),
             (Some(r), "heartbeat") => heartbeat_of(r),
             (Some(r), _) => release_of(r),
         };
@@ -694,8 +790,13 @@ pub async fn lost_response_recognised_by_rvn(store: SharedStore, prefix: &str) {
 
     // A competitor's conflicting op whose answer is lost: the resend is a real
     // conflict, and must not resolve to Applied.
-    let held = applied(s, &acquire(&k, LeaseId::random()), Some(&released)).await;
-    let rival = acquire(&k, LeaseId::random());
+    let held = applied(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&released)),
+        Some(&released),
+    )
+    .await;
+    let rival = acquire(&k, LeaseId::random(), Some(&released));
     switch.lose_next_responses(1);
     assert_eq!(
         outcome_of(&rival, faulty.apply(&rival).await),
@@ -707,7 +808,7 @@ pub async fn lost_response_recognised_by_rvn(store: SharedStore, prefix: &str) {
 
     // A request that never arrived applies nothing; its resend applies.
     let released = applied(s, &release_of(&held), Some(&held)).await;
-    let next = acquire(&k, LeaseId::random());
+    let next = acquire(&k, LeaseId::random(), Some(&released));
     switch.fail_next_requests(1);
     assert_eq!(
         outcome_of(&next, faulty.apply(&next).await),
@@ -733,11 +834,16 @@ pub async fn lost_response_recognised_by_rvn(store: SharedStore, prefix: &str) {
 /// in every state; never-written keys appear in neither.
 pub async fn list_and_get_agree(store: SharedStore, prefix: &str) {
     let s = &*store;
-    let held = applied(s, &acquire(&key(prefix, "d-held"), LeaseId::random()), None).await;
+    let held = applied(
+        s,
+        &acquire(&key(prefix, "d-held"), LeaseId::random(), None),
+        None,
+    )
+    .await;
     let released = {
         let r = applied(
             s,
-            &acquire(&key(prefix, "b-released"), LeaseId::random()),
+            &acquire(&key(prefix, "b-released"), LeaseId::random(), None),
             None,
         )
         .await;
@@ -746,7 +852,7 @@ pub async fn list_and_get_agree(store: SharedStore, prefix: &str) {
     let forced = {
         let r = applied(
             s,
-            &acquire(&key(prefix, "c-forced"), LeaseId::random()),
+            &acquire(&key(prefix, "c-forced"), LeaseId::random(), None),
             None,
         )
         .await;
@@ -755,7 +861,7 @@ pub async fn list_and_get_agree(store: SharedStore, prefix: &str) {
     let renewed = {
         let r = applied(
             s,
-            &acquire(&key(prefix, "a-renewed"), LeaseId::random()),
+            &acquire(&key(prefix, "a-renewed"), LeaseId::random(), None),
             None,
         )
         .await;
@@ -795,7 +901,7 @@ pub async fn keys_are_independent(store: SharedStore, prefix: &str) {
     ];
     let mut records = Vec::new();
     for k in &keys {
-        let record = applied(s, &acquire(k, LeaseId::random()), None).await;
+        let record = applied(s, &acquire(k, LeaseId::random(), None), None).await;
         assert_eq!(record.token, FencingToken::FIRST, "tokens count per key");
         records.push(record);
     }
@@ -814,14 +920,24 @@ pub async fn keys_are_independent(store: SharedStore, prefix: &str) {
     .await;
     conflicts(
         s,
-        &takeover(&keys[3], records[2].rvn, LeaseId::random()),
+        &takeover(
+            &keys[3],
+            records[2].rvn,
+            records[2].token,
+            LeaseId::random(),
+        ),
         Some(&records[3]),
     )
     .await;
     conflicts(s, &force(&keys[0], records[3].rvn), Some(&records[0])).await;
     // Releasing and re-granting one key leaves the others as they were.
     let released = applied(s, &release_of(&records[0]), Some(&records[0])).await;
-    let regranted = applied(s, &acquire(&keys[0], LeaseId::random()), Some(&released)).await;
+    let regranted = applied(
+        s,
+        &acquire(&keys[0], LeaseId::random(), Some(&released)),
+        Some(&released),
+    )
+    .await;
     assert_eq!(regranted.token, FencingToken(2));
     for (k, record) in keys.iter().zip(&records).skip(1) {
         assert_eq!(
@@ -885,8 +1001,24 @@ pub async fn written_record_matches_reference_semantics(store: SharedStore, pref
             _ => owners[rng.below(owners.len())],
         };
         let sent = match rng.below(5) {
-            0 => acquire(k, owner),
-            1 => takeover(k, version, owner),
+            0 => match &current {
+                // Sometimes naming a stale or unknown version.
+                Some(r) if rng.chance(40) => acquire_from(
+                    k,
+                    owner,
+                    GrantFrom::Version {
+                        rvn: version,
+                        token: r.token,
+                    },
+                ),
+                _ => acquire(k, owner, current.as_ref()),
+            },
+            1 => takeover(
+                k,
+                version,
+                current.as_ref().map_or(FencingToken(0), |r| r.token),
+                owner,
+            ),
             2 => heartbeat(k, owner, version),
             3 => release(k, owner, version),
             _ => force(k, version),
@@ -939,7 +1071,7 @@ pub async fn concurrent_acquirers_exactly_one_wins(store: SharedStore, prefix: &
         let racers: Vec<_> = (0..TASKS)
             .map(|_| {
                 let (store, start) = (store.clone(), start.clone());
-                let sent = acquire(&k, LeaseId::random());
+                let sent = acquire(&k, LeaseId::random(), previous.as_ref());
                 tokio::spawn(async move {
                     start.wait().await;
                     let answer = store.apply(&sent).await;
@@ -992,6 +1124,204 @@ pub async fn concurrent_acquirers_exactly_one_wins(store: SharedStore, prefix: &
     assert_eq!(last.token, FencingToken(ROUNDS as u64));
 }
 
+/// A grant lands only on the exact version it names: not on another
+/// released version, not with another token, not on an absent record when it
+/// names a version, not on an existing record when it names absence — so a
+/// delayed duplicate of an acquire never lands after the key moved on.
+pub async fn grants_name_the_version_they_replace(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let first = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
+    let released = applied(s, &release_of(&first), Some(&first)).await;
+    let stale_version = acquire(&k, LeaseId::random(), Some(&first));
+    conflicts(s, &stale_version, Some(&released)).await;
+    let wrong_token = acquire_from(
+        &k,
+        LeaseId::random(),
+        GrantFrom::Version {
+            rvn: released.rvn,
+            token: FencingToken(released.token.0 + 1),
+        },
+    );
+    conflicts(s, &wrong_token, Some(&released)).await;
+    conflicts(s, &acquire(&k, LeaseId::random(), None), Some(&released)).await;
+    // The acquire that lands, then its delayed duplicate after a release.
+    let duplicate = acquire(&k, LeaseId::random(), Some(&released));
+    let held = applied(s, &duplicate, Some(&released)).await;
+    let released_again = applied(s, &release_of(&held), Some(&held)).await;
+    conflicts(s, &duplicate, Some(&released_again)).await;
+}
+
+/// `purge` deletes only a released record at the version named, and only
+/// after raising the token floor above its token: the next grant of the key
+/// (naming its absence and the new floor) gets a token larger than every
+/// earlier one, and a grant naming the old floor is refused.
+pub async fn purge_raises_the_floor_and_tokens_continue(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "purged");
+    let other = key(prefix, "kept");
+    let floor_before = s
+        .token_floor()
+        .await
+        .unwrap_or_else(|e| panic!("token_floor failed: {e:?}"));
+    let mut tokens = Vec::new();
+    let mut current = applied(
+        s,
+        &acquire_from(
+            &k,
+            LeaseId::random(),
+            GrantFrom::Absent {
+                floor: floor_before,
+            },
+        ),
+        None,
+    )
+    .await;
+    tokens.push(current.token);
+    for _ in 0..3 {
+        let released = applied(s, &release_of(&current), Some(&current)).await;
+        current = applied(
+            s,
+            &acquire(&k, LeaseId::random(), Some(&released)),
+            Some(&released),
+        )
+        .await;
+        tokens.push(current.token);
+    }
+    let kept = applied(
+        s,
+        &acquire_from(
+            &other,
+            LeaseId::random(),
+            GrantFrom::Absent {
+                floor: floor_before,
+            },
+        ),
+        None,
+    )
+    .await;
+    // A held record is never purged; nor a released one at another version.
+    match s.purge(&k, current.rvn).await {
+        Err(StoreError::Conflict { current: answered }) => {
+            assert_eq!(
+                answered.as_deref(),
+                Some(&current),
+                "purge of a held record"
+            )
+        }
+        other => panic!("purge of a held record must conflict, got {other:?}"),
+    }
+    let released = applied(s, &release_of(&current), Some(&current)).await;
+    match s.purge(&k, current.rvn).await {
+        Err(StoreError::Conflict { current: answered }) => {
+            assert_eq!(
+                answered.as_deref(),
+                Some(&released),
+                "purge of a stale version"
+            )
+        }
+        other => panic!("purge of a stale version must conflict, got {other:?}"),
+    }
+    assert_eq!(get(s, &k).await, Some(released.clone()));
+    // The purge.
+    let purged = s
+        .purge(&k, released.rvn)
+        .await
+        .unwrap_or_else(|e| panic!("purge of a released record failed: {e:?}"));
+    assert_eq!(purged, released);
+    assert_eq!(get(s, &k).await, None, "the purged record must be gone");
+    assert_eq!(
+        get(s, &other).await,
+        Some(kept),
+        "purge touched another key"
+    );
+    let floor = s
+        .token_floor()
+        .await
+        .unwrap_or_else(|e| panic!("token_floor failed: {e:?}"));
+    assert!(
+        floor >= released.token,
+        "the floor {floor} must cover the purged token {}",
+        released.token
+    );
+    // Purging again finds nothing.
+    match s.purge(&k, released.rvn).await {
+        Err(StoreError::Conflict { current: None }) => {}
+        other => panic!("purging a gone record must conflict with None, got {other:?}"),
+    }
+    // A grant naming the old floor (decided before the purge) is refused:
+    // the condition includes the store's floor, which the reference
+    // semantics of one record do not see.
+    if floor != floor_before {
+        let stale = acquire_from(
+            &k,
+            LeaseId::random(),
+            GrantFrom::Absent {
+                floor: floor_before,
+            },
+        );
+        match s.apply(&stale).await {
+            Err(StoreError::Conflict { current: None }) => {}
+            other => panic!(
+                "a grant naming the floor from before a purge must conflict with None, got {other:?}"
+            ),
+        }
+        assert_eq!(get(s, &k).await, None, "a refused grant wrote a record");
+    }
+    // The next grant continues above every token ever issued for the key.
+    let next = applied(
+        s,
+        &acquire_from(&k, LeaseId::random(), GrantFrom::Absent { floor }),
+        None,
+    )
+    .await;
+    assert!(
+        tokens.iter().all(|t| next.token > *t),
+        "after a purge the token restarted: {} after {tokens:?}",
+        next.token
+    );
+}
+
+/// A rebase raises the holder's token (only upwards, only by the owner at
+/// its current version) and installs a new version, like a heartbeat; the
+/// next grant continues above the raised token.
+pub async fn rebase_raises_only_the_holders_token(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
+    let rebase = |owner: LeaseId, current: RecordVersion, token: u64| {
+        op(
+            &k,
+            OpKind::Rebase {
+                owner,
+                current,
+                token: FencingToken(token),
+            },
+        )
+    };
+    conflicts(s, &rebase(held.owner, held.rvn, 1), Some(&held)).await;
+    conflicts(s, &rebase(LeaseId::random(), held.rvn, 9), Some(&held)).await;
+    conflicts(
+        s,
+        &rebase(held.owner, RecordVersion::random(), 9),
+        Some(&held),
+    )
+    .await;
+    let raised = applied(s, &rebase(held.owner, held.rvn, 9), Some(&held)).await;
+    assert_eq!(raised.token, FencingToken(9));
+    let renewed = applied(s, &heartbeat_of(&raised), Some(&raised)).await;
+    assert_eq!(renewed.token, FencingToken(9));
+    let released = applied(s, &release_of(&renewed), Some(&renewed)).await;
+    conflicts(s, &rebase(held.owner, released.rvn, 20), Some(&released)).await;
+    let next = applied(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&released)),
+        Some(&released),
+    )
+    .await;
+    assert_eq!(next.token, FencingToken(10));
+}
+
 #[cfg(test)]
 mod tests {
     //! The suite must pass the reference store and fail stores with typical bugs.
@@ -1011,6 +1341,8 @@ mod tests {
         ReadThenWriteNotAtomic,
         ListUnsorted,
         OwnRecordVersion,
+        PurgeLeavesTheFloor,
+        GrantIgnoresTheFloor,
     }
 
     /// A store with one deliberate bug.
@@ -1018,6 +1350,7 @@ mod tests {
     struct Buggy {
         bug: Bug,
         records: Mutex<BTreeMap<LockKey, LockRecord>>,
+        floor: Mutex<FencingToken>,
     }
 
     impl Buggy {
@@ -1041,6 +1374,9 @@ mod tests {
             }
             let mut records = self.records.lock().unwrap();
             let current = records.get(&op.key).cloned();
+            if self.bug != Bug::GrantIgnoresTheFloor {
+                crate::store::check_floor(op, current.as_ref(), *self.floor.lock().unwrap())?;
+            }
             let mut lenient = op.clone();
             if let (Bug::HeartbeatIgnoresOwner, OpKind::Heartbeat { owner, .. }, Some(r)) =
                 (self.bug, &mut lenient.kind, &current)
@@ -1068,12 +1404,32 @@ mod tests {
         async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
             Ok(self.current(key))
         }
-        async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+        async fn list(&self) -> Result<Listing, StoreError> {
             let mut all: Vec<LockRecord> = self.records.lock().unwrap().values().cloned().collect();
             if self.bug == Bug::ListUnsorted {
                 all.reverse();
             }
-            Ok(all)
+            Ok(Listing {
+                records: all,
+                damaged: Vec::new(),
+            })
+        }
+        async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+            Ok(*self.floor.lock().unwrap())
+        }
+        async fn purge(
+            &self,
+            key: &LockKey,
+            observed: RecordVersion,
+        ) -> Result<LockRecord, StoreError> {
+            let mut records = self.records.lock().unwrap();
+            let purged = crate::store::purge_reference(records.get(key), observed)?;
+            if self.bug != Bug::PurgeLeavesTheFloor {
+                let mut floor = self.floor.lock().unwrap();
+                *floor = (*floor).max(purged.token);
+            }
+            records.remove(key);
+            Ok(purged)
         }
         fn describe(&self) -> String {
             format!("buggy://{:?}", self.bug)
@@ -1102,10 +1458,13 @@ mod tests {
             Bug::ReadThenWriteNotAtomic,
             Bug::ListUnsorted,
             Bug::OwnRecordVersion,
+            Bug::PurgeLeavesTheFloor,
+            Bug::GrantIgnoresTheFloor,
         ] {
             let store = Arc::new(Buggy {
                 bug,
                 records: Mutex::new(BTreeMap::new()),
+                floor: Mutex::new(FencingToken(0)),
             });
             assert!(!passes(store), "the suite passed a store with bug {bug:?}");
         }
@@ -1117,6 +1476,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CASES.len());
-        assert_eq!(CASES.len(), 15);
+        assert_eq!(CASES.len(), 18);
     }
 }

@@ -8,8 +8,8 @@
 //! This module must not change what the inner store stores: it only changes
 //! what the caller is told. It is for tests only.
 
-use crate::protocol::{LockKey, LockOp, LockRecord};
-use crate::store::{LockStore, StoreError};
+use crate::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
+use crate::store::{Listing, LockStore, StoreError};
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -190,11 +190,37 @@ impl<S: LockStore> LockStore for LoseResponses<S> {
         }
     }
 
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         match self.switch.take(true) {
             FaultMode::Off => self.inner.list().await,
             FaultMode::LoseResponses => {
                 let _ = self.inner.list().await;
+                Err(StoreError::Unavailable(RESPONSE_LOST.to_string()))
+            }
+            FaultMode::FailRequests => Err(StoreError::Unavailable(REQUEST_FAILED.to_string())),
+        }
+    }
+
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        match self.switch.take(true) {
+            FaultMode::Off => self.inner.token_floor().await,
+            FaultMode::LoseResponses => {
+                let _ = self.inner.token_floor().await;
+                Err(StoreError::Unavailable(RESPONSE_LOST.to_string()))
+            }
+            FaultMode::FailRequests => Err(StoreError::Unavailable(REQUEST_FAILED.to_string())),
+        }
+    }
+
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        match self.switch.take(false) {
+            FaultMode::Off => self.inner.purge(key, observed).await,
+            FaultMode::LoseResponses => {
+                let _ = self.inner.purge(key, observed).await;
                 Err(StoreError::Unavailable(RESPONSE_LOST.to_string()))
             }
             FaultMode::FailRequests => Err(StoreError::Unavailable(REQUEST_FAILED.to_string())),
@@ -209,7 +235,7 @@ impl<S: LockStore> LockStore for LoseResponses<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{HolderInfo, LeaseId, OpKind, RecordVersion, WallTime};
+    use crate::protocol::{GrantFrom, HolderInfo, LeaseId, OpKind, RecordVersion, WallTime};
     use crate::store::memory::MemoryStore;
 
     fn acquire(key: &LockKey) -> LockOp {
@@ -218,6 +244,9 @@ mod tests {
             new_rvn: RecordVersion::random(),
             at: WallTime(0),
             kind: OpKind::Acquire {
+                from: GrantFrom::Absent {
+                    floor: FencingToken(0),
+                },
                 owner: LeaseId::random(),
                 lease_ms: 1000,
                 holder: HolderInfo::named("t"),
@@ -259,7 +288,7 @@ mod tests {
         let a = LockKey::new("a").unwrap();
         store.switch().set(FaultMode::FailRequests);
         assert_eq!(store.get(&a).await, Ok(None));
-        assert_eq!(store.list().await, Ok(vec![]));
+        assert_eq!(store.list().await, Ok(Listing::default()));
         store.switch().set_reads_too(true);
         assert!(matches!(
             store.get(&a).await,

@@ -158,12 +158,16 @@ pub fn check_owner_only_release(applied: &[(Option<LockRecord>, LockOp)]) -> Res
     for (before, op) in applied {
         let ok = match (&op.kind, before) {
             (OpKind::Heartbeat { owner, current }, Some(r))
-            | (OpKind::Release { owner, current }, Some(r)) => {
+            | (OpKind::Release { owner, current }, Some(r))
+            | (OpKind::Rebase { owner, current, .. }, Some(r)) => {
                 r.owner == *owner && r.rvn == *current && !r.released
             }
             (OpKind::ForceUnlock { observed, .. }, Some(r)) => r.rvn == *observed,
             (
-                OpKind::Heartbeat { .. } | OpKind::Release { .. } | OpKind::ForceUnlock { .. },
+                OpKind::Heartbeat { .. }
+                | OpKind::Rebase { .. }
+                | OpKind::Release { .. }
+                | OpKind::ForceUnlock { .. },
                 None,
             ) => false,
             (OpKind::Acquire { .. } | OpKind::Takeover { .. }, _) => true,

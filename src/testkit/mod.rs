@@ -1,6 +1,7 @@
-//! Test support (feature `testkit`): the conformance suite every
-//! [`LockStore`](crate::store::LockStore) must pass, fault-injecting store
-//! wrappers, and checkers for the invariants of PROTOCOL.md.
+//! Test support (feature `testkit`): the conformance suites every
+//! [`LockStore`](crate::store::LockStore) and every state backend must pass,
+//! fault-injecting store wrappers, and checkers for the invariants of
+//! docs/PROTOCOL.md.
 //!
 //! Everything here exists to test stores and clients; none of it may be used
 //! on a production path (the fault wrappers lie to their callers on purpose).
@@ -14,6 +15,7 @@
 pub mod conformance;
 pub mod faults;
 pub mod invariants;
+pub mod state_conformance;
 
 pub use conformance::WithGuard;
 pub use faults::{FaultMode, FaultSwitch, LoseResponses};

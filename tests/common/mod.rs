@@ -4,8 +4,15 @@
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+pub mod proxy;
+#[cfg(feature = "s3")]
+pub mod s3;
+
+#[cfg(feature = "dynamodb")]
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+#[cfg(feature = "dynamodb")]
 use aws_sdk_dynamodb::types::AttributeValue;
+#[cfg(feature = "dynamodb")]
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -41,6 +48,7 @@ pub fn service(var: &str) -> Option<String> {
 }
 
 /// A fresh SDK client (its own connection pool) with test credentials.
+#[cfg(feature = "dynamodb")]
 pub fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     let config = aws_sdk_dynamodb::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -58,6 +66,7 @@ pub fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
 }
 
 /// The item of `table` whose hash key `key_attr` is `key`, read consistently.
+#[cfg(feature = "dynamodb")]
 pub async fn raw_item(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -74,4 +83,45 @@ pub async fn raw_item(
         .expect("get item")
         .item()
         .cloned()
+}
+
+/// An `http://127.0.0.1:PORT` endpoint where nothing listens (a port the
+/// OS just handed out and that was closed again): connecting is refused.
+pub fn closed_port_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// An `http://127.0.0.1:PORT` endpoint that accepts connections and never
+/// answers (the connections are held open until the test process exits).
+pub fn silent_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in listener.incoming() {
+            open.push(conn);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Asserts that `text` is one readable line: no line break, under 500
+/// characters (a message may quote a whole store URL), and none of the
+/// SDK's debug output.
+pub fn assert_one_readable_line(text: &str) {
+    assert!(!text.contains('\n'), "more than one line: {text}");
+    assert!(text.len() < 500, "{} characters: {text}", text.len());
+    for debug in [
+        "DispatchFailure",
+        "ConnectorError",
+        "{ ",
+        "Some(",
+        "Request {",
+        "SdkBody",
+    ] {
+        assert!(!text.contains(debug), "debug text {debug:?} in: {text}");
+    }
 }

@@ -43,10 +43,21 @@
 //! - force-unlock: reads the item, checks that its `rvn` (the hash of `Info`)
 //!   is the one the operator saw, then `DeleteItem` with `Info = :that_info`.
 //!
-//! `Info = :ours` needs the exact `Info` string this store wrote. It is kept in
-//! memory for locks acquired through this value; for others (another process)
-//! the heartbeat or release first reads the item and checks it is the lease's
-//! (`ID`) at the version given, then writes conditionally on that `Info`.
+//! A Terraform lock has a single version for its whole life, so heartbeat
+//! and release recognise the lease's lock by its `ID` (the lease id) alone
+//! and ignore the version the op carries. That is what lets a client
+//! abandon an acquire whose `PutItem` landed but whose answer was lost: its
+//! release carries the acquire's own new version, which a Terraform lock
+//! never has, and would otherwise conflict and leave a lock that never
+//! expires.
+//!
+//! `Info = :ours` needs the exact `Info` string of the lease's lock. It is
+//! kept in memory for locks acquired through this value; otherwise (another
+//! process, or an acquire whose answer was lost) the heartbeat or release
+//! first reads the item, checks that its `ID` is the lease's, then writes
+//! conditionally on the `Info` it found. If the condition fails on a lock
+//! that is still the lease's but whose `Info` is not the one remembered, it
+//! writes once more with the `Info` it now finds.
 //!
 //! Records returned by writes differ from [`LockOp::apply`] where the format
 //! cannot follow it: token 0, `rvn` from `Info`, and a release leaves no item.
@@ -56,15 +67,15 @@
 //! `dynamodb:GetItem`, `PutItem`, `UpdateItem`, `DeleteItem`, `Scan` on the
 //! lock table (plus `CreateTable`, `DescribeTable` for `create_table`).
 
-use super::dynamodb::{
-    ensure_table, s, scan_all, sdk_error, service_error, split_sdk_error, write_once, Expr,
-    Failure, Item, ItemReader, Table, TableSetup,
+use super::errors::{sdk_error, service_error, split_sdk_error, Failure};
+use super::table::{
+    ensure_table, s, scan_all, write_once, Expr, Item, ItemReader, Table, TableSetup,
 };
-use super::url::LockFormat;
-use super::{LockStore, StoreError};
 use crate::protocol::{
     FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
 };
+use crate::store::url::LockFormat;
+use crate::store::{DamagedRecord, Listing, LockStore, StoreError};
 use crate::sync::Mutex;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
@@ -133,6 +144,16 @@ struct Ours {
     lease_ms: u64,
 }
 
+/// The answer to a write conditional on a lock's `Info`.
+#[derive(Debug)]
+enum Conditional {
+    /// The write landed; the record as the op's caller sees it.
+    Written(LockRecord),
+    /// The condition failed; the lock now stored and its `Info` (`None`:
+    /// there is none).
+    Changed(Option<(LockRecord, String)>),
+}
+
 /// A lock store speaking Terraform's S3-backend DynamoDB lock protocol (see
 /// the module documentation). Keys are Terraform lock ids, `<bucket>/<key>`.
 pub struct TerraformDynamoStore {
@@ -168,7 +189,9 @@ impl TerraformDynamoStore {
 
     /// A store over `table` with a client from the default AWS configuration
     /// chain and optional region / endpoint overrides (see
-    /// [`super::dynamodb::DynamoDbStore::connect`]).
+    /// [`DynamoDbStore::connect`]).
+    ///
+    /// [`DynamoDbStore::connect`]: crate::store::dynamodb::DynamoDbStore::connect
     pub async fn connect(
         table: &str,
         region: Option<&str>,
@@ -216,26 +239,27 @@ impl TerraformDynamoStore {
         }
     }
 
-    /// The record a failed condition returned (`ALL_OLD`), or none.
-    fn current_of(item: Option<&Item>) -> Result<Option<LockRecord>, StoreError> {
+    /// The lock a failed condition returned (`ALL_OLD`) and its `Info`, or none.
+    fn current_of(item: Option<&Item>) -> Result<Option<(LockRecord, String)>, StoreError> {
         match item {
             None => Ok(None),
             Some(item) if is_digest(item) => Err(ItemReader::new(item, LOCK_ID)
                 .corrupt("this is Terraform's state digest item, not a lock")),
-            Some(item) => parse_item(item).map(|(r, _)| Some(r)),
+            Some(item) => parse_item(item).map(Some),
         }
     }
 
-    /// The current record after a failed condition: the `ALL_OLD` item, or a
-    /// read when the answer carried none (absent, or an older emulator).
+    /// The current lock and its `Info` after a failed condition: the
+    /// `ALL_OLD` item, or a read when the answer carried none (absent, or an
+    /// older emulator).
     async fn current_after_failure(
         &self,
         key: &LockKey,
         item: Option<&Item>,
-    ) -> Result<Option<LockRecord>, StoreError> {
+    ) -> Result<Option<(LockRecord, String)>, StoreError> {
         match item {
             Some(_) => Self::current_of(item),
-            None => Ok(self.read(key).await?.map(|(r, _)| r)),
+            None => self.read(key).await,
         }
     }
 
@@ -282,17 +306,12 @@ impl TerraformDynamoStore {
                     let item = ccf.item();
                     match self.current_after_failure(&op.key, item).await? {
                         // Our own earlier attempt landed (its answer was lost).
-                        Some(current) if current.owner == owner => {
-                            let stored = item
-                                .and_then(|i| i.get(INFO))
-                                .and_then(|v| v.as_s().ok())
-                                .cloned()
-                                .unwrap_or(info);
+                        Some((current, stored)) if current.owner == owner => {
                             let record = granted(&stored)?;
                             remember(stored);
                             Ok(record)
                         }
-                        current => Err(StoreError::conflict(current)),
+                        current => Err(StoreError::conflict(current.map(|(r, _)| r))),
                     }
                 }
                 Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
@@ -301,37 +320,62 @@ impl TerraformDynamoStore {
         }
     }
 
-    /// The `Info` string of lease `owner`'s lock at version `current`, or the
-    /// conflict to report if the stored lock is not that.
-    async fn our_info(
-        &self,
-        key: &LockKey,
-        owner: LeaseId,
-        current: RecordVersion,
-    ) -> Result<Ours, StoreError> {
+    /// The `Info` string of lease `owner`'s lock, or the conflict to report
+    /// if the stored lock is not `owner`'s. A Terraform lock has a single
+    /// version for its whole life (heartbeats rewrite the same `Info`), so
+    /// the lease id, `Info.ID`, is all that identifies it: the version an op
+    /// carries is not compared (an acquire whose answer was lost is
+    /// abandoned with a release carrying the acquire's own new version,
+    /// which a Terraform record never has).
+    async fn our_info(&self, key: &LockKey, owner: LeaseId) -> Result<Ours, StoreError> {
         let cached = self.ours.lock().get(&(key.clone(), owner)).cloned();
         if let Some(ours) = cached {
-            if info_rvn(&ours.info) == current {
-                return Ok(ours);
-            }
+            return Ok(ours);
         }
         match self.read(key).await? {
-            Some((record, info)) if record.owner == owner && record.rvn == current => Ok(Ours {
+            Some((record, info)) if record.owner == owner => Ok(Ours {
                 info,
                 lease_ms: NO_EXPIRY_LEASE_MS,
             }),
-            Some((record, _)) => Err(StoreError::conflict(Some(record))),
-            None => Err(StoreError::conflict(None)),
+            current => Err(StoreError::conflict(current.map(|(r, _)| r))),
         }
     }
 
-    async fn heartbeat(
+    /// Performs `write` (a write conditional on `Info`) on lease `owner`'s
+    /// lock. If the condition fails because the lock is still `owner`'s but
+    /// its `Info` is not the one this store remembered, writes once more
+    /// with the `Info` found.
+    async fn on_ours<F, Fut>(
         &self,
-        op: &LockOp,
+        key: &LockKey,
         owner: LeaseId,
-        current: RecordVersion,
-    ) -> Result<LockRecord, StoreError> {
-        let ours = self.our_info(&op.key, owner, current).await?;
+        write: F,
+    ) -> Result<(LockRecord, Ours), StoreError>
+    where
+        F: Fn(Ours) -> Fut,
+        Fut: std::future::Future<Output = Result<Conditional, StoreError>>,
+    {
+        let mut ours = self.our_info(key, owner).await?;
+        let mut retried = false;
+        loop {
+            match write(ours.clone()).await? {
+                Conditional::Written(record) => return Ok((record, ours)),
+                Conditional::Changed(Some((record, info)))
+                    if record.owner == owner && info != ours.info && !retried =>
+                {
+                    retried = true;
+                    ours.info = info;
+                }
+                Conditional::Changed(current) => {
+                    return Err(StoreError::conflict(current.map(|(r, _)| r)))
+                }
+            }
+        }
+    }
+
+    /// Rewrites lease `owner`'s lock unchanged if its `Info` is still
+    /// `ours.info`: the holder learns whether it still holds the lock.
+    async fn touch(&self, op: &LockOp, ours: Ours) -> Result<Conditional, StoreError> {
         let mut e = Expr::default();
         let (name, value) = (e.n(INFO), e.v("ours", s(&ours.info)));
         let result = self
@@ -357,19 +401,45 @@ impl TerraformDynamoStore {
                     None => parse_info(&op.key, &ours.info)?.0,
                 };
                 record.lease_ms = ours.lease_ms;
-                Ok(record)
+                Ok(Conditional::Written(record))
             }
             Err(err) => match split_sdk_error(err, &self.t.ctx) {
-                Failure::Service(UpdateItemError::ConditionalCheckFailedException(ccf), _) => {
-                    self.forget(&op.key, owner);
-                    Err(StoreError::conflict(
-                        self.current_after_failure(&op.key, ccf.item()).await?,
-                    ))
-                }
+                Failure::Service(UpdateItemError::ConditionalCheckFailedException(ccf), _) => Ok(
+                    Conditional::Changed(self.current_after_failure(&op.key, ccf.item()).await?),
+                ),
                 Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
                 Failure::Store(e) => Err(e),
             },
         }
+    }
+
+    async fn heartbeat(&self, op: &LockOp, owner: LeaseId) -> Result<LockRecord, StoreError> {
+        match self
+            .on_ours(&op.key, owner, |ours| self.touch(op, ours))
+            .await
+        {
+            Ok((record, ours)) => {
+                // Remember the `Info` in use (it may have been read).
+                self.ours.lock().insert((op.key.clone(), owner), ours);
+                Ok(record)
+            }
+            Err(e) => {
+                if matches!(e, StoreError::Conflict { .. }) {
+                    self.forget(&op.key, owner);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn release(&self, op: &LockOp, owner: LeaseId) -> Result<LockRecord, StoreError> {
+        let result = self
+            .on_ours(&op.key, owner, |ours| async move {
+                self.delete(op, &ours.info, None).await
+            })
+            .await;
+        self.forget(&op.key, owner);
+        result.map(|(record, _)| record)
     }
 
     /// Deletes the lock if its `Info` is still `info`; returns the record it
@@ -379,7 +449,7 @@ impl TerraformDynamoStore {
         op: &LockOp,
         info: &str,
         forced_by: Option<&str>,
-    ) -> Result<LockRecord, StoreError> {
+    ) -> Result<Conditional, StoreError> {
         let mut e = Expr::default();
         let (name, value) = (e.n(INFO), e.v("info", s(info)));
         let result = self
@@ -403,11 +473,11 @@ impl TerraformDynamoStore {
                 record.rvn = op.new_rvn;
                 record.heartbeat_at = op.at;
                 record.forced_by = forced_by.map(str::to_string);
-                Ok(record)
+                Ok(Conditional::Written(record))
             }
             Err(err) => match split_sdk_error(err, &self.t.ctx) {
-                Failure::Service(DeleteItemError::ConditionalCheckFailedException(ccf), _) => Err(
-                    StoreError::conflict(self.current_after_failure(&op.key, ccf.item()).await?),
+                Failure::Service(DeleteItemError::ConditionalCheckFailedException(ccf), _) => Ok(
+                    Conditional::Changed(self.current_after_failure(&op.key, ccf.item()).await?),
                 ),
                 Failure::Service(other, status) => Err(service_error(&other, status, &self.t.ctx)),
                 Failure::Store(e) => Err(e),
@@ -428,6 +498,7 @@ impl LockStore for TerraformDynamoStore {
                 owner,
                 lease_ms,
                 holder,
+                ..
             } => self.acquire(op, *owner, *lease_ms, holder).await,
             OpKind::Takeover { owner, .. } => match self.read(&op.key).await? {
                 // Our own earlier acquire landed unheard.
@@ -443,20 +514,25 @@ impl LockStore for TerraformDynamoStore {
                 // Terraform locks never expire: never take one over.
                 current => Err(StoreError::conflict(current.map(|(r, _)| r))),
             },
-            OpKind::Heartbeat { owner, current } => self.heartbeat(op, *owner, *current).await,
-            OpKind::Release { owner, current } => {
-                let ours = self.our_info(&op.key, *owner, *current).await?;
-                let result = self.delete(op, &ours.info, None).await;
-                self.forget(&op.key, *owner);
-                result
-            }
+            // A Terraform lock has one version: the owner is all that
+            // identifies it (see `our_info`).
+            // Terraform locks carry no tokens: there is nothing to raise.
+            OpKind::Rebase { .. } => Err(StoreError::Misconfigured(
+                "Terraform-format locks carry no fencing tokens: they cannot be re-based above a state fence".into(),
+            )),
+            OpKind::Heartbeat { owner, .. } => self.heartbeat(op, *owner).await,
+            OpKind::Release { owner, .. } => self.release(op, *owner).await,
             OpKind::ForceUnlock { observed, by } => match self.read(&op.key).await? {
                 Some((record, info)) if record.rvn == *observed => {
-                    let result = self.delete(op, &info, Some(by)).await;
-                    if result.is_ok() {
-                        self.forget(&op.key, record.owner);
+                    match self.delete(op, &info, Some(by)).await? {
+                        Conditional::Written(released) => {
+                            self.forget(&op.key, record.owner);
+                            Ok(released)
+                        }
+                        Conditional::Changed(current) => {
+                            Err(StoreError::conflict(current.map(|(r, _)| r)))
+                        }
                     }
-                    result
                 }
                 current => Err(StoreError::conflict(current.map(|(r, _)| r))),
             },
@@ -467,15 +543,39 @@ impl LockStore for TerraformDynamoStore {
         Ok(self.read(key).await?.map(|(r, _)| r))
     }
 
-    async fn list(&self) -> Result<Vec<LockRecord>, StoreError> {
+    async fn list(&self) -> Result<Listing, StoreError> {
         let items = scan_all(&self.t.client, &self.t.name, &self.t.ctx).await?;
-        let mut records = items
-            .iter()
-            .filter(|item| !is_digest(item))
-            .map(|item| parse_item(item).map(|(r, _)| r))
-            .collect::<Result<Vec<_>, _>>()?;
-        records.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(records)
+        let mut listing = Listing::default();
+        for item in items.iter().filter(|item| !is_digest(item)) {
+            match parse_item(item) {
+                Ok((record, _)) => listing.records.push(record),
+                Err(StoreError::Corrupt { key, reason }) => {
+                    listing.damaged.push(DamagedRecord { key, reason })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        listing.records.sort_by(|a, b| a.key.cmp(&b.key));
+        listing.damaged.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
+    }
+
+    /// Terraform locks carry no tokens: the floor is always 0.
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        Ok(FencingToken::NONE)
+    }
+
+    /// Terraform deletes its lock items itself on unlock: there is nothing
+    /// to purge.
+    async fn purge(
+        &self,
+        key: &LockKey,
+        _observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        Err(StoreError::Misconfigured(format!(
+            "Terraform-format locks are deleted on unlock and carry no tokens: nothing to purge for {:?}",
+            key.as_str()
+        )))
     }
 
     fn describe(&self) -> String {
@@ -679,6 +779,9 @@ mod tests {
             new_rvn: RecordVersion(1),
             at: WallTime(1_705_328_400_123),
             kind: OpKind::Acquire {
+                from: crate::protocol::GrantFrom::Absent {
+                    floor: FencingToken::NONE,
+                },
                 owner,
                 lease_ms: 1000,
                 holder: holder.clone(),

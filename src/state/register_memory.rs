@@ -1,6 +1,7 @@
-//! The in-memory reference state store (also the simulator's state register).
+//! The in-memory reference register (also the simulator's state register).
 
-use super::{StateError, StateSnapshot, StateStore, StateVersion};
+use super::register::{FencedRegister, StateSnapshot};
+use super::{StateError, StateVersion};
 use crate::protocol::{FencingToken, LockKey};
 use crate::sync::Mutex;
 use async_trait::async_trait;
@@ -12,24 +13,24 @@ struct Inner {
     next_version: u64,
 }
 
-/// An in-memory fenced state store. Versions are `v1`, `v2`, ... across keys.
+/// An in-memory fenced register. Versions are `v1`, `v2`, ... across keys.
 #[derive(Debug, Default)]
-pub struct MemoryStateStore {
+pub struct MemoryRegister {
     inner: Mutex<Inner>,
 }
 
-impl MemoryStateStore {
+impl MemoryRegister {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// [`StateStore::load`] without the async wrapper.
+    /// [`FencedRegister::load`] without the async wrapper.
     pub fn load_now(&self, key: &LockKey) -> Option<StateSnapshot> {
         self.inner.lock().docs.get(key).cloned()
     }
 
-    /// [`StateStore::save`] without the async wrapper: one atomic check-and-set.
+    /// [`FencedRegister::save`] without the async wrapper: one atomic check-and-set.
     pub fn save_now(
         &self,
         key: &LockKey,
@@ -69,7 +70,7 @@ impl MemoryStateStore {
 }
 
 #[async_trait]
-impl StateStore for MemoryStateStore {
+impl FencedRegister for MemoryRegister {
     async fn load(&self, key: &LockKey) -> Result<Option<StateSnapshot>, StateError> {
         Ok(self.load_now(key))
     }
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn fence_and_version_are_enforced() {
-        let s = MemoryStateStore::new();
+        let s = MemoryRegister::new();
         let k = LockKey::new("k").unwrap();
         let v1 = s.save_now(&k, FencingToken(3), None, b"a").unwrap();
         assert!(matches!(

@@ -1,10 +1,39 @@
 //! Clocks. The only module that reads the system clock.
 //!
-//! A [`Clock`] has a monotonic reading (used for every safety decision) and a
-//! wall reading (for humans). [`SystemClock`] is the real one; [`SkewedClock`]
-//! is a settable clock with an offset, a rate (drift) and wall-clock steps, for
-//! tests and the simulator. Both are built on tokio's time, so tests with a
-//! paused runtime and the simulator's virtual time drive them.
+//! A [`Clock`] has two monotonic readings that share one origin and a wall
+//! reading:
+//! - the **holder** reading [`Clock::now`] never under-counts real time (by more
+//!   than the drift bound ρ): a holder that trusts it never believes its lease
+//!   lasts longer than it does in real time;
+//! - the **waiter** reading [`Clock::now_waiter`] never over-counts real time
+//!   (by more than ρ): a waiter that trusts it never believes another client's
+//!   lease ran out before it did in real time;
+//! - the wall reading is for humans and may jump.
+//!
+//! [`SystemClock`] is the real one. On Linux it combines CLOCK_BOOTTIME (counts
+//! a suspend, but NTP may slew it) with CLOCK_MONOTONIC_RAW (never slewed, but
+//! stops while suspended) by the rule of [`CombinedClock`]: the holder reading
+//! is the larger of the two elapsed times, the waiter reading the smaller. Its
+//! [`Clock::sleep`] waits on a CLOCK_BOOTTIME timer, so a sleep that a suspend
+//! overran ends at once on resume. The guard's heartbeat loop sleeps with
+//! [`Clock::sleep`] until its next heartbeat or its deadline, so this is what
+//! makes a guard signal `lost()` as soon as the machine resumes from a suspend
+//! longer than what is left of its lease, instead of a whole CLOCK_MONOTONIC
+//! sleep later.
+//!
+//! [`TokioClock`] reads tokio's `Instant` (CLOCK_MONOTONIC, or tokio's paused
+//! virtual time in tests); [`SkewedClock`] is a settable clock over tokio's
+//! time with an offset, a rate (drift) and wall-clock steps, for tests and the
+//! simulator. Both have one source, so their two readings are the same.
+//!
+//! What this module must not do: make any decision about leases (callers pass
+//! readings to the pure protocol core), or let a reading go backwards.
+
+mod combined;
+mod system;
+
+pub use combined::{ClockSources, CombinedClock};
+pub use system::SystemClock;
 
 use crate::protocol::{MonoTime, WallTime};
 use std::fmt;
@@ -18,18 +47,50 @@ use std::time::{Duration, SystemTime};
 pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// A source of time for one client.
+///
+/// # Which reading to use
+/// Both monotonic readings count from the same origin, and a waiter reading
+/// never exceeds a holder reading taken after it. A duration must start and
+/// end on the same reading.
+/// - [`now`](Clock::now), the **holder** reading, bounds how long *this*
+///   client may act: the `t_send` noted before sending an acquire, takeover or
+///   heartbeat, [`Lease::is_valid`](crate::protocol::Lease::is_valid), the
+///   heartbeat schedule and the lost deadline, the stop times of a supervised
+///   command, and the deadline of a bounded wait. Over-counting there is safe
+///   (the lease ends early); under-counting is not.
+/// - [`now_waiter`](Clock::now_waiter), the **waiter** reading, bounds how long
+///   *another* client has been silent: the `t_obs` a waiter notes when it first
+///   sees a record version, the takeover time derived from it, and an
+///   operator's "unchanged for" age before a force-unlock. Under-counting
+///   there is safe (the takeover comes late); over-counting is not.
+///
+/// # Sleeping
+/// `sleep(d)` returns once at least `d` has passed on the holder reading
+/// [`now`](Clock::now) since `sleep` was called (it may return later). The
+/// waiter reading may have advanced less: a caller that needs
+/// [`now_waiter`](Clock::now_waiter) to reach a time `t` loops,
+/// `while clock.now_waiter() < t { clock.sleep(t.saturating_since(clock.now_waiter())).await }`.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
-    /// The monotonic reading: never goes back, drifts from real time by at most ρ.
+    /// The holder reading: never goes back, never under-counts real time by
+    /// more than a factor ρ.
     fn now(&self) -> MonoTime;
+    /// The waiter reading: never goes back, never over-counts real time by
+    /// more than a factor ρ. A clock with one source returns [`Clock::now`].
+    fn now_waiter(&self) -> MonoTime {
+        self.now()
+    }
     /// The wall-clock reading: informational, may jump.
     fn wall(&self) -> WallTime;
-    /// Sleeps for `d` as measured by this clock.
+    /// Returns once at least `d` has passed on [`Clock::now`].
     fn sleep(&self, d: Duration) -> Sleep;
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> MonoTime {
         (**self).now()
+    }
+    fn now_waiter(&self) -> MonoTime {
+        (**self).now_waiter()
     }
     fn wall(&self) -> WallTime {
         (**self).wall()
@@ -39,28 +100,35 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
     }
 }
 
-/// The machine's clocks: tokio's monotonic `Instant` and `SystemTime`.
+/// tokio's monotonic `Instant` and `SystemTime`: one source for both readings.
+///
+/// Under a paused runtime (`#[tokio::test(start_paused = true)]`) or a
+/// simulator it follows tokio's virtual time, which is what tests that jump
+/// time need ([`SystemClock`] reads the OS and does not move under a paused
+/// runtime). On a real runtime it is CLOCK_MONOTONIC: it stops while the
+/// machine is suspended and NTP may slew it beyond ρ, so it does not meet the
+/// holder guarantee there; use [`SystemClock`] in production.
 #[derive(Debug, Clone)]
-pub struct SystemClock {
+pub struct TokioClock {
     origin: tokio::time::Instant,
 }
 
-impl SystemClock {
+impl TokioClock {
     /// A clock whose monotonic origin is now.
     pub fn new() -> Self {
-        SystemClock {
+        TokioClock {
             origin: tokio::time::Instant::now(),
         }
     }
 }
 
-impl Default for SystemClock {
+impl Default for TokioClock {
     fn default() -> Self {
-        SystemClock::new()
+        TokioClock::new()
     }
 }
 
-impl Clock for SystemClock {
+impl Clock for TokioClock {
     fn now(&self) -> MonoTime {
         MonoTime::from_duration(tokio::time::Instant::now().duration_since(self.origin))
     }
@@ -221,11 +289,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn system_clock_is_monotonic() {
-        let c = SystemClock::new();
+    async fn tokio_clock_follows_virtual_time() {
+        let c = TokioClock::new();
         let a = c.now();
         c.sleep(Duration::from_millis(5)).await;
         assert!(c.now() >= a + Duration::from_millis(5));
+        assert_eq!(c.now_waiter(), c.now(), "one source: both readings agree");
         assert!(c.wall().as_millis() > 1_600_000_000_000);
     }
 }
