@@ -1,78 +1,9 @@
 //! What a run simulates: the protocol variant, the workload's shape, which
 //! faults are on, and the timing constants (all in simulated time).
 
-use crate::command::SupervisorVariant;
-use crate::faults::FaultSet;
+use crate::scenario::{DriftMode, Fault, FaultSet, ProtocolVariant, SupervisorVariant};
 use statelock::protocol::{Backoff, ProtocolConfig};
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
-
-/// Which lock protocol the clients run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ProtocolVariant {
-    /// The production client (`statelock::client::LockClient`) and fenced
-    /// state writes.
-    Statelock,
-    /// The seed design, kept only here as a counter-example: acquire if
-    /// `expiresAt < now` by the client's wall clock, unfenced state writes.
-    Naive,
-}
-
-impl fmt::Display for ProtocolVariant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProtocolVariant::Statelock => "statelock",
-            ProtocolVariant::Naive => "naive",
-        })
-    }
-}
-
-impl FromStr for ProtocolVariant {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "statelock" => Ok(ProtocolVariant::Statelock),
-            "naive" => Ok(ProtocolVariant::Naive),
-            other => Err(format!(
-                "unknown protocol {other:?}: use statelock or naive"
-            )),
-        }
-    }
-}
-
-/// How far client clocks may drift from real time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriftMode {
-    /// Rates within `[1 − d, 1 + d]`, where `d` is
-    /// [`SimConfig::clock_drift_ppm`] — by default the protocol's ρ (its
-    /// assumption holds).
-    Within,
-    /// Rates in `[0.5, 2]`: the assumption is broken on purpose.
-    Beyond,
-}
-
-impl fmt::Display for DriftMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DriftMode::Within => "within",
-            DriftMode::Beyond => "beyond",
-        })
-    }
-}
-
-impl FromStr for DriftMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "within" => Ok(DriftMode::Within),
-            "beyond" => Ok(DriftMode::Beyond),
-            other => Err(format!(
-                "unknown drift mode {other:?}: use within or beyond"
-            )),
-        }
-    }
-}
 
 /// Timing constants, in simulated time. Chosen so that one run is a few
 /// simulated seconds: leases of half a second, links of a few milliseconds.
@@ -140,7 +71,7 @@ pub struct SimConfig {
     pub ops_per_client: u32,
     /// Faults switched on.
     pub faults: FaultSet,
-    /// Clock drift mode (used when [`crate::Fault::Drift`] is on).
+    /// Clock drift mode (used when [`Fault::Drift`] is on).
     pub drift: DriftMode,
     /// The drift the clients' clocks really have with [`DriftMode::Within`],
     /// in parts per million (`None`: the protocol's ρ). Separate from ρ so
@@ -300,7 +231,7 @@ impl SimConfig {
 
     /// The range client clock rates are drawn from.
     pub fn rate_range(&self) -> (f64, f64) {
-        if !self.faults.has(crate::Fault::Drift) {
+        if !self.faults.has(Fault::Drift) {
             return (1.0, 1.0);
         }
         match self.drift {
@@ -429,7 +360,7 @@ mod tests {
         let calm = SimConfig::default().with_clock_drift_ppm(Some(1_000));
         assert!(!calm.clocks_beyond_rho());
         let exact = SimConfig {
-            faults: FaultSet::all().without(crate::Fault::Drift),
+            faults: FaultSet::all().without(Fault::Drift),
             ..mutant
         };
         assert_eq!(exact.rate_range(), (1.0, 1.0));

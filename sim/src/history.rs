@@ -7,6 +7,7 @@
 //! single-threaded). Within one simulation step, hosts run one after another,
 //! so two hosts' timestamps may differ by up to one tick against that order.
 
+use statelock::protocol::StopCause;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -142,6 +143,139 @@ pub enum SaveOutcome {
     Rejected(String),
     /// No answer: it may or may not have landed.
     Unknown(String),
+}
+
+/// What a command does when asked to stop (SIGTERM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTerm {
+    /// Ignores it: only SIGKILL (or the end of its work) stops it.
+    Ignore,
+    /// Stops this long after it.
+    StopAfter(Duration),
+}
+
+impl fmt::Display for OnTerm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnTerm::Ignore => f.write_str("ignores SIGTERM"),
+            OnTerm::StopAfter(d) => write!(f, "stops {}ms after SIGTERM", d.as_millis()),
+        }
+    }
+}
+
+/// A supervised command's events (actor: its client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandEvent {
+    /// The command started, under the holder's grant.
+    Start {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// How long its work takes if nobody stops it.
+        run_ms: u64,
+        /// The stop plan's grace period.
+        grace_ms: u64,
+        /// What it does on SIGTERM.
+        on_term: OnTerm,
+    },
+    /// An unfenced write by the command.
+    Write {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// 1 for its first write, then +1.
+        n: u32,
+    },
+    /// The supervisor asked the command to stop (SIGTERM).
+    Terminate {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// Why.
+        cause: StopCause,
+    },
+    /// The supervisor killed the command (SIGKILL): it writes nothing more.
+    Kill {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+    },
+    /// The command exited by itself.
+    Exit {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The process runs again after a pause; `late`: its clock is past the
+    /// kill time (`deadline − kill_margin`), so the supervisor could not stop
+    /// the command in time and its later writes are not judged.
+    Resumed {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// Frozen past the kill time.
+        late: bool,
+    },
+}
+
+impl CommandEvent {
+    /// The key and token the command acts under.
+    pub fn grant(&self) -> (&str, u64) {
+        match self {
+            CommandEvent::Start { key, token, .. }
+            | CommandEvent::Write { key, token, .. }
+            | CommandEvent::Terminate { key, token, .. }
+            | CommandEvent::Kill { key, token }
+            | CommandEvent::Exit { key, token, .. }
+            | CommandEvent::Resumed { key, token, .. } => (key, *token),
+        }
+    }
+}
+
+impl fmt::Display for CommandEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandEvent::Start {
+                key,
+                token,
+                run_ms,
+                grace_ms,
+                on_term,
+            } => write!(
+                f,
+                "command starts under {key} token {token}: works {run_ms}ms, grace {grace_ms}ms, {on_term}"
+            ),
+            CommandEvent::Write { key, token, n } => {
+                write!(f, "command write #{n} (unfenced) under {key} token {token}")
+            }
+            CommandEvent::Terminate { key, token, cause } => {
+                write!(f, "SIGTERM command under {key} token {token} ({cause:?})")
+            }
+            CommandEvent::Kill { key, token } => {
+                write!(f, "SIGKILL command under {key} token {token}")
+            }
+            CommandEvent::Exit { key, token, reason } => {
+                write!(f, "command under {key} token {token} exits: {reason}")
+            }
+            CommandEvent::Resumed { key, token, late } => write!(
+                f,
+                "supervisor of {key} token {token} runs again{}",
+                if *late {
+                    ": PAST THE KILL TIME, later command writes are not judged"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
 }
 
 /// One thing that happened.
@@ -300,7 +434,7 @@ pub enum What {
     /// The client has done all its ops.
     Finished,
     /// A supervised command's event (see [`crate::command`]).
-    Command(crate::command::CommandEvent),
+    Command(CommandEvent),
 
     // ---- operator ----
     /// The operator tried to force-unlock a lock held by a crashed client.

@@ -21,6 +21,7 @@
 
 pub mod command;
 pub mod config;
+pub mod context;
 pub mod faults;
 pub mod history;
 pub mod invariants;
@@ -29,16 +30,16 @@ pub mod operator;
 pub mod remote;
 pub mod rng;
 pub mod run;
+pub mod scenario;
 pub mod server;
 pub mod sweep;
 pub mod wire;
 pub mod workload;
 
-pub use command::SupervisorVariant;
-pub use config::{DriftMode, ProtocolVariant, SimConfig};
-pub use faults::{Fault, FaultSet};
+pub use config::SimConfig;
 pub use invariants::Invariant;
 pub use run::{run_seed, RunReport};
+pub use scenario::{DriftMode, Fault, FaultSet, ProtocolVariant, SupervisorVariant};
 
 /// True when this build can run simulations deterministically (it was built
 /// with `--cfg tokio_unstable`).

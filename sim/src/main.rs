@@ -6,9 +6,9 @@
 //! ```
 
 use clap::{Args, Parser, Subcommand};
-use statelock_sim::config::{DriftMode, ProtocolVariant, SimConfig};
-use statelock_sim::faults::FaultSet;
+use statelock_sim::config::SimConfig;
 use statelock_sim::run::{liveness_bound, run_seed};
+use statelock_sim::scenario::{DriftMode, FaultSet, ProtocolVariant};
 use statelock_sim::sweep::{allowed_violations, sweep, verdict, SweepOptions};
 use statelock_sim::SupervisorVariant;
 use std::io::IsTerminal;

@@ -13,11 +13,11 @@
 //! nothing enforces them.
 
 use crate::config::SimConfig;
+use crate::context::Session;
 use crate::history::SaveOutcome;
 use crate::remote::Rpc;
 use crate::rng::SimRng;
 use crate::wire::{NaiveLock, Request, Response};
-use crate::workload::Session;
 use rand::{Rng, SeedableRng};
 use statelock::clock::{Clock, SkewedClock};
 use statelock::protocol::Backoff;

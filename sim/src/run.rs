@@ -2,16 +2,19 @@
 //! faults until every client has done its ops (or the time limit), then audit
 //! the stores and run the checkers.
 
-use crate::command::CommandEvent;
-use crate::config::{ProtocolVariant, SimConfig};
-use crate::faults::{client_host, Fault, Injector, OPERATOR_HOST};
-use crate::history::{excerpt, Actor, Event, LockOpKind, Recorder, SaveOutcome, What};
+use crate::config::SimConfig;
+use crate::context::{ClientCtx, Shared};
+use crate::faults::Injector;
+use crate::history::{
+    excerpt, Actor, CommandEvent, Event, LockOpKind, Recorder, SaveOutcome, What,
+};
 use crate::invariants::{check_all, CheckContext, Invariant, Violation};
 use crate::operator::{operator_main, OperatorCtx};
 use crate::rng::derive;
+use crate::scenario::{Fault, ProtocolVariant};
 use crate::server::{naive_locks, serve, view, Durable};
-use crate::wire::STORE_HOST;
-use crate::workload::{client_main, ClientCtx, Shared, EPOCH_MS};
+use crate::wire::{client_host, OPERATOR_HOST, STORE_HOST};
+use crate::workload::{client_main, EPOCH_MS};
 use statelock::protocol::LockKey;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};

@@ -1,10 +1,10 @@
 //! Sweeps: many seeds across threads (each seed is its own single-threaded,
 //! deterministic simulation), a summary, and the verdict the binary exits with.
 
-use crate::command::SupervisorVariant;
-use crate::config::{ProtocolVariant, SimConfig};
+use crate::config::SimConfig;
 use crate::invariants::Invariant;
 use crate::run::{run_seed, RunReport, Stats, ViolationReport};
+use crate::scenario::{ProtocolVariant, SupervisorVariant};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};

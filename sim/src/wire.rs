@@ -14,6 +14,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const STORE_HOST: &str = "store";
 /// The port it listens on.
 pub const STORE_PORT: u16 = 7000;
+/// The host name of client `i`.
+pub fn client_host(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// The operator's host name.
+pub const OPERATOR_HOST: &str = "operator";
+
 /// Largest frame accepted.
 pub const MAX_FRAME: u32 = 1 << 20;
 

@@ -4,7 +4,7 @@
 //! else overwrote a version its writer never saw. Audited on the store's
 //! accepted-write log, in apply order.
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{Actor, Event, What};
 use std::collections::BTreeMap;
 

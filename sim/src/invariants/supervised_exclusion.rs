@@ -13,9 +13,8 @@
 //! Like every checker, a pure function of the trace: it must not look at
 //! anything else.
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
-use crate::command::CommandEvent;
-use crate::history::{fmt_time, Actor, Event, What};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
+use crate::history::{fmt_time, Actor, CommandEvent, Event, What};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -191,7 +190,7 @@ mod tests {
                 token: 1,
                 run_ms: 900,
                 grace_ms: 100,
-                on_term: crate::command::OnTerm::Ignore,
+                on_term: crate::history::OnTerm::Ignore,
             }),
         );
         let term = ev(
