@@ -1,7 +1,7 @@
 //! What a run simulates: the protocol variant, the workload's shape, which
 //! faults are on, and the timing constants (all in simulated time).
 
-use crate::scenario::{DriftMode, Fault, FaultSet, ProtocolVariant, SupervisorVariant};
+use crate::scenario::{DriftMode, Fault, FaultSet, ProtocolVariant, StateBug, SupervisorVariant};
 use statelock::protocol::{Backoff, ProtocolConfig};
 use std::time::Duration;
 
@@ -111,6 +111,8 @@ pub struct SimConfig {
     pub pause_supervised: f64,
     /// The supervisor of those commands: the library's, or a planted bug.
     pub supervisor: SupervisorVariant,
+    /// A planted bug of the state side (statelock only), or none.
+    pub bug: StateBug,
 }
 
 impl Default for SimConfig {
@@ -140,6 +142,7 @@ impl Default for SimConfig {
             supervised: 0.05,
             pause_supervised: 0.1,
             supervisor: SupervisorVariant::Exec,
+            bug: StateBug::None,
         }
     }
 }
@@ -282,6 +285,9 @@ impl SimConfig {
         line.push_str(&format!(" supervised={}", self.supervised));
         if self.supervisor != SupervisorVariant::Exec {
             line.push_str(&format!(" supervisor={}", self.supervisor));
+        }
+        if self.bug != StateBug::None {
+            line.push_str(&format!(" bug={}", self.bug));
         }
         let d = SimConfig::default();
         if (self.long_work, self.long_work_max) != (d.long_work, d.long_work_max) {

@@ -11,6 +11,7 @@ use crate::history::{Actor, Recorder, SaveOutcome, What};
 use crate::scenario::Fault;
 use statelock::client::LockGuard;
 use statelock::clock::Clock;
+use statelock::state::StateDocument;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,6 +159,19 @@ impl ClientCtx {
     }
 }
 
+/// The state as a holder read it.
+#[derive(Debug, Clone, Default)]
+pub struct StateRead {
+    /// The version read (`None`: no state yet).
+    pub version: Option<String>,
+    /// The document's counter (`outputs.counter`; 0 if absent).
+    pub counter: u64,
+    /// The saves the document had when read (its stamp's serial).
+    pub serial: u64,
+    /// The document (`None`: no state yet, or the naive protocol's body).
+    pub document: Option<StateDocument>,
+}
+
 /// A lock protocol as the workload uses it.
 pub(crate) trait Session {
     type Guard;
@@ -171,16 +185,13 @@ pub(crate) trait Session {
     fn is_valid(&self, g: &Self::Guard) -> bool;
     /// The process freezes: no more heartbeats.
     fn freeze(&self, g: &Self::Guard);
-    /// Reads the state's version.
-    async fn load(&self, key: &str) -> Result<Option<String>, String>;
-    /// Writes the state.
-    async fn save(
-        &self,
-        key: &str,
-        g: &Self::Guard,
-        expected: Option<String>,
-        body: Vec<u8>,
-    ) -> SaveOutcome;
+    /// Seals the state right after the grant (`None`: this protocol does
+    /// not seal).
+    async fn seal(&self, key: &str, g: &Self::Guard) -> Option<SaveOutcome>;
+    /// Reads the state (pulls the document).
+    async fn load(&self, key: &str, g: &Self::Guard) -> Result<StateRead, String>;
+    /// Writes the state read as `read`, its counter one higher, as `by`.
+    async fn save(&self, key: &str, g: &Self::Guard, read: &StateRead, by: String) -> SaveOutcome;
     /// Releases the lock.
     async fn release(&self, g: Self::Guard) -> Result<(), String>;
     /// What a supervisor needs: the library's guard and the client's clock

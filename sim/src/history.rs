@@ -42,6 +42,8 @@ impl fmt::Display for Actor {
 /// The action a validity check guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guarded {
+    /// Sealing the state (right after the grant).
+    Seal,
     /// Reading the state.
     Load,
     /// Going on with long work between the read and the write.
@@ -365,10 +367,22 @@ pub enum What {
         /// The action about to be taken.
         before: Guarded,
     },
+    /// The holder sealed the state (raised its fence to the holder's token)
+    /// — or tried to.
+    Sealed {
+        /// The key.
+        key: String,
+        /// The holder's token (after a re-base, if the fence was ahead).
+        token: u64,
+        /// What happened (`Accepted`: the sealed version).
+        outcome: SaveOutcome,
+    },
     /// The client read the state.
     Loaded {
         /// The key.
         key: String,
+        /// The reader's token (0: naive).
+        token: u64,
         /// The version read (`None`: no state yet).
         version: Option<String>,
     },
@@ -468,7 +482,23 @@ pub enum What {
         /// The record it failed against.
         current: Option<RecordView>,
     },
-    /// The store accepted a state write.
+    /// The store accepted a seal of a key's state: its fence is now the
+    /// sealer's token and lease; the content is unchanged.
+    StateSealed {
+        /// The sender.
+        from: Actor,
+        /// The key.
+        key: String,
+        /// The sealer's token (the new fence).
+        token: u64,
+        /// The sealer's lease.
+        lease: u128,
+        /// The version sealed over (`None`: no state yet).
+        expected: Option<String>,
+        /// The version it created.
+        version: String,
+    },
+    /// The store accepted a state write (a save).
     StateAccepted {
         /// The sender.
         from: Actor,
@@ -480,8 +510,10 @@ pub enum What {
         expected: Option<String>,
         /// The version it created.
         version: String,
-        /// The document written (`c<id>#<op>`).
+        /// Who wrote it (`c<id>#<op>`).
         body: String,
+        /// The document's counter (one more per save; `None`: naive).
+        counter: Option<u64>,
     },
     /// The store rejected a state write.
     StateRejected {
@@ -573,7 +605,23 @@ impl fmt::Display for What {
                 "check before {before:?} on {key} token {token}: {}",
                 if *valid { "valid" } else { "NOT valid" }
             ),
-            What::Loaded { key, version } => write!(f, "load {key}: version {}", opt(version)),
+            What::Sealed {
+                key,
+                token,
+                outcome,
+            } => {
+                write!(f, "seal {key} token {token}: ")?;
+                match outcome {
+                    SaveOutcome::Accepted(v) => write!(f, "sealed at {v}"),
+                    SaveOutcome::Rejected(r) => write!(f, "failed: {r}"),
+                    SaveOutcome::Unknown(r) => write!(f, "unknown: {r}"),
+                }
+            }
+            What::Loaded {
+                key,
+                token,
+                version,
+            } => write!(f, "load {key} token {token}: version {}", opt(version)),
             What::LoadFailed { key, error } => write!(f, "load {key} failed: {error}"),
             What::PauseStart { key, token, ms } => {
                 write!(f, "PAUSE {ms}ms holding {key} token {token}")
@@ -629,6 +677,19 @@ impl fmt::Display for What {
                     None => f.write_str("absent"),
                 }
             }
+            What::StateSealed {
+                from,
+                key,
+                token,
+                lease,
+                expected,
+                version,
+            } => write!(
+                f,
+                "state {key} SEALED by {from} token {token} lease {}: {} -> {version}",
+                short(*lease),
+                opt(expected)
+            ),
             What::StateAccepted {
                 from,
                 key,
@@ -636,11 +697,18 @@ impl fmt::Display for What {
                 expected,
                 version,
                 body,
-            } => write!(
-                f,
-                "state {key} from {from} token {token}: {} -> {version} ({body})",
-                opt(expected)
-            ),
+                counter,
+            } => {
+                write!(
+                    f,
+                    "state {key} from {from} token {token}: {} -> {version} ({body}",
+                    opt(expected)
+                )?;
+                match counter {
+                    Some(n) => write!(f, ", counter {n})"),
+                    None => f.write_str(")"),
+                }
+            }
             What::StateRejected {
                 from,
                 key,
@@ -739,6 +807,7 @@ pub fn excerpt(
                 What::LockApplied { from, .. }
                 | What::LockRejected { from, .. }
                 | What::StateAccepted { from, .. }
+                | What::StateSealed { from, .. }
                 | What::StateRejected { from, .. } => about.contains(from),
                 _ => false,
             };

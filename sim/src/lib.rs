@@ -27,6 +27,7 @@ pub mod history;
 pub mod invariants;
 pub mod naive;
 pub mod operator;
+pub mod planted;
 pub mod remote;
 pub mod rng;
 pub mod run;
@@ -39,7 +40,7 @@ pub mod workload;
 pub use config::SimConfig;
 pub use invariants::Invariant;
 pub use run::{run_seed, RunReport};
-pub use scenario::{DriftMode, Fault, FaultSet, ProtocolVariant, SupervisorVariant};
+pub use scenario::{DriftMode, Fault, FaultSet, ProtocolVariant, StateBug, SupervisorVariant};
 
 /// True when this build can run simulations deterministically (it was built
 /// with `--cfg tokio_unstable`).

@@ -8,7 +8,7 @@
 use clap::{Args, Parser, Subcommand};
 use statelock_sim::config::SimConfig;
 use statelock_sim::run::{liveness_bound, run_seed};
-use statelock_sim::scenario::{DriftMode, FaultSet, ProtocolVariant};
+use statelock_sim::scenario::{DriftMode, FaultSet, ProtocolVariant, StateBug};
 use statelock_sim::sweep::{allowed_violations, sweep, verdict, SweepOptions};
 use statelock_sim::SupervisorVariant;
 use std::io::IsTerminal;
@@ -109,6 +109,12 @@ struct Scenario {
     /// --expect-violations).
     #[arg(long, default_value = "exec")]
     supervisor: SupervisorVariant,
+    /// A planted bug of the state side: `no-seal` (holders never seal; a
+    /// save raises the fence when it lands) or `unfenced-save` (a save
+    /// checks only the version read, not the fence); use with
+    /// --expect-violations.
+    #[arg(long, default_value = "none")]
+    bug: StateBug,
     /// Share of ops whose work between read and write is long (renewed by
     /// heartbeats, checking the lease all along).
     #[arg(long, default_value_t = 0.06)]
@@ -137,6 +143,7 @@ impl Scenario {
             drift: self.drift,
             supervised: self.supervised,
             supervisor: self.supervisor,
+            bug: self.bug,
             long_work_max: self.long_work_max,
             long_work: self.long_work,
             target_holders: self.target_holders,
@@ -239,12 +246,15 @@ fn main() -> ExitCode {
             }
             let s = &report.stats;
             println!(
-                "ops {} acquired {} takeovers {} writes accepted {} rejected {} unknown {} pauses {} crashes {} network faults {} simulated {:.3}s",
+                "ops {} acquired {} takeovers {} seals {} (failed {}) writes accepted {} rejected {} (stale {}) unknown {} pauses {} crashes {} network faults {} simulated {:.3}s",
                 s.ops,
                 s.grants,
                 s.takeovers,
+                s.seals,
+                s.seals_failed,
                 s.writes_accepted,
                 s.writes_rejected,
+                s.writes_stale,
                 s.writes_unknown,
                 s.pauses,
                 s.crashes,
@@ -324,6 +334,9 @@ fn scenario_flags(cfg: &SimConfig) -> String {
     }
     if cfg.supervisor != d.supervisor {
         s += &format!(" --supervisor {}", cfg.supervisor);
+    }
+    if cfg.bug != d.bug {
+        s += &format!(" --bug {}", cfg.bug);
     }
     if cfg.long_work != d.long_work {
         s += &format!(" --long-work {}", cfg.long_work);

@@ -34,6 +34,14 @@ pub struct Stats {
     pub writes_rejected: u64,
     /// State writes whose outcome the client never learned.
     pub writes_unknown: u64,
+    /// Seals that succeeded (the holder then went on).
+    pub seals: u64,
+    /// Seals that failed or whose outcome the holder never learned (it then
+    /// gave the lock back).
+    pub seals_failed: u64,
+    /// Saves the store refused because a newer holder had sealed (the
+    /// holder was told its lock was taken over).
+    pub writes_stale: u64,
     /// Ops abandoned because the lease was lost.
     pub leases_lost: u64,
     /// Process pauses.
@@ -77,8 +85,17 @@ impl Stats {
                 What::LockApplied { op, .. } if op.kind == LockOpKind::ForceUnlock => s.forced += 1,
                 What::Saved { outcome, .. } => match outcome {
                     SaveOutcome::Accepted(_) => s.writes_accepted += 1,
-                    SaveOutcome::Rejected(_) => s.writes_rejected += 1,
+                    SaveOutcome::Rejected(why) => {
+                        s.writes_rejected += 1;
+                        if why.starts_with("stale writer") {
+                            s.writes_stale += 1;
+                        }
+                    }
                     SaveOutcome::Unknown(_) => s.writes_unknown += 1,
+                },
+                What::Sealed { outcome, .. } => match outcome {
+                    SaveOutcome::Accepted(_) => s.seals += 1,
+                    SaveOutcome::Rejected(_) | SaveOutcome::Unknown(_) => s.seals_failed += 1,
                 },
                 What::Abandoned { .. } => s.leases_lost += 1,
                 What::PauseStart { .. } => s.pauses += 1,
@@ -106,6 +123,9 @@ impl Stats {
         self.writes_accepted += o.writes_accepted;
         self.writes_rejected += o.writes_rejected;
         self.writes_unknown += o.writes_unknown;
+        self.seals += o.seals;
+        self.seals_failed += o.seals_failed;
+        self.writes_stale += o.writes_stale;
         self.leases_lost += o.leases_lost;
         self.pauses += o.pauses;
         self.crashes += o.crashes;
@@ -196,7 +216,12 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
     }
     let cfg = Arc::new(cfg.clone());
     let rec = Recorder::new();
-    let durable = Arc::new(Durable::new());
+    let state_keys: Vec<LockKey> = cfg
+        .key_names()
+        .iter()
+        .filter_map(|k| LockKey::new(k).ok())
+        .collect();
+    let durable = Arc::new(Durable::for_keys(&state_keys));
     let shared = Arc::new(Shared::new(cfg.clients));
     let t = cfg.timing;
     let mut sim = turmoil::Builder::new()

@@ -266,9 +266,57 @@ impl FromStr for SupervisorVariant {
     }
 }
 
+/// A planted bug of the state side, for sweeps that must catch it. Both
+/// write the document through the backend themselves instead of through the
+/// production `FencedStore::save`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateBug {
+    /// No bug: the production seal and save.
+    None,
+    /// The holder never seals; a save lands if its token is at least the
+    /// fence and the version is the one read, and raises the fence then (the
+    /// design before the seal).
+    NoSeal,
+    /// The holder seals, but a save checks only the version read, not the
+    /// fence.
+    UnfencedSave,
+}
+
+impl fmt::Display for StateBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StateBug::None => "none",
+            StateBug::NoSeal => "no-seal",
+            StateBug::UnfencedSave => "unfenced-save",
+        })
+    }
+}
+
+impl FromStr for StateBug {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(StateBug::None),
+            "no-seal" => Ok(StateBug::NoSeal),
+            "unfenced-save" => Ok(StateBug::UnfencedSave),
+            other => Err(format!(
+                "unknown bug {other:?}: use none, no-seal or unfenced-save"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_bugs_parse_and_print() {
+        for b in [StateBug::None, StateBug::NoSeal, StateBug::UnfencedSave] {
+            assert_eq!(b.to_string().parse::<StateBug>(), Ok(b));
+        }
+        assert!("no_seal".parse::<StateBug>().is_err());
+    }
 
     #[test]
     fn fault_sets_parse_and_print() {

@@ -4,7 +4,7 @@
 use crate::config::SimConfig;
 use crate::invariants::Invariant;
 use crate::run::{run_seed, RunReport, Stats, ViolationReport};
-use crate::scenario::{ProtocolVariant, SupervisorVariant};
+use crate::scenario::{ProtocolVariant, StateBug, SupervisorVariant};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -182,6 +182,14 @@ pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
     {
         allowed.push(Invariant::SupervisedExclusion);
     }
+    match cfg.bug {
+        StateBug::None => {}
+        StateBug::NoSeal => allowed.push(Invariant::SealFencesStaleWriters),
+        StateBug::UnfencedSave => allowed.extend([
+            Invariant::SealFencesStaleWriters,
+            Invariant::FencingMonotonic,
+        ]),
+    }
     allowed
 }
 
@@ -190,7 +198,13 @@ fn allowed_because(cfg: &SimConfig, inv: Invariant) -> Option<&'static str> {
     if cfg.protocol != ProtocolVariant::Statelock || !allowed_violations(cfg).contains(&inv) {
         return None;
     }
-    if cfg.clocks_beyond_rho() {
+    let state_bug = matches!(
+        inv,
+        Invariant::SealFencesStaleWriters | Invariant::FencingMonotonic
+    ) && cfg.bug != StateBug::None;
+    if state_bug {
+        Some("planted state bug")
+    } else if cfg.clocks_beyond_rho() {
         Some("clocks drift beyond rho")
     } else {
         Some("planted supervisor bug")
@@ -266,10 +280,13 @@ impl fmt::Display for SweepSummary {
         )?;
         writeln!(
             f,
-            "  state writes         {} accepted, {} rejected, {} unknown",
+            "  state writes         {} accepted, {} rejected ({} stale), {} unknown; {} seals ({} failed)",
             thousands(st.writes_accepted),
             thousands(st.writes_rejected),
-            thousands(st.writes_unknown)
+            thousands(st.writes_stale),
+            thousands(st.writes_unknown),
+            thousands(st.seals),
+            thousands(st.seals_failed)
         )?;
         writeln!(
             f,

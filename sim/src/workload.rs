@@ -1,52 +1,142 @@
 //! The client hosts' software: the workload every client runs, whatever the
-//! protocol variant, and the shared progress the simulator reads.
+//! protocol variant.
 //!
-//! Each op: acquire a key (waiting) → check → read the state → work (now and
-//! then long, over several heartbeats, checking as it goes) → check →
-//! write the state with the lock's token, as a compare-and-swap on the version
-//! read (body `c<id>#<op>`) → release. Before each protected action the client
-//! asks its guard whether it still holds the lock and records the answer
-//! (that is its belief, judged by `MutualExclusion`). A client whose lease is
-//! gone stops — unless it was *paused*: a paused process froze between its
-//! check and its action, so it carries on and writes anyway, and fencing
-//! must stop it. In a share of ops (statelock only) the client runs a
-//! supervised command instead of reading and writing (see [`crate::command`]).
-//! Long work (and commands) may outlast the lease while faults are on, so
-//! that a holder cut off mid-work must notice in time; once faults stop it is
-//! cut to 1.2 leases.
+//! Each op, as `statelock exec --state-store` and `statelock state pull` /
+//! `push` run it: acquire a key (waiting) → check → **seal** the key's state
+//! with the production `seal_for` (the fence rises to the holder's token) →
+//! check → pull the document → work (now and then long, over several
+//! heartbeats, checking as it goes) → check → push it with its counter one
+//! higher (the production `FencedStore::save`: only while the fence is the
+//! holder's, only on the version read) → release. The state lives on the
+//! store host behind a [`RemoteStateBackend`]; the rules all run here, in the
+//! library's code. Before each protected action the client asks its guard
+//! whether it still holds the lock and records the answer (that is its
+//! belief, judged by `MutualExclusion`). A client whose lease is gone stops
+//! — unless it was *paused*: a paused process froze between its check and
+//! its action (after the seal, or between its pull and its push), so it
+//! carries on and writes anyway, and the seal must stop it. In a share of ops
+//! (statelock only) the client runs a supervised command after the seal
+//! instead of pulling and pushing (see [`crate::command`]). Long work (and
+//! commands) may outlast the lease while faults are on, so that a holder cut
+//! off mid-work must notice in time; once faults stop it is cut to 1.2
+//! leases. With `--bug`, the save is a planted bug ([`crate::planted`]).
 //!
-//! Process state (op counter, whether a lock is held) lives in [`Shared`],
-//! outside the host, so a restarted client carries on where it was and the
-//! simulator knows which leases died with a crash.
+//! Process state (op counter, whether a lock is held) lives in
+//! [`crate::context::Shared`], outside the host, so a restarted client
+//! carries on where it was and the simulator knows which leases died with a
+//! crash. This module must not be imported by the modules it uses.
 
 use crate::config::SimConfig;
-use crate::context::{ClientCtx, Session};
+use crate::context::{ClientCtx, Session, StateRead};
 use crate::history::{Guarded, SaveOutcome, What};
 use crate::naive::NaiveSession;
-use crate::remote::{RemoteLockStore, RemoteStateStore, Rpc};
+use crate::planted::{buggy_save, FenceRule};
+use crate::remote::{RemoteLockStore, RemoteStateBackend, Rpc};
 use crate::rng::{derive, stream, SimRng};
-use crate::scenario::{Fault, ProtocolVariant};
+use crate::scenario::{Fault, ProtocolVariant, StateBug};
 use crate::wire::client_host;
 use rand::Rng;
 use statelock::client::{AcquireOptions, LockClient, LockGuard};
 use statelock::clock::{Clock, SkewedClock};
 use statelock::protocol::{HolderInfo, LockKey, WallTime};
-use statelock::state::register::FencedRegister;
-use statelock::state::{StateError, StateVersion};
+use statelock::state::layout::stack_and_env;
+use statelock::state::{
+    seal_for, FencedStore, Loaded, SealError, StateDocument, StateError, StateStore, StateVersion,
+    Writer,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The document's counter (`outputs.counter`): one more at every save.
+pub const COUNTER: &str = "counter";
 
 /// Wall-clock time at the start of every run: 2024-01-01T00:00:00Z.
 pub const EPOCH_MS: i64 = 1_704_067_200_000;
 
 struct StatelockSession {
     client: LockClient,
-    state: RemoteStateStore,
+    state: FencedStore<RemoteStateBackend>,
     opts: AcquireOptions,
+    bug: StateBug,
+    /// Write ids of the planted bugs' saves: client, incarnation, count.
+    write_ids: AtomicU64,
+    write_id_base: u128,
 }
 
 fn lock_key(key: &str) -> Result<LockKey, String> {
     LockKey::new(key).map_err(|e| e.to_string())
+}
+
+/// The state as loaded, for the workload.
+fn read_of(loaded: Option<Loaded>) -> StateRead {
+    let Some(loaded) = loaded else {
+        return StateRead::default();
+    };
+    StateRead {
+        version: Some(loaded.version.0.clone()),
+        counter: loaded
+            .document
+            .outputs
+            .get(COUNTER)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0),
+        serial: loaded.stamp().map_or(0, |s| s.serial),
+        document: Some(loaded.document),
+    }
+}
+
+fn outcome_of(result: Result<StateVersion, StateError>) -> SaveOutcome {
+    match result {
+        Ok(v) => SaveOutcome::Accepted(v.0),
+        Err(StateError::Unavailable(e)) => SaveOutcome::Unknown(e),
+        Err(e) => SaveOutcome::Rejected(e.to_string()),
+    }
+}
+
+/// What `statelock state push` does with a pulled document: read the
+/// current state; refuse at once if the fence is another holder's, or if it
+/// was saved since the pull; else save over the current version (the store
+/// checks the fence and the version again, atomically).
+async fn push(
+    store: &dyn StateStore,
+    writer: &Writer,
+    read: &StateRead,
+    doc: StateDocument,
+) -> SaveOutcome {
+    let current = match store.load(&writer.key).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return SaveOutcome::Rejected(
+                StateError::NotSealed {
+                    key: writer.key.to_string(),
+                    fence: None,
+                }
+                .to_string(),
+            )
+        }
+        // Nothing was written.
+        Err(e) => return SaveOutcome::Rejected(format!("could not read the state: {e}")),
+    };
+    if let Some(stamp) = current.stamp() {
+        if stamp.fence > writer.token
+            || (stamp.fence == writer.token && stamp.lease != writer.lease)
+        {
+            let stale = StateError::Stale {
+                fence: stamp.fence,
+                token: writer.token,
+            };
+            return SaveOutcome::Rejected(stale.to_string());
+        }
+    }
+    let now = current.stamp().map_or(0, |s| s.serial);
+    if now != read.serial {
+        return SaveOutcome::Rejected(format!(
+            "the state changed since it was pulled (pulled at save {}, now at save {now})",
+            read.serial
+        ));
+    }
+    outcome_of(store.save(writer, &current.version, doc).await)
 }
 
 impl Session for StatelockSession {
@@ -70,33 +160,59 @@ impl Session for StatelockSession {
     fn freeze(&self, g: &LockGuard) {
         g.freeze_heartbeats();
     }
-    async fn load(&self, key: &str) -> Result<Option<String>, String> {
+    async fn seal(&self, _key: &str, g: &LockGuard) -> Option<SaveOutcome> {
+        if self.bug == StateBug::NoSeal {
+            return None;
+        }
+        Some(match seal_for(&self.state, g).await {
+            Ok((_, loaded)) => SaveOutcome::Accepted(loaded.version.0),
+            Err(SealError::State(StateError::Unavailable(e))) => SaveOutcome::Unknown(e),
+            Err(e) => SaveOutcome::Rejected(e.to_string()),
+        })
+    }
+    async fn load(&self, key: &str, _g: &LockGuard) -> Result<StateRead, String> {
         match self.state.load(&lock_key(key)?).await {
-            Ok(snapshot) => Ok(snapshot.map(|s| s.version.0)),
+            Ok(loaded) => Ok(read_of(loaded)),
             Err(e) => Err(e.to_string()),
         }
     }
-    async fn save(
-        &self,
-        key: &str,
-        g: &LockGuard,
-        expected: Option<String>,
-        body: Vec<u8>,
-    ) -> SaveOutcome {
-        let key = match lock_key(key) {
-            Ok(k) => k,
-            Err(e) => return SaveOutcome::Rejected(e),
+    async fn save(&self, key: &str, g: &LockGuard, read: &StateRead, by: String) -> SaveOutcome {
+        let writer = Writer::of(g);
+        let mut doc = read.document.clone().unwrap_or_else(|| {
+            let (stack, env) = stack_and_env(&writer.key).unzip();
+            StateDocument::empty(stack, env)
+        });
+        doc.outputs.insert(
+            COUNTER.to_string(),
+            serde_json::Value::from(read.counter + 1),
+        );
+        doc.metadata.last_updated_by = Some(by);
+        let rule = match self.bug {
+            StateBug::None => {
+                if read.document.is_none() {
+                    return SaveOutcome::Rejected(format!(
+                        "{key} has no state: it was never sealed"
+                    ));
+                }
+                return push(&self.state, &writer, read, doc).await;
+            }
+            StateBug::NoSeal => FenceRule::AtWrite,
+            StateBug::UnfencedSave => FenceRule::Ignored,
         };
-        let expected = expected.map(StateVersion);
-        match self
-            .state
-            .save(&key, g.token(), expected.as_ref(), &body)
-            .await
-        {
-            Ok(v) => SaveOutcome::Accepted(v.0),
-            Err(StateError::Unavailable(e)) => SaveOutcome::Unknown(e),
-            Err(e) => SaveOutcome::Rejected(e.to_string()),
-        }
+        let write_id =
+            self.write_id_base | u128::from(self.write_ids.fetch_add(1, Ordering::SeqCst));
+        let based_on = read.version.clone().map(StateVersion);
+        outcome_of(
+            buggy_save(
+                self.state.backend(),
+                &writer,
+                based_on.as_ref(),
+                doc,
+                rule,
+                write_id,
+            )
+            .await,
+        )
     }
     async fn release(&self, g: LockGuard) -> Result<(), String> {
         g.release().await.map_err(|e| e.to_string())
@@ -231,7 +347,10 @@ pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
                 .build();
             let session = StatelockSession {
                 client,
-                state: RemoteStateStore::new(rpc),
+                state: FencedStore::new(RemoteStateBackend::new(rpc)),
+                bug: ctx.cfg.bug,
+                write_ids: AtomicU64::new(0),
+                write_id_base: u128::from(id) << 96 | u128::from(sub) << 64,
                 opts: AcquireOptions {
                     lease: ctx.cfg.timing.lease,
                     wait: Some(ctx.cfg.timing.acquire_wait),
@@ -340,6 +459,36 @@ async fn one_op<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng, key: 
     });
     ctx.shared.progress(ctx.id).holding = Some((key.to_string(), owner));
 
+    // Seal the state before anything else, as `statelock exec` does.
+    let valid = s.is_valid(&guard);
+    ctx.record(What::Check {
+        key: key.to_string(),
+        token,
+        valid,
+        before: Guarded::Seal,
+    });
+    if !valid {
+        ctx.record(What::Abandoned {
+            key: key.to_string(),
+            token,
+            reason: "lease lost before sealing".into(),
+        });
+        return give_back(ctx, s, guard, key, token).await;
+    }
+    if let Some(outcome) = s.seal(key, &guard).await {
+        let sealed = matches!(outcome, SaveOutcome::Accepted(_));
+        ctx.record(What::Sealed {
+            key: key.to_string(),
+            token: s.token(&guard),
+            outcome,
+        });
+        if !sealed {
+            return give_back(ctx, s, guard, key, token).await;
+        }
+    }
+    // A seal may have raised the token above a fence that was ahead of it.
+    let token = s.token(&guard);
+
     if let Some((lock_guard, clock)) = s.supervision(&guard) {
         if rng.random_bool(ctx.cfg.supervised) {
             let command_rng = {
@@ -376,8 +525,8 @@ async fn one_op<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng, key: 
         });
         return give_back(ctx, s, guard, key, token).await;
     }
-    let expected = match s.load(key).await {
-        Ok(v) => v,
+    let read = match s.load(key, &guard).await {
+        Ok(r) => r,
         Err(error) => {
             ctx.record(What::LoadFailed {
                 key: key.to_string(),
@@ -388,7 +537,8 @@ async fn one_op<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng, key: 
     };
     ctx.record(What::Loaded {
         key: key.to_string(),
-        version: expected.clone(),
+        token,
+        version: read.version.clone(),
     });
     // Work: usually short; sometimes long enough that the lease must be
     // renewed, checking the guard all along (as a careful holder does).
@@ -448,12 +598,12 @@ async fn one_op<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng, key: 
     if pauses_allowed(ctx) && rng.random_bool(ctx.cfg.pause_before_write) {
         pause(ctx, s, &guard, rng, key).await;
     }
-    let body = format!("c{}#{op}", ctx.id).into_bytes();
-    let outcome = s.save(key, &guard, expected.clone(), body).await;
+    let by = format!("c{}#{op}", ctx.id);
+    let outcome = s.save(key, &guard, &read, by).await;
     ctx.record(What::Saved {
         key: key.to_string(),
         token,
-        expected,
+        expected: read.version,
         outcome,
     });
     give_back(ctx, s, guard, key, token).await;

@@ -1,5 +1,6 @@
 //! The invariants of PROTOCOL.md, one file each, named as there (plus
-//! `SupervisedExclusion`, the promise of `statelock exec`'s stop schedule). Each checker
+//! `SupervisedExclusion`, the promise of `statelock exec`'s stop schedule,
+//! and `SealFencesStaleWriters`, the promise of the state store's seal). Each checker
 //! is a pure function of a run's [`Event`] trace and returns the violations it
 //! found (at most [`MAX_PER_CHECK`]), each pointing at the events that show it.
 //!
@@ -11,6 +12,7 @@ pub mod fencing_monotonic;
 pub mod mutual_exclusion;
 pub mod no_lost_update;
 pub mod owner_only_release;
+pub mod seal_fences_stale_writers;
 pub mod supervised_exclusion;
 pub mod token_monotonic;
 pub mod verdict;
@@ -35,6 +37,7 @@ pub fn check_all(events: &[Event], ctx: &CheckContext) -> Vec<Violation> {
     out.extend(token_monotonic::check(events));
     out.extend(fencing_monotonic::check(events));
     out.extend(no_lost_update::check(events));
+    out.extend(seal_fences_stale_writers::check(events));
     out.extend(owner_only_release::check(events));
     out.extend(eventual_acquire::check(events, ctx.liveness_bound));
     out.extend(supervised_exclusion::check(events));

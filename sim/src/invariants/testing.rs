@@ -63,3 +63,53 @@ pub fn accepted(ms: u64, from: Actor, token: u64, expected: Option<&str>, versio
         },
     )
 }
+
+pub fn saved(
+    ms: u64,
+    from: Actor,
+    token: u64,
+    expected: Option<&str>,
+    version: &str,
+    counter: u64,
+) -> Event {
+    ev(
+        ms,
+        Actor::Store,
+        What::StateAccepted {
+            from,
+            key: "k".into(),
+            token,
+            expected: expected.map(str::to_string),
+            version: version.into(),
+            body: format!("{from}"),
+            counter: Some(counter),
+        },
+    )
+}
+
+pub fn sealed(ms: u64, from: Actor, token: u64, expected: Option<&str>, version: &str) -> Event {
+    ev(
+        ms,
+        Actor::Store,
+        What::StateSealed {
+            from,
+            key: "k".into(),
+            token,
+            lease: u128::from(token),
+            expected: expected.map(str::to_string),
+            version: version.into(),
+        },
+    )
+}
+
+pub fn loaded(ms: u64, who: Actor, token: u64, version: Option<&str>) -> Event {
+    ev(
+        ms,
+        who,
+        What::Loaded {
+            key: "k".into(),
+            token,
+            version: version.map(str::to_string),
+        },
+    )
+}

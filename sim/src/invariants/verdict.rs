@@ -19,6 +19,9 @@ pub enum Invariant {
     FencingMonotonic,
     /// Each accepted state write is based on the previously accepted one.
     NoLostUpdate,
+    /// Once a holder with token `t` has sealed the state (or read it, which
+    /// it does only after sealing), no save with a token below `t` lands.
+    SealFencesStaleWriters,
     /// Only the owner renews or releases; a force-unlock needs the seen version.
     OwnerOnlyRelease,
     /// Once faults stop, a waiting client is never blocked for longer than
@@ -31,11 +34,12 @@ pub enum Invariant {
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 7] = [
+    pub const ALL: [Invariant; 8] = [
         Invariant::MutualExclusion,
         Invariant::TokenMonotonic,
         Invariant::FencingMonotonic,
         Invariant::NoLostUpdate,
+        Invariant::SealFencesStaleWriters,
         Invariant::OwnerOnlyRelease,
         Invariant::EventualAcquire,
         Invariant::SupervisedExclusion,
@@ -48,6 +52,7 @@ impl Invariant {
             Invariant::TokenMonotonic => "TokenMonotonic",
             Invariant::FencingMonotonic => "FencingMonotonic",
             Invariant::NoLostUpdate => "NoLostUpdate",
+            Invariant::SealFencesStaleWriters => "SealFencesStaleWriters",
             Invariant::OwnerOnlyRelease => "OwnerOnlyRelease",
             Invariant::EventualAcquire => "EventualAcquire",
             Invariant::SupervisedExclusion => "SupervisedExclusion",
