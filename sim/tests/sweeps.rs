@@ -2,7 +2,9 @@
 //! fault; the naive protocol is caught; with clocks drifting beyond ρ,
 //! statelock may lose `MutualExclusion` but fencing still holds; planted bugs
 //! (a takeover wait without ρ and margin, a supervisor that kills late) are
-//! caught while the correct configuration stays clean on the same seeds.
+//! caught while the correct configuration stays clean on the same seeds; so
+//! are planted state bugs (no seal, a save that ignores the fence), by
+//! `SealFencesStaleWriters`.
 //!
 //! The long sweeps (thousands of seeds) run through the release binary; see
 //! sim/README.md.
@@ -10,7 +12,9 @@
 mod common;
 
 use statelock_sim::sweep::verdict;
-use statelock_sim::{DriftMode, Invariant, ProtocolVariant, SimConfig, SupervisorVariant};
+use statelock_sim::{
+    DriftMode, Invariant, ProtocolVariant, SimConfig, StateBug, SupervisorVariant,
+};
 use std::time::Duration;
 
 #[test]
@@ -28,6 +32,11 @@ fn statelock_holds_every_invariant_under_all_faults() {
     assert!(
         st.writes_rejected > 0,
         "some stale writes must have been fenced: {st:?}"
+    );
+    // Every holder sealed before it read (a few seals were cut off).
+    assert!(
+        st.seals + st.seals_failed <= st.grants && st.seals > st.grants * 9 / 10,
+        "{st:?}"
     );
     // Supervised commands ran, and some were stopped on the lease's
     // schedule or frozen past it.
@@ -104,6 +113,47 @@ fn a_supervisor_that_kills_late_is_caught() {
     assert!(c.stats.commands_killed > 0, "{:?}", c.stats);
 }
 
+/// Planted state bugs: holders that never seal (the fence rises only when a
+/// save lands), and saves that check only the version read. Pauses after the
+/// seal and between the pull and the push are frequent here, so a holder
+/// often wakes after its lock was taken over.
+#[test]
+fn state_bugs_are_caught_by_seal_fences_stale_writers() {
+    let correct = SimConfig {
+        pause_after_acquire: 0.15,
+        pause_before_write: 0.15,
+        faults: "pause,clock-offset,drift".parse().expect("known faults"),
+        ..common::small(SimConfig::default())
+    };
+    let seeds = 0..20;
+    for bug in [StateBug::NoSeal, StateBug::UnfencedSave] {
+        let buggy = SimConfig {
+            bug,
+            ..correct.clone()
+        };
+        let b = common::run(buggy, seeds.clone());
+        assert!(b.failures.is_empty(), "runs not judged: {:?}", b.failures);
+        let caught = b
+            .violating
+            .get(&Invariant::SealFencesStaleWriters)
+            .map_or(0, Vec::len);
+        assert!(
+            caught >= 3,
+            "{bug} was caught in only {caught} of 20 seeds: {:?}",
+            b.violating
+        );
+        assert!(
+            verdict(&b, true).is_ok(),
+            "{bug}: only the invariants of a state bug may break: {:?}",
+            b.violating
+        );
+    }
+    let c = common::run(correct, seeds);
+    assert!(c.failures.is_empty(), "runs not judged: {:?}", c.failures);
+    assert_eq!(c.violating_seeds(), 0, "violations: {:?}", c.violating);
+    assert!(c.stats.writes_stale > 0, "{:?}", c.stats);
+}
+
 #[test]
 fn the_naive_protocol_is_caught() {
     let cfg = SimConfig {
@@ -174,6 +224,7 @@ fn without_faults_every_op_succeeds() {
         "{st:?}"
     );
     assert!(st.commands > 0, "{st:?}");
+    assert_eq!((st.seals, st.seals_failed), (st.grants, 0), "{st:?}");
     assert_eq!(
         st.takeovers
             + st.writes_rejected
