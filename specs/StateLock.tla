@@ -433,7 +433,8 @@ WriteState(c) ==
             /\ UNCHANGED <<cl, rnet>>
     /\ UNCHANGED <<rec, reg, lnet, forces, faults, wallOff, grants, swrites>>
 
-(* The state store.  A seal always lands (it only ever raises the fence).  *)
+(* The state store.  A seal raises the fence (a seal below the fence     *)
+(* would change nothing: it is dropped).                                   *)
 (* A write lands only if its token is at least the fence and its If-Match *)
 (* is the current version (naive: every write lands); the new version is  *)
 (* fresh and the fence stays.  A message on its way that the store would  *)
@@ -443,9 +444,8 @@ WriteState(c) ==
 (* dropped.  The history records, with each accepted write, the highest   *)
 (* token that had sealed when it landed (the fence).                      *)
 Accepts(m, r) ==
-    \/ m.kind = "seal"
-    \/ ~Fenced
-    \/ m.ifMatch = r.ver /\ m.tok >= r.fence
+    IF m.kind = "seal" THEN m.tok > r.fence
+    ELSE ~Fenced \/ (m.ifMatch = r.ver /\ m.tok >= r.fence)
 
 StoreState(m) ==
     /\ m \in snet
@@ -653,7 +653,8 @@ NoForcedUnlock ==
     [][~(/\ ~rec.released /\ rec'.released
          /\ rec.owner \in Clients /\ cl[rec.owner].phase = "crashed")]_vars
 NoStaleWriteRejected ==
-    [][\A m \in snet \ snet' : m.tok >= reg'.fence \/ Len(swrites') = MaxStateWrites]_vars
+    [][\A m \in snet \ snet' :
+         m.kind = "seal" \/ m.tok >= reg'.fence \/ Len(swrites') = MaxStateWrites]_vars
 (* ... and a write that still names the current version is rejected only   *)
 (* because a newer holder's seal landed before it (what the seal adds:    *)
 (* the newer holder need not have written anything yet).                  *)

@@ -168,7 +168,8 @@ pub struct StateRead {
     pub counter: u64,
     /// The saves the document had when read (its stamp's serial).
     pub serial: u64,
-    /// The document (`None`: no state yet, or the naive protocol's body).
+    /// The document (`None`: no state yet; always `None` for the naive
+    /// protocol, whose state is a bare body).
     pub document: Option<StateDocument>,
 }
 

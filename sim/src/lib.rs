@@ -1,9 +1,11 @@
 //! Deterministic simulation of the statelock client under faults.
 //!
 //! One run ([`run::run_seed`]) builds a [turmoil] world from a single seed: a
-//! store host serving the reference lock and state stores over simulated TCP,
-//! and N client hosts running the production [`statelock::client::LockClient`]
-//! through [`remote::RemoteLockStore`]. Faults (partitions, lost and held
+//! store host serving the reference lock store and a state object backend
+//! over simulated TCP, and N client hosts running the production
+//! [`statelock::client::LockClient`] through [`remote::RemoteLockStore`] and
+//! the production [`statelock::state::FencedStore`] (seal, load, save)
+//! through [`remote::RemoteStateBackend`]. Faults (partitions, lost and held
 //! messages, crashes, process pauses, skewed and drifting clocks) are injected
 //! from the same seed; every step is recorded in a [`history`] trace, and the
 //! checkers in [`invariants`] — one per invariant of PROTOCOL.md — judge it.

@@ -314,7 +314,7 @@ impl fmt::Display for SweepSummary {
         writeln!(f, "  violations           seeds")?;
         for inv in Invariant::ALL {
             let seeds = self.violating.get(&inv).map(Vec::as_slice).unwrap_or(&[]);
-            let mut line = format!("    {:<20} {:>6}", inv.name(), seeds.len());
+            let mut line = format!("    {:<22} {:>4}", inv.name(), seeds.len());
             if !seeds.is_empty() {
                 let shown: Vec<String> = seeds.iter().take(5).map(u64::to_string).collect();
                 let _ = write!(

@@ -60,6 +60,7 @@ pub fn accepted(ms: u64, from: Actor, token: u64, expected: Option<&str>, versio
             expected: expected.map(str::to_string),
             version: version.into(),
             body: format!("{from}"),
+            counter: None,
         },
     )
 }
