@@ -1,7 +1,7 @@
 //! What every host of a run shares and what a client host is given: the
 //! run's progress ([`Shared`], kept outside the hosts so it survives their
 //! crashes), a client's context ([`ClientCtx`]) and the lock protocol as the
-//! workload drives it ([`Session`]).
+//! workload drives it (`Session`).
 //!
 //! This module only holds these shared types; it must not import the modules
 //! that use them (workload, faults, command, naive, operator).

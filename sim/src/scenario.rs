@@ -47,7 +47,7 @@ impl FromStr for ProtocolVariant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DriftMode {
     /// Rates within `[1 − d, 1 + d]`, where `d` is
-    /// [`SimConfig::clock_drift_ppm`] — by default the protocol's ρ (its
+    /// [`crate::config::SimConfig::clock_drift_ppm`] — by default the protocol's ρ (its
     /// assumption holds).
     Within,
     /// Rates in `[0.5, 2]`: the assumption is broken on purpose.
