@@ -5,8 +5,11 @@
 (*   - The lock store holds one lock record (owner, token, rvn, released)  *)
 (*     and applies linearizable conditional writes: acquire, takeover,     *)
 (*     heartbeat, release, force-unlock.                                   *)
-(*   - The state store holds one state register (version, fence), written  *)
-(*     as an S3-style compare-and-swap chain (If-Match on the version).    *)
+(*   - The state store holds one state register (version, fence).  A      *)
+(*     holder seals it right after its grant (fence := max(fence, token), *)
+(*     a message of its own that may be delayed or lost) and writes only  *)
+(*     once it has read its own seal; a write lands only if its token is  *)
+(*     at least the fence and its If-Match is the current version.        *)
 (*   - Clients acquire, wait, take over, heartbeat, release, write state,  *)
 (*     pause (they simply take no steps) and crash.                        *)
 (*   - An operator may force-unlock a lock whose holder has crashed.       *)
@@ -136,7 +139,7 @@ VARIABLES
     faults,   \* faults may (still) happen
     wallOff,  \* each client's wall clock offset (naive variant)
     grants,   \* history: the token of every grant, in order
-    swrites   \* history: every accepted state write: [tok, pre, post]
+    swrites   \* history: every accepted state write: [tok, pre, post, sealed]
 
 vars == <<rec, reg, cl, lnet, rnet, snet, forces, faults, wallOff, grants,
           swrites>>
@@ -279,8 +282,13 @@ ReceiveGrant(c) ==
                     ELSE [Idle EXCEPT !.phase = IF a.cur /\ Variant # "naive"
                                                 THEN "wait" ELSE "idle",
                                       !.backoff = cl[c].backoff]]
+        \* A new holder seals the state (see "The state store" below).
+        /\ snet' = IF a.age < HolderCap /\ Fenced /\ TrackTokens
+                   THEN snet \cup {[kind |-> "seal", from |-> c, tok |-> a.token,
+                                    ifMatch |-> InitVersion]}
+                   ELSE snet
         /\ DropAnswersTo(c)
-        /\ UNCHANGED <<rec, reg, lnet, snet, forces, faults, wallOff, grants,
+        /\ UNCHANGED <<rec, reg, lnet, forces, faults, wallOff, grants,
                        swrites>>
 
 (* The client times out waiting for the grant's answer and stops waiting  *)
@@ -389,15 +397,27 @@ ReceiveBeat(c) ==
                        swrites>>
 
 -----------------------------------------------------------------------------
-(* State writes (S3 style).  A holder that believes it holds reads the    *)
-(* register's version and fence.  A fence above its token means it is     *)
-(* stale: it stops.  Otherwise it writes If-Match: version, fence := its   *)
-(* token; the first such write after a grant is the seal.  The write may   *)
-(* arrive at any later time.  That covers a process that checked its       *)
-(* lease, read the register, paused (GC, SIGSTOP, VM migration) and sent   *)
-(* the write long after: the register cannot tell a write sent late from   *)
-(* one that travelled long, and nothing on the way looks at the lease      *)
-(* again.  One state write outstanding per client.                         *)
+(* The state store (docs/PROTOCOL.md, "Fencing at the state store").      *)
+(*                                                                         *)
+(* Seal.  Right after its grant the holder sends a seal (ReceiveGrant):   *)
+(* the store raises the register's fence to the holder's token (fence :=  *)
+(* max(fence, token)); the content and version stay.  The seal is a       *)
+(* message of its own: it may arrive at any later time (or never), after  *)
+(* the holder's lease is over, after a newer holder's seal.  Nothing in a *)
+(* seal depends on when it was sent, so a seal sent at the grant that     *)
+(* travelled is the same as one sent later by a holder that paused.       *)
+(*                                                                         *)
+(* Write.  A holder that believes it holds reads the register.  A fence   *)
+(* above its token means it is stale: it stops.  A fence below its token  *)
+(* means its seal has not landed yet: it may not write (it waits).  Once  *)
+(* it reads its own seal (fence = its token) it sends a write If-Match:   *)
+(* version.  The write may arrive at any later time.  That covers a       *)
+(* process that checked its lease, read the register, paused (GC,         *)
+(* SIGSTOP, VM migration) and sent the write long after: the store cannot *)
+(* tell a write sent late from one that travelled long, and nothing on    *)
+(* the way looks at the lease again.  A holder writes only when no state  *)
+(* message of its own is on its way.  The naive variant neither seals nor *)
+(* looks at the fence.                                                     *)
 WriteState(c) ==
     /\ TrackTokens
     /\ Len(swrites) < MaxStateWrites
@@ -407,28 +427,40 @@ WriteState(c) ==
        THEN /\ cl' = [cl EXCEPT ![c] = AfterHold(@)]
             /\ DropAnswersTo(c)
             /\ UNCHANGED snet
-       ELSE /\ snet' = snet \cup {[from |-> c, tok |-> cl[c].tok,
-                                    ifMatch |-> reg.ver]}
+       ELSE /\ ~Fenced \/ reg.fence = cl[c].tok
+            /\ snet' = snet \cup {[kind |-> "write", from |-> c,
+                                    tok |-> cl[c].tok, ifMatch |-> reg.ver]}
             /\ UNCHANGED <<cl, rnet>>
     /\ UNCHANGED <<rec, reg, lnet, forces, faults, wallOff, grants, swrites>>
 
-(* The state register.  Fenced (S3 style): a write is accepted only if     *)
-(* its If-Match equals the current version; the new version is fresh and  *)
-(* the fence becomes the writer's token.  Naive: every write is accepted.  *)
-(* A write on its way that the register would now reject is rejected at   *)
-(* once (it can never be accepted later: versions are never reused), and  *)
-(* once MaxStateWrites writes were accepted the model stops: writes still  *)
-(* on their way are dropped.                                               *)
-Accepts(m, r) == ~Fenced \/ m.ifMatch = r.ver
+(* The state store.  A seal raises the fence (a seal below the fence     *)
+(* would change nothing: it is dropped).                                   *)
+(* A write lands only if its token is at least the fence and its If-Match *)
+(* is the current version (naive: every write lands); the new version is  *)
+(* fresh and the fence stays.  A message on its way that the store would  *)
+(* now reject is rejected at once (it can never land later: versions are  *)
+(* never reused and the fence never goes down), and once MaxStateWrites   *)
+(* writes were accepted the model stops: messages still on their way are  *)
+(* dropped.  The history records, with each accepted write, the highest   *)
+(* token that had sealed when it landed (the fence).                      *)
+Accepts(m, r) ==
+    IF m.kind = "seal" THEN m.tok > r.fence
+    ELSE ~Fenced \/ (m.ifMatch = r.ver /\ m.tok >= r.fence)
 
 StoreState(m) ==
     /\ m \in snet
     /\ Len(swrites) < MaxStateWrites
-    /\ IF Accepts(m, reg)
-       THEN LET r == [ver |-> Len(swrites) + 1, fence |-> m.tok] IN
+    /\ IF m.kind = "seal"
+       THEN LET r == [reg EXCEPT !.fence = Max(@, m.tok)] IN
+            /\ reg' = r
+            /\ snet' = {x \in snet \ {m} : Accepts(x, r)}
+            /\ UNCHANGED swrites
+       ELSE IF Accepts(m, reg)
+       THEN LET r == [ver |-> Len(swrites) + 1, fence |-> reg.fence] IN
             /\ reg' = r
             /\ swrites' = Append(swrites, [tok |-> m.tok, pre |-> m.ifMatch,
-                                            post |-> r.ver])
+                                            post |-> r.ver,
+                                            sealed |-> reg.fence])
             /\ snet' = IF Len(swrites) + 1 = MaxStateWrites THEN {}
                        ELSE {x \in snet \ {m} : Accepts(x, r)}
        ELSE /\ snet' = snet \ {m}
@@ -564,6 +596,11 @@ NoLostUpdate ==
     \A i \in DOMAIN swrites :
         swrites[i].pre = IF i = 1 THEN InitVersion ELSE swrites[i - 1].post
 
+(* The seal's promise: once a holder with token t has sealed the state,   *)
+(* no write with a token below t is accepted, however late it arrives.    *)
+SealFencesStaleWriters ==
+    \A i \in DOMAIN swrites : swrites[i].tok >= swrites[i].sealed
+
 (* Only the current owner's release/heartbeat succeeds; a force-unlock    *)
 (* succeeds only against the record version the operator saw.  Stated of *)
 (* every request on its way: whenever its condition holds (so the store   *)
@@ -605,8 +642,8 @@ BelieverIsOwner ==
 (* Sanity checks that TLC is EXPECTED to find violated, to show that the   *)
 (* model is not vacuous: a waiter takes over a held lock; a heartbeat      *)
 (* renews a lease; the operator force-unlocks a crashed holder's lock; the *)
-(* register rejects a write from an older lease because a newer lease's    *)
-(* write landed first (the paused-holder write that fencing must stop).   *)
+(* store rejects a write from an older lease because a newer lease's seal *)
+(* or write landed first (the paused-holder write that fencing must stop).*)
 NoTakeover == [][~(~rec.released /\ rec'.token > rec.token)]_vars
 NoRenewal ==
     [][\A c \in Clients :
@@ -616,5 +653,12 @@ NoForcedUnlock ==
     [][~(/\ ~rec.released /\ rec'.released
          /\ rec.owner \in Clients /\ cl[rec.owner].phase = "crashed")]_vars
 NoStaleWriteRejected ==
-    [][\A m \in snet \ snet' : m.tok >= reg'.fence \/ Len(swrites') = MaxStateWrites]_vars
+    [][\A m \in snet \ snet' :
+         m.kind = "seal" \/ m.tok >= reg'.fence \/ Len(swrites') = MaxStateWrites]_vars
+(* ... and a write that still names the current version is rejected only   *)
+(* because a newer holder's seal landed before it (what the seal adds:    *)
+(* the newer holder need not have written anything yet).                  *)
+NoSealFencedWrite ==
+    [][\A m \in snet \ snet' :
+         ~(m.kind = "write" /\ m.ifMatch = reg'.ver /\ m.tok < reg'.fence)]_vars
 =============================================================================

@@ -134,6 +134,8 @@ run sanity-force "$(sanity_cfg StateLock.cfg 'PROPERTY NoForcedUnlock' sanity-fo
     "Action property NoForcedUnlock is violated"
 run sanity-stale-write "$(sanity_cfg StateLock.cfg 'PROPERTY NoStaleWriteRejected' sanity-stale-write)" \
     "Action property NoStaleWriteRejected is violated"
+run sanity-seal-fences "$(sanity_cfg StateLock.cfg 'PROPERTY NoSealFencedWrite' sanity-seal-fences)" \
+    "Action property NoSealFencedWrite is violated"
 
 # 3. Liveness: once faults stop, every waiting client acquires.
 run liveness StateLockLiveness.cfg pass

@@ -1,76 +1,9 @@
 //! What a run simulates: the protocol variant, the workload's shape, which
 //! faults are on, and the timing constants (all in simulated time).
 
-use crate::faults::FaultSet;
+use crate::scenario::{DriftMode, Fault, FaultSet, ProtocolVariant, StateBug, SupervisorVariant};
 use statelock::protocol::{Backoff, ProtocolConfig};
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
-
-/// Which lock protocol the clients run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ProtocolVariant {
-    /// The production client (`statelock::client::LockClient`) and fenced
-    /// state writes.
-    Statelock,
-    /// The seed design, kept only here as a counter-example: acquire if
-    /// `expiresAt < now` by the client's wall clock, unfenced state writes.
-    Naive,
-}
-
-impl fmt::Display for ProtocolVariant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ProtocolVariant::Statelock => "statelock",
-            ProtocolVariant::Naive => "naive",
-        })
-    }
-}
-
-impl FromStr for ProtocolVariant {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "statelock" => Ok(ProtocolVariant::Statelock),
-            "naive" => Ok(ProtocolVariant::Naive),
-            other => Err(format!(
-                "unknown protocol {other:?}: use statelock or naive"
-            )),
-        }
-    }
-}
-
-/// How far client clocks may drift from real time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriftMode {
-    /// Rates within `[1 − ρ, 1 + ρ]`: the protocol's assumption (ρ is the
-    /// configuration's `drift_ppm`).
-    Within,
-    /// Rates in `[0.5, 2]`: the assumption is broken on purpose.
-    Beyond,
-}
-
-impl fmt::Display for DriftMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DriftMode::Within => "within",
-            DriftMode::Beyond => "beyond",
-        })
-    }
-}
-
-impl FromStr for DriftMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "within" => Ok(DriftMode::Within),
-            "beyond" => Ok(DriftMode::Beyond),
-            other => Err(format!(
-                "unknown drift mode {other:?}: use within or beyond"
-            )),
-        }
-    }
-}
 
 /// Timing constants, in simulated time. Chosen so that one run is a few
 /// simulated seconds: leases of half a second, links of a few milliseconds.
@@ -138,8 +71,14 @@ pub struct SimConfig {
     pub ops_per_client: u32,
     /// Faults switched on.
     pub faults: FaultSet,
-    /// Clock drift mode (used when [`crate::Fault::Drift`] is on).
+    /// Clock drift mode (used when [`Fault::Drift`] is on).
     pub drift: DriftMode,
+    /// The drift the clients' clocks really have with [`DriftMode::Within`],
+    /// in parts per million (`None`: the protocol's ρ). Separate from ρ so
+    /// that a protocol configured without ρ or margin can run against clocks
+    /// that still drift: `ρ = 0, margin = 0` with clocks at ±5 % is a
+    /// protocol that believes clocks are perfect.
+    pub clock_drift_ppm: Option<u32>,
     /// ρ and margin, shared by every client (the protocol's constants).
     pub protocol_config: ProtocolConfig,
     /// Timing constants.
@@ -148,13 +87,32 @@ pub struct SimConfig {
     /// so every run ends with a quiet phase where liveness is judged.
     pub quiet_after: f64,
     /// Probability that an op's work between read and write is long: from a
-    /// fifth of a lease to 1.2 leases, so the lease must be renewed, checking
-    /// the guard every 5–50 ms all along.
+    /// fifth of a lease to [`SimConfig::long_work_max`] leases, so the lease
+    /// must be renewed, checking the guard every 5–50 ms all along.
     pub long_work: f64,
+    /// Longest long work (and supervised command) while faults are on, in
+    /// leases: beyond the holder's validity, so that a holder cut off from
+    /// the store mid-work outlives its lease. At most 1.2 once faults stop,
+    /// so that a live holder never blocks waiters past `EventualAcquire`'s
+    /// bound.
+    pub long_work_max: f64,
+    /// Probability that a network or host fault hits a client holding a lock
+    /// (rather than any client).
+    pub target_holders: f64,
     /// Probability that a client pauses right after an acquire.
     pub pause_after_acquire: f64,
     /// Probability that a client pauses right before a write.
     pub pause_before_write: f64,
+    /// Probability that an op runs a supervised command (statelock only):
+    /// unfenced writes, stopped on the schedule of `statelock exec` (see
+    /// [`crate::command`]), instead of a fenced read and write.
+    pub supervised: f64,
+    /// Probability that the process pauses while a supervised command runs.
+    pub pause_supervised: f64,
+    /// The supervisor of those commands: the library's, or a planted bug.
+    pub supervisor: SupervisorVariant,
+    /// A planted bug of the state side (statelock only), or none.
+    pub bug: StateBug,
 }
 
 impl Default for SimConfig {
@@ -166,6 +124,7 @@ impl Default for SimConfig {
             ops_per_client: 40,
             faults: FaultSet::all(),
             drift: DriftMode::Within,
+            clock_drift_ppm: None,
             // ρ = 5 %: large enough that drift within ρ is tens of
             // milliseconds per lease, well above the 1 ms step, so the
             // holder-validity and takeover-wait formulas are really tested.
@@ -176,8 +135,14 @@ impl Default for SimConfig {
             timing: Timing::default(),
             quiet_after: 0.7,
             long_work: 0.06,
+            long_work_max: 2.5,
+            target_holders: 0.5,
             pause_after_acquire: 0.02,
             pause_before_write: 0.03,
+            supervised: 0.05,
+            pause_supervised: 0.1,
+            supervisor: SupervisorVariant::Exec,
+            bug: StateBug::None,
         }
     }
 }
@@ -205,6 +170,13 @@ impl SimConfig {
         self
     }
 
+    /// This configuration with clocks drifting by up to `ppm` (`None`: by
+    /// up to the protocol's ρ).
+    pub fn with_clock_drift_ppm(mut self, ppm: Option<u32>) -> Self {
+        self.clock_drift_ppm = ppm;
+        self
+    }
+
     /// This configuration with another simulation step.
     pub fn with_tick(mut self, tick: Duration) -> Self {
         self.timing.tick = tick;
@@ -220,6 +192,28 @@ impl SimConfig {
         if self.clients == 0 || self.keys == 0 || self.ops_per_client == 0 {
             return Err("invalid scenario: clients, keys and ops must be at least 1".into());
         }
+        if self
+            .clock_drift_ppm
+            .is_some_and(|ppm| ppm > MAX_CLOCK_DRIFT_PPM)
+        {
+            return Err(format!(
+                "invalid scenario: clock drift must be at most {MAX_CLOCK_DRIFT_PPM} ppm (rates 0.5 to 1.5); use --drift beyond for wilder clocks"
+            ));
+        }
+        for (name, p) in [
+            ("--supervised", self.supervised),
+            ("--long-work", self.long_work),
+            ("--target-holders", self.target_holders),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!(
+                    "invalid scenario: {name} is a share of ops or faults: use a number from 0 to 1"
+                ));
+            }
+        }
+        if !(0.2..=10.0).contains(&self.long_work_max) {
+            return Err("invalid scenario: --long-work-max must be from 0.2 to 10 leases".into());
+        }
         if self.timing.tick.is_zero() {
             return Err("invalid scenario: the simulation step must be at least 1 ms".into());
         }
@@ -231,15 +225,34 @@ impl SimConfig {
         f64::from(self.protocol_config.drift_ppm) / 1e6
     }
 
+    /// The drift bound of the clients' clocks with [`DriftMode::Within`], in
+    /// parts per million: [`SimConfig::clock_drift_ppm`], or ρ.
+    pub fn clock_drift(&self) -> u32 {
+        self.clock_drift_ppm
+            .unwrap_or(self.protocol_config.drift_ppm)
+    }
+
     /// The range client clock rates are drawn from.
     pub fn rate_range(&self) -> (f64, f64) {
-        if !self.faults.has(crate::Fault::Drift) {
+        if !self.faults.has(Fault::Drift) {
             return (1.0, 1.0);
         }
         match self.drift {
-            DriftMode::Within => (1.0 - self.rho(), 1.0 + self.rho()),
+            DriftMode::Within => {
+                let d = f64::from(self.clock_drift()) / 1e6;
+                (1.0 - d, 1.0 + d)
+            }
             DriftMode::Beyond => (0.5, 2.0),
         }
+    }
+
+    /// True if the clocks may drift further than the protocol's ρ: its
+    /// assumption is broken, so `MutualExclusion` (and what rests on the
+    /// holder's deadline, `SupervisedExclusion`) may fail.
+    pub fn clocks_beyond_rho(&self) -> bool {
+        let (lo, hi) = self.rate_range();
+        let rho = self.rho();
+        lo < 1.0 - rho - 1e-12 || hi > 1.0 + rho + 1e-12
     }
 
     /// The lock keys of this run.
@@ -254,7 +267,7 @@ impl SimConfig {
 
     /// One line describing the configuration, for summaries.
     pub fn describe(&self) -> String {
-        format!(
+        let mut line = format!(
             "protocol={} clients={} keys={} ops/client={} lease={}ms rho={}ppm margin={}ms faults={} drift={}",
             self.protocol,
             self.clients,
@@ -265,9 +278,33 @@ impl SimConfig {
             self.protocol_config.margin.as_millis(),
             self.faults,
             self.drift
-        )
+        );
+        if let Some(ppm) = self.clock_drift_ppm {
+            line.push_str(&format!(" clock-drift={ppm}ppm"));
+        }
+        line.push_str(&format!(" supervised={}", self.supervised));
+        if self.supervisor != SupervisorVariant::Exec {
+            line.push_str(&format!(" supervisor={}", self.supervisor));
+        }
+        if self.bug != StateBug::None {
+            line.push_str(&format!(" bug={}", self.bug));
+        }
+        let d = SimConfig::default();
+        if (self.long_work, self.long_work_max) != (d.long_work, d.long_work_max) {
+            line.push_str(&format!(
+                " long-work={}x{}",
+                self.long_work, self.long_work_max
+            ));
+        }
+        if self.target_holders != d.target_holders {
+            line.push_str(&format!(" target-holders={}", self.target_holders));
+        }
+        line
     }
 }
+
+/// The largest [`SimConfig::clock_drift_ppm`]: rates from 0.5 to 1.5.
+pub const MAX_CLOCK_DRIFT_PPM: u32 = 500_000;
 
 /// The name of lock key `i`.
 pub fn key_name(i: usize) -> String {
@@ -295,10 +332,44 @@ mod tests {
         }
         .validate()
         .is_err());
+        assert!(!cfg.clocks_beyond_rho());
         let beyond = SimConfig {
             drift: DriftMode::Beyond,
-            ..cfg
+            ..cfg.clone()
         };
         assert_eq!(beyond.rate_range(), (0.5, 2.0));
+        assert!(beyond.clocks_beyond_rho());
+        assert!(cfg
+            .clone()
+            .with_clock_drift_ppm(Some(600_000))
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn clock_drift_is_separate_from_rho() {
+        // A protocol that assumes perfect clocks, with clocks at ±5 %.
+        let mutant = SimConfig::default()
+            .with_rho_ppm(0)
+            .with_margin(Some(Duration::ZERO))
+            .with_clock_drift_ppm(Some(50_000));
+        assert_eq!(mutant.validate(), Ok(()));
+        assert_eq!(mutant.rate_range(), (0.95, 1.05));
+        assert!(mutant.clocks_beyond_rho());
+        assert!(mutant.describe().contains("rho=0ppm margin=0ms"));
+        assert!(mutant.describe().contains("clock-drift=50000ppm"));
+        // By default the clocks follow ρ, whatever it is.
+        let slow = SimConfig::default().with_rho_ppm(10_000);
+        assert_eq!(slow.clock_drift(), 10_000);
+        assert!(!slow.clocks_beyond_rho());
+        // Clocks better than ρ are fine; without the drift fault clocks are exact.
+        let calm = SimConfig::default().with_clock_drift_ppm(Some(1_000));
+        assert!(!calm.clocks_beyond_rho());
+        let exact = SimConfig {
+            faults: FaultSet::all().without(Fault::Drift),
+            ..mutant
+        };
+        assert_eq!(exact.rate_range(), (1.0, 1.0));
+        assert!(!exact.clocks_beyond_rho());
     }
 }

@@ -2,188 +2,23 @@
 //! network- and host-level ones between simulation steps.
 //!
 //! Network and host faults are injected here, from the run's `faults` random
-//! stream, at exponentially distributed intervals. Process pauses and clock
-//! faults happen inside the client hosts (see [`crate::workload`]), from each
-//! client's own stream. Once enough of the workload is done, [`Injector`]
-//! heals everything and declares the run quiet: no fault starts after that,
-//! which is when `EventualAcquire` is judged.
+//! stream, at exponentially distributed intervals; a share of them
+//! ([`SimConfig::target_holders`]) is aimed at a client holding a lock.
+//! Process pauses and clock faults happen inside the client hosts (see
+//! [`crate::workload`]), from each client's own stream. Once enough of the
+//! workload is done, [`Injector`] heals everything and declares the run
+//! quiet: no fault starts after that, which is when `EventualAcquire` is
+//! judged.
 
 use crate::config::SimConfig;
+use crate::context::Shared;
 use crate::history::{Actor, Recorder, What};
 use crate::rng::{stream, SimRng};
-use crate::wire::STORE_HOST;
-use crate::workload::Shared;
+use crate::scenario::{Fault, ProtocolVariant};
+use crate::wire::{client_host, OPERATOR_HOST, STORE_HOST};
 use rand::Rng;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 use turmoil::Sim;
-
-/// A kind of fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fault {
-    /// Client ↔ store link cut both ways (in-flight messages dropped).
-    Partition,
-    /// Client → store or store → client cut (requests land, answers vanish,
-    /// or the reverse).
-    OneWay,
-    /// A client's link gets slow: up to 300 ms, beyond the request timeout,
-    /// so requests time out and land late.
-    Latency,
-    /// Random message loss on every link (a lost TCP segment kills its
-    /// request: the client times out).
-    Loss,
-    /// Messages on a client's link are held, then all delivered at once,
-    /// long after their senders gave up.
-    Hold,
-    /// A client host crashes (no release, no goodbye) and restarts later.
-    ClientCrash,
-    /// The store host crashes and restarts: connections and requests in
-    /// flight are lost, the data survives.
-    StoreCrash,
-    /// A client process freezes (no heartbeats, no actions) for longer than a
-    /// lease, right after an acquire or right before a write, then carries on
-    /// and writes anyway.
-    Pause,
-    /// Each client process starts with its own monotonic offset and a wall
-    /// clock off by up to two leases.
-    ClockOffset,
-    /// Client clocks run fast or slow (within ρ, or beyond it with
-    /// `--drift beyond`) and change rate from time to time.
-    Drift,
-    /// Client wall clocks jump forward or back by up to three leases.
-    WallStep,
-    /// An operator force-unlocks locks left by crashed clients, against the
-    /// record version it saw (statelock only).
-    ForceUnlock,
-}
-
-impl Fault {
-    /// Every fault.
-    pub const ALL: [Fault; 12] = [
-        Fault::Partition,
-        Fault::OneWay,
-        Fault::Latency,
-        Fault::Loss,
-        Fault::Hold,
-        Fault::ClientCrash,
-        Fault::StoreCrash,
-        Fault::Pause,
-        Fault::ClockOffset,
-        Fault::Drift,
-        Fault::WallStep,
-        Fault::ForceUnlock,
-    ];
-
-    /// The name used on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Fault::Partition => "partition",
-            Fault::OneWay => "oneway",
-            Fault::Latency => "latency",
-            Fault::Loss => "loss",
-            Fault::Hold => "hold",
-            Fault::ClientCrash => "client-crash",
-            Fault::StoreCrash => "store-crash",
-            Fault::Pause => "pause",
-            Fault::ClockOffset => "clock-offset",
-            Fault::Drift => "drift",
-            Fault::WallStep => "wall-step",
-            Fault::ForceUnlock => "force-unlock",
-        }
-    }
-
-    fn bit(self) -> u32 {
-        1 << (self as u32)
-    }
-}
-
-/// A set of faults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FaultSet(u32);
-
-impl FaultSet {
-    /// Every fault.
-    pub fn all() -> Self {
-        FaultSet(Fault::ALL.iter().fold(0, |acc, f| acc | f.bit()))
-    }
-    /// No fault.
-    pub fn none() -> Self {
-        FaultSet(0)
-    }
-    /// True if `f` is on.
-    pub fn has(self, f: Fault) -> bool {
-        self.0 & f.bit() != 0
-    }
-    /// This set with `f` on.
-    pub fn with(self, f: Fault) -> Self {
-        FaultSet(self.0 | f.bit())
-    }
-    /// This set with `f` off.
-    pub fn without(self, f: Fault) -> Self {
-        FaultSet(self.0 & !f.bit())
-    }
-    /// The faults on, in order.
-    pub fn iter(self) -> impl Iterator<Item = Fault> {
-        Fault::ALL.into_iter().filter(move |f| self.has(*f))
-    }
-}
-
-impl fmt::Display for FaultSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if *self == FaultSet::all() {
-            return f.write_str("all");
-        }
-        if *self == FaultSet::none() {
-            return f.write_str("none");
-        }
-        let names: Vec<&str> = self.iter().map(Fault::name).collect();
-        f.write_str(&names.join(","))
-    }
-}
-
-impl FromStr for FaultSet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "all" => return Ok(FaultSet::all()),
-            "none" | "" => return Ok(FaultSet::none()),
-            _ => {}
-        }
-        let mut set = FaultSet::none();
-        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let (off, name) = match name.strip_prefix('-') {
-                Some(n) => (true, n),
-                None => (false, name),
-            };
-            if name == "all" {
-                set = FaultSet::all();
-                continue;
-            }
-            let Some(fault) = Fault::ALL.iter().copied().find(|f| f.name() == name) else {
-                let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
-                return Err(format!(
-                    "unknown fault {name:?}; known: all, none, {}",
-                    known.join(", ")
-                ));
-            };
-            set = if off {
-                set.without(fault)
-            } else {
-                set.with(fault)
-            };
-        }
-        Ok(set)
-    }
-}
-
-/// The host name of client `i`.
-pub fn client_host(i: usize) -> String {
-    format!("c{i}")
-}
-
-/// The operator's host name.
-pub const OPERATOR_HOST: &str = "operator";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Undo {
@@ -293,7 +128,7 @@ impl Injector {
         rec: &Recorder,
     ) {
         let lease = cfg.timing.lease;
-        let c = self.rng.random_range(0..self.clients);
+        let c = self.pick_client(cfg, shared);
         let host = client_host(c);
         let link_free = !self.link_busy[c];
         let note = |what: String| rec.record_at(now, Actor::Sim, What::Fault(what));
@@ -386,6 +221,22 @@ impl Injector {
         }
     }
 
+    /// The client a fault hits: now and then one that holds a lock (faults
+    /// that cut a holder off are the ones takeovers and fencing are for).
+    fn pick_client(&mut self, cfg: &SimConfig, shared: &Shared) -> usize {
+        let any = self.rng.random_range(0..self.clients);
+        if cfg.target_holders <= 0.0 || !self.rng.random_bool(cfg.target_holders.min(1.0)) {
+            return any;
+        }
+        let holders: Vec<usize> = (0..self.clients)
+            .filter(|&c| shared.progress(c).holding.is_some())
+            .collect();
+        if holders.is_empty() {
+            return any;
+        }
+        holders[self.rng.random_range(0..holders.len())]
+    }
+
     fn duration(&mut self, lo: Duration, hi: Duration) -> Duration {
         let (lo, hi) = (lo.as_millis() as u64, hi.as_millis() as u64);
         Duration::from_millis(self.rng.random_range(lo..=hi.max(lo)))
@@ -443,8 +294,7 @@ impl Injector {
                         sim.repair(client_host(c).as_str(), STORE_HOST);
                     }
                 }
-                if cfg.faults.has(Fault::ForceUnlock)
-                    && cfg.protocol == crate::ProtocolVariant::Statelock
+                if cfg.faults.has(Fault::ForceUnlock) && cfg.protocol == ProtocolVariant::Statelock
                 {
                     sim.repair(OPERATOR_HOST, STORE_HOST);
                 }
@@ -484,7 +334,7 @@ impl Injector {
         for c in 0..self.clients {
             sim.repair(client_host(c).as_str(), STORE_HOST);
         }
-        if cfg.faults.has(Fault::ForceUnlock) && cfg.protocol == crate::ProtocolVariant::Statelock {
+        if cfg.faults.has(Fault::ForceUnlock) && cfg.protocol == ProtocolVariant::Statelock {
             sim.repair(OPERATOR_HOST, STORE_HOST);
         }
         self.quiet = true;
@@ -497,27 +347,4 @@ fn exp_delay(rng: &mut SimRng, mean: Duration) -> Duration {
     let u: f64 = rng.random_range(f64::EPSILON..1.0);
     let ms = (-u.ln() * mean.as_millis() as f64).round() as u64;
     Duration::from_millis(ms.max(1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fault_sets_parse_and_print() {
-        assert_eq!("all".parse::<FaultSet>().unwrap(), FaultSet::all());
-        assert_eq!("none".parse::<FaultSet>().unwrap(), FaultSet::none());
-        let s: FaultSet = "partition,hold".parse().unwrap();
-        assert!(s.has(Fault::Partition) && s.has(Fault::Hold) && !s.has(Fault::Pause));
-        assert_eq!(s.to_string(), "partition,hold");
-        let s: FaultSet = "all,-pause".parse().unwrap();
-        assert!(!s.has(Fault::Pause) && s.has(Fault::Drift));
-        assert!("partitoin".parse::<FaultSet>().is_err());
-        for f in Fault::ALL {
-            assert_eq!(
-                f.name().parse::<FaultSet>().unwrap(),
-                FaultSet::none().with(f)
-            );
-        }
-    }
 }

@@ -7,6 +7,7 @@
 //! single-threaded). Within one simulation step, hosts run one after another,
 //! so two hosts' timestamps may differ by up to one tick against that order.
 
+use statelock::protocol::StopCause;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -41,6 +42,8 @@ impl fmt::Display for Actor {
 /// The action a validity check guards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guarded {
+    /// Sealing the state (right after the grant).
+    Seal,
     /// Reading the state.
     Load,
     /// Going on with long work between the read and the write.
@@ -144,6 +147,139 @@ pub enum SaveOutcome {
     Unknown(String),
 }
 
+/// What a command does when asked to stop (SIGTERM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTerm {
+    /// Ignores it: only SIGKILL (or the end of its work) stops it.
+    Ignore,
+    /// Stops this long after it.
+    StopAfter(Duration),
+}
+
+impl fmt::Display for OnTerm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OnTerm::Ignore => f.write_str("ignores SIGTERM"),
+            OnTerm::StopAfter(d) => write!(f, "stops {}ms after SIGTERM", d.as_millis()),
+        }
+    }
+}
+
+/// A supervised command's events (actor: its client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandEvent {
+    /// The command started, under the holder's grant.
+    Start {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// How long its work takes if nobody stops it.
+        run_ms: u64,
+        /// The stop plan's grace period.
+        grace_ms: u64,
+        /// What it does on SIGTERM.
+        on_term: OnTerm,
+    },
+    /// An unfenced write by the command.
+    Write {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// 1 for its first write, then +1.
+        n: u32,
+    },
+    /// The supervisor asked the command to stop (SIGTERM).
+    Terminate {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// Why.
+        cause: StopCause,
+    },
+    /// The supervisor killed the command (SIGKILL): it writes nothing more.
+    Kill {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+    },
+    /// The command exited by itself.
+    Exit {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The process runs again after a pause; `late`: its clock is past the
+    /// kill time (`deadline − kill_margin`), so the supervisor could not stop
+    /// the command in time and its later writes are not judged.
+    Resumed {
+        /// The key held.
+        key: String,
+        /// The holder's token.
+        token: u64,
+        /// Frozen past the kill time.
+        late: bool,
+    },
+}
+
+impl CommandEvent {
+    /// The key and token the command acts under.
+    pub fn grant(&self) -> (&str, u64) {
+        match self {
+            CommandEvent::Start { key, token, .. }
+            | CommandEvent::Write { key, token, .. }
+            | CommandEvent::Terminate { key, token, .. }
+            | CommandEvent::Kill { key, token }
+            | CommandEvent::Exit { key, token, .. }
+            | CommandEvent::Resumed { key, token, .. } => (key, *token),
+        }
+    }
+}
+
+impl fmt::Display for CommandEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandEvent::Start {
+                key,
+                token,
+                run_ms,
+                grace_ms,
+                on_term,
+            } => write!(
+                f,
+                "command starts under {key} token {token}: works {run_ms}ms, grace {grace_ms}ms, {on_term}"
+            ),
+            CommandEvent::Write { key, token, n } => {
+                write!(f, "command write #{n} (unfenced) under {key} token {token}")
+            }
+            CommandEvent::Terminate { key, token, cause } => {
+                write!(f, "SIGTERM command under {key} token {token} ({cause:?})")
+            }
+            CommandEvent::Kill { key, token } => {
+                write!(f, "SIGKILL command under {key} token {token}")
+            }
+            CommandEvent::Exit { key, token, reason } => {
+                write!(f, "command under {key} token {token} exits: {reason}")
+            }
+            CommandEvent::Resumed { key, token, late } => write!(
+                f,
+                "supervisor of {key} token {token} runs again{}",
+                if *late {
+                    ": PAST THE KILL TIME, later command writes are not judged"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
 /// One thing that happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum What {
@@ -231,10 +367,22 @@ pub enum What {
         /// The action about to be taken.
         before: Guarded,
     },
+    /// The holder sealed the state (raised its fence to the holder's token)
+    /// — or tried to.
+    Sealed {
+        /// The key.
+        key: String,
+        /// The holder's token (after a re-base, if the fence was ahead).
+        token: u64,
+        /// What happened (`Accepted`: the sealed version).
+        outcome: SaveOutcome,
+    },
     /// The client read the state.
     Loaded {
         /// The key.
         key: String,
+        /// The reader's token (0: naive).
+        token: u64,
         /// The version read (`None`: no state yet).
         version: Option<String>,
     },
@@ -299,6 +447,8 @@ pub enum What {
     },
     /// The client has done all its ops.
     Finished,
+    /// A supervised command's event (see [`crate::command`]).
+    Command(CommandEvent),
 
     // ---- operator ----
     /// The operator tried to force-unlock a lock held by a crashed client.
@@ -332,7 +482,23 @@ pub enum What {
         /// The record it failed against.
         current: Option<RecordView>,
     },
-    /// The store accepted a state write.
+    /// The store accepted a seal of a key's state: its fence is now the
+    /// sealer's token and lease; the content is unchanged.
+    StateSealed {
+        /// The sender.
+        from: Actor,
+        /// The key.
+        key: String,
+        /// The sealer's token (the new fence).
+        token: u64,
+        /// The sealer's lease.
+        lease: u128,
+        /// The version sealed over (`None`: no state yet).
+        expected: Option<String>,
+        /// The version it created.
+        version: String,
+    },
+    /// The store accepted a state write (a save).
     StateAccepted {
         /// The sender.
         from: Actor,
@@ -344,8 +510,10 @@ pub enum What {
         expected: Option<String>,
         /// The version it created.
         version: String,
-        /// The document written (`c<id>#<op>`).
+        /// Who wrote it (`c<id>#<op>`).
         body: String,
+        /// The document's counter (one more per save; `None`: naive).
+        counter: Option<u64>,
     },
     /// The store rejected a state write.
     StateRejected {
@@ -437,7 +605,23 @@ impl fmt::Display for What {
                 "check before {before:?} on {key} token {token}: {}",
                 if *valid { "valid" } else { "NOT valid" }
             ),
-            What::Loaded { key, version } => write!(f, "load {key}: version {}", opt(version)),
+            What::Sealed {
+                key,
+                token,
+                outcome,
+            } => {
+                write!(f, "seal {key} token {token}: ")?;
+                match outcome {
+                    SaveOutcome::Accepted(v) => write!(f, "sealed at {v}"),
+                    SaveOutcome::Rejected(r) => write!(f, "failed: {r}"),
+                    SaveOutcome::Unknown(r) => write!(f, "unknown: {r}"),
+                }
+            }
+            What::Loaded {
+                key,
+                token,
+                version,
+            } => write!(f, "load {key} token {token}: version {}", opt(version)),
             What::LoadFailed { key, error } => write!(f, "load {key} failed: {error}"),
             What::PauseStart { key, token, ms } => {
                 write!(f, "PAUSE {ms}ms holding {key} token {token}")
@@ -464,6 +648,7 @@ impl fmt::Display for What {
             }
             What::RpcFailed { request, error } => write!(f, "rpc {request}: {error}"),
             What::Finished => f.write_str("all ops done"),
+            What::Command(c) => write!(f, "{c}"),
             What::ForceAttempt { key, seen, result } => {
                 write!(f, "force-unlock {key} seen rvn {}: {result}", short(*seen))
             }
@@ -492,6 +677,19 @@ impl fmt::Display for What {
                     None => f.write_str("absent"),
                 }
             }
+            What::StateSealed {
+                from,
+                key,
+                token,
+                lease,
+                expected,
+                version,
+            } => write!(
+                f,
+                "state {key} SEALED by {from} token {token} lease {}: {} -> {version}",
+                short(*lease),
+                opt(expected)
+            ),
             What::StateAccepted {
                 from,
                 key,
@@ -499,11 +697,18 @@ impl fmt::Display for What {
                 expected,
                 version,
                 body,
-            } => write!(
-                f,
-                "state {key} from {from} token {token}: {} -> {version} ({body})",
-                opt(expected)
-            ),
+                counter,
+            } => {
+                write!(
+                    f,
+                    "state {key} from {from} token {token}: {} -> {version} ({body}",
+                    opt(expected)
+                )?;
+                match counter {
+                    Some(n) => write!(f, ", counter {n})"),
+                    None => f.write_str(")"),
+                }
+            }
             What::StateRejected {
                 from,
                 key,
@@ -602,6 +807,7 @@ pub fn excerpt(
                 What::LockApplied { from, .. }
                 | What::LockRejected { from, .. }
                 | What::StateAccepted { from, .. }
+                | What::StateSealed { from, .. }
                 | What::StateRejected { from, .. } => about.contains(from),
                 _ => false,
             };

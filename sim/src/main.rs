@@ -6,10 +6,11 @@
 //! ```
 
 use clap::{Args, Parser, Subcommand};
-use statelock_sim::config::{DriftMode, ProtocolVariant, SimConfig};
-use statelock_sim::faults::FaultSet;
+use statelock_sim::config::SimConfig;
 use statelock_sim::run::{liveness_bound, run_seed};
+use statelock_sim::scenario::{DriftMode, FaultSet, ProtocolVariant, StateBug};
 use statelock_sim::sweep::{allowed_violations, sweep, verdict, SweepOptions};
+use statelock_sim::SupervisorVariant;
 use std::io::IsTerminal;
 use std::ops::Range;
 use std::process::ExitCode;
@@ -89,10 +90,43 @@ struct Scenario {
     /// (must be under 100000).
     #[arg(long, default_value_t = 50_000)]
     rho_ppm: u32,
+    /// The drift the clients' clocks really have, in parts per million
+    /// (default: ρ). Above --rho-ppm the protocol's assumption is broken on
+    /// purpose: `--rho-ppm 0 --margin-ms 0 --clock-drift-ppm 50000` is a
+    /// protocol that believes clocks are perfect, against clocks at ±5 %.
+    #[arg(long)]
+    clock_drift_ppm: Option<u32>,
     /// The protocol's safety margin in milliseconds (default: a twentieth of
     /// the lease). Safety must hold even with 0: the margin is extra slack.
     #[arg(long)]
     margin_ms: Option<u64>,
+    /// Share of ops that run a supervised command (statelock only): unfenced
+    /// writes, stopped on the schedule of `statelock exec`.
+    #[arg(long, default_value_t = 0.05)]
+    supervised: f64,
+    /// The supervisor of those commands: `exec` (the library's schedule) or
+    /// `late-kill` (a planted bug: kills at deadline + grace; use with
+    /// --expect-violations).
+    #[arg(long, default_value = "exec")]
+    supervisor: SupervisorVariant,
+    /// A planted bug of the state side: `no-seal` (holders never seal; a
+    /// save raises the fence when it lands) or `unfenced-save` (a save
+    /// checks only the version read, not the fence); use with
+    /// --expect-violations.
+    #[arg(long, default_value = "none")]
+    bug: StateBug,
+    /// Share of ops whose work between read and write is long (renewed by
+    /// heartbeats, checking the lease all along).
+    #[arg(long, default_value_t = 0.06)]
+    long_work: f64,
+    /// The longest long work or supervised command while faults are on, in
+    /// leases (1.2 once they stop).
+    #[arg(long, default_value_t = 2.5)]
+    long_work_max: f64,
+    /// Share of network and host faults aimed at a client holding a lock
+    /// (the others hit any client).
+    #[arg(long, default_value_t = 0.5)]
+    target_holders: f64,
     /// Simulated milliseconds per simulation step.
     #[arg(long, default_value_t = 1)]
     tick_ms: u64,
@@ -107,10 +141,17 @@ impl Scenario {
             ops_per_client: self.ops,
             faults: self.faults,
             drift: self.drift,
+            supervised: self.supervised,
+            supervisor: self.supervisor,
+            bug: self.bug,
+            long_work_max: self.long_work_max,
+            long_work: self.long_work,
+            target_holders: self.target_holders,
             ..SimConfig::default()
         }
         .with_lease(Duration::from_millis(self.lease_ms))
         .with_rho_ppm(self.rho_ppm)
+        .with_clock_drift_ppm(self.clock_drift_ppm)
         .with_tick(Duration::from_millis(self.tick_ms))
         .with_margin(self.margin_ms.map(Duration::from_millis))
     }
@@ -205,17 +246,28 @@ fn main() -> ExitCode {
             }
             let s = &report.stats;
             println!(
-                "ops {} acquired {} takeovers {} writes accepted {} rejected {} unknown {} pauses {} crashes {} network faults {} simulated {:.3}s",
+                "ops {} acquired {} takeovers {} seals {} (failed {}) writes accepted {} rejected {} (stale {}) unknown {} pauses {} crashes {} network faults {} simulated {:.3}s",
                 s.ops,
                 s.grants,
                 s.takeovers,
+                s.seals,
+                s.seals_failed,
                 s.writes_accepted,
                 s.writes_rejected,
+                s.writes_stale,
                 s.writes_unknown,
                 s.pauses,
                 s.crashes,
                 s.network_faults,
                 s.sim_time.as_secs_f64()
+            );
+            println!(
+                "supervised commands {} unfenced writes {} asked to stop {} killed {} frozen past the kill time {}",
+                s.commands,
+                s.command_writes,
+                s.commands_terminated,
+                s.commands_killed,
+                s.commands_frozen_late
             );
             let allowed = allowed_violations(&cfg);
             let mut ok = true;
@@ -271,8 +323,29 @@ fn scenario_flags(cfg: &SimConfig) -> String {
     if cfg.protocol_config.drift_ppm != d.protocol_config.drift_ppm {
         s += &format!(" --rho-ppm {}", cfg.protocol_config.drift_ppm);
     }
+    if let Some(ppm) = cfg.clock_drift_ppm {
+        s += &format!(" --clock-drift-ppm {ppm}");
+    }
     if cfg.protocol_config.margin != cfg.timing.lease / 20 {
         s += &format!(" --margin-ms {}", cfg.protocol_config.margin.as_millis());
+    }
+    if cfg.supervised != d.supervised {
+        s += &format!(" --supervised {}", cfg.supervised);
+    }
+    if cfg.supervisor != d.supervisor {
+        s += &format!(" --supervisor {}", cfg.supervisor);
+    }
+    if cfg.bug != d.bug {
+        s += &format!(" --bug {}", cfg.bug);
+    }
+    if cfg.long_work != d.long_work {
+        s += &format!(" --long-work {}", cfg.long_work);
+    }
+    if cfg.long_work_max != d.long_work_max {
+        s += &format!(" --long-work-max {}", cfg.long_work_max);
+    }
+    if cfg.target_holders != d.target_holders {
+        s += &format!(" --target-holders {}", cfg.target_holders);
     }
     if cfg.timing.tick != d.timing.tick {
         s += &format!(" --tick-ms {}", cfg.timing.tick.as_millis());

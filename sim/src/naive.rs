@@ -13,11 +13,11 @@
 //! nothing enforces them.
 
 use crate::config::SimConfig;
+use crate::context::{Session, StateRead};
 use crate::history::SaveOutcome;
 use crate::remote::Rpc;
 use crate::rng::SimRng;
 use crate::wire::{NaiveLock, Request, Response};
-use crate::workload::Session;
 use rand::{Rng, SeedableRng};
 use statelock::clock::{Clock, SkewedClock};
 use statelock::protocol::Backoff;
@@ -179,7 +179,10 @@ impl Session for NaiveSession {
         g.state.frozen.set(true);
     }
 
-    async fn load(&self, key: &str) -> Result<Option<String>, String> {
+    async fn seal(&self, _key: &str, _g: &NaiveGuard) -> Option<SaveOutcome> {
+        None
+    }
+    async fn load(&self, key: &str, _g: &NaiveGuard) -> Result<StateRead, String> {
         match self
             .rpc
             .call(Request::NaiveLoad {
@@ -187,24 +190,20 @@ impl Session for NaiveSession {
             })
             .await
         {
-            Ok(Response::NaiveState(s)) => Ok(s.map(|(version, _)| version)),
+            Ok(Response::NaiveState(s)) => Ok(StateRead {
+                version: s.map(|(version, _)| version),
+                ..StateRead::default()
+            }),
             Ok(other) => Err(format!("unexpected answer {other:?}")),
             Err(e) => Err(e.0),
         }
     }
-
-    async fn save(
-        &self,
-        key: &str,
-        g: &NaiveGuard,
-        expected: Option<String>,
-        body: Vec<u8>,
-    ) -> SaveOutcome {
+    async fn save(&self, key: &str, g: &NaiveGuard, read: &StateRead, by: String) -> SaveOutcome {
         let request = Request::NaiveSave {
             key: key.to_string(),
             generation: g.generation,
-            based_on: expected,
-            body,
+            based_on: read.version.clone(),
+            body: by.into_bytes(),
         };
         match self.rpc.call(request).await {
             Ok(Response::NaiveSaved(v)) => SaveOutcome::Accepted(v),
@@ -212,7 +211,6 @@ impl Session for NaiveSession {
             Err(e) => SaveOutcome::Unknown(e.0),
         }
     }
-
     async fn release(&self, g: NaiveGuard) -> Result<(), String> {
         g.heartbeat.abort();
         let mut last = String::new();
@@ -231,5 +229,15 @@ impl Session for NaiveSession {
             }
         }
         Err(last)
+    }
+    /// The naive protocol has no supervisor: it never runs supervised commands.
+    fn supervision<'a>(
+        &'a self,
+        _g: &'a NaiveGuard,
+    ) -> Option<(
+        &'a statelock::client::LockGuard,
+        &'a std::sync::Arc<dyn Clock>,
+    )> {
+        None
     }
 }

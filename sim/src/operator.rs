@@ -5,11 +5,11 @@
 //! (`OwnerOnlyRelease`).
 
 use crate::config::SimConfig;
-use crate::faults::OPERATOR_HOST;
+use crate::context::Shared;
 use crate::history::{Actor, Recorder, What};
 use crate::remote::{RemoteLockStore, Rpc};
 use crate::rng::{derive, stream};
-use crate::workload::Shared;
+use crate::wire::OPERATOR_HOST;
 use rand::Rng;
 use statelock::client::LockClient;
 use statelock::clock::SkewedClock;

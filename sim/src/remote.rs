@@ -1,6 +1,7 @@
 //! The client side of the store host's protocol: [`RemoteLockStore`] and
-//! [`RemoteStateStore`] implement the library's store traits over simulated
-//! TCP, so the code under test is the production `LockClient`.
+//! [`RemoteStateBackend`] implement the library's store traits over simulated
+//! TCP, so the code under test is the production `LockClient` and the
+//! production `FencedStore`.
 //!
 //! Every request has a deadline. A request that gets no answer in time (lost
 //! or held message, partition, crashed store) maps to `Unavailable`: for a
@@ -14,8 +15,8 @@ use crate::history::{Actor, Recorder, What};
 use crate::wire::{read_frame, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT};
 use async_trait::async_trait;
 use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
-use statelock::state::register::{FencedRegister, StateSnapshot};
-use statelock::state::{StateError, StateVersion};
+use statelock::state::backend::{ObjectVersion, PutFailure, PutIf, StateBackend};
+use statelock::state::StateError;
 use statelock::store::{Listing, LockStore, StoreError};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -206,53 +207,90 @@ impl LockStore for RemoteLockStore {
     }
 }
 
-/// A [`FencedRegister`] on the store host.
+/// A [`StateBackend`] on the store host: the production
+/// [`statelock::state::FencedStore`] runs over it on the clients.
 #[derive(Debug, Clone)]
-pub struct RemoteStateStore {
+pub struct RemoteStateBackend {
     rpc: Rpc,
 }
 
-impl RemoteStateStore {
-    /// A store reached through `rpc`.
+impl RemoteStateBackend {
+    /// A backend reached through `rpc`.
     pub fn new(rpc: Rpc) -> Self {
-        RemoteStateStore { rpc }
+        RemoteStateBackend { rpc }
+    }
+}
+
+fn state_corrupt(path: &str, r: Response) -> StateError {
+    StateError::Corrupt {
+        key: path.to_string(),
+        reason: unexpected(r),
     }
 }
 
 #[async_trait]
-impl FencedRegister for RemoteStateStore {
-    async fn load(&self, key: &LockKey) -> Result<Option<StateSnapshot>, StateError> {
-        match self.rpc.call(Request::Load(key.clone())).await {
-            Ok(Response::State(s)) => Ok(s.map(Into::into)),
-            Ok(other) => Err(StateError::Corrupt {
-                key: key.to_string(),
-                reason: unexpected(other),
-            }),
+impl StateBackend for RemoteStateBackend {
+    async fn get(&self, path: &str) -> Result<Option<(Vec<u8>, ObjectVersion)>, StateError> {
+        let request = Request::ObjectGet {
+            path: path.to_string(),
+        };
+        match self.rpc.call(request).await {
+            Ok(Response::Object(o)) => Ok(o.map(|(body, v)| (body, ObjectVersion(v)))),
+            Ok(Response::Error(e)) => Err(StateError::Unavailable(e)),
+            Ok(other) => Err(state_corrupt(path, other)),
             Err(e) => Err(StateError::Unavailable(e.0)),
         }
     }
 
-    async fn save(
+    async fn put(
         &self,
-        key: &LockKey,
-        token: FencingToken,
-        expected: Option<&StateVersion>,
+        path: &str,
         body: &[u8],
-    ) -> Result<StateVersion, StateError> {
-        let request = Request::Save {
-            key: key.clone(),
-            token,
-            expected: expected.cloned(),
+        condition: PutIf,
+    ) -> Result<ObjectVersion, PutFailure> {
+        let request = Request::ObjectPut {
+            path: path.to_string(),
             body: body.to_vec(),
+            if_match: match condition {
+                PutIf::Absent => None,
+                PutIf::Version(v) => Some(v.0),
+            },
         };
         match self.rpc.call(request).await {
-            Ok(Response::Saved(v)) => Ok(v),
-            Ok(Response::SaveRejected(e)) => Err(e.into()),
-            Ok(other) => Err(StateError::Corrupt {
-                key: key.to_string(),
-                reason: unexpected(other),
-            }),
+            Ok(Response::Put(v)) => Ok(ObjectVersion(v)),
+            Ok(Response::PutConditionFailed) => Err(PutFailure::ConditionFailed),
+            Ok(Response::Error(e)) => Err(PutFailure::Error(StateError::Unavailable(e))),
+            Ok(other) => Err(PutFailure::Error(state_corrupt(path, other))),
+            // No answer: the put may have landed, or may still land.
+            Err(e) => Err(PutFailure::Error(StateError::Unavailable(e.0))),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StateError> {
+        let request = Request::ObjectList {
+            prefix: prefix.to_string(),
+        };
+        match self.rpc.call(request).await {
+            Ok(Response::Names(names)) => Ok(names),
+            Ok(Response::Error(e)) => Err(StateError::Unavailable(e)),
+            Ok(other) => Err(state_corrupt(prefix, other)),
             Err(e) => Err(StateError::Unavailable(e.0)),
         }
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), StateError> {
+        let request = Request::ObjectDelete {
+            path: path.to_string(),
+        };
+        match self.rpc.call(request).await {
+            Ok(Response::Deleted) => Ok(()),
+            Ok(Response::Error(e)) => Err(StateError::Unavailable(e)),
+            Ok(other) => Err(state_corrupt(path, other)),
+            Err(e) => Err(StateError::Unavailable(e.0)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("sim://{STORE_HOST}:{STORE_PORT}/state")
     }
 }

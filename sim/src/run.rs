@@ -2,15 +2,19 @@
 //! faults until every client has done its ops (or the time limit), then audit
 //! the stores and run the checkers.
 
-use crate::config::{ProtocolVariant, SimConfig};
-use crate::faults::{client_host, Fault, Injector, OPERATOR_HOST};
-use crate::history::{excerpt, Actor, Event, LockOpKind, Recorder, SaveOutcome, What};
+use crate::config::SimConfig;
+use crate::context::{ClientCtx, Shared};
+use crate::faults::Injector;
+use crate::history::{
+    excerpt, Actor, CommandEvent, Event, LockOpKind, Recorder, SaveOutcome, What,
+};
 use crate::invariants::{check_all, CheckContext, Invariant, Violation};
 use crate::operator::{operator_main, OperatorCtx};
 use crate::rng::derive;
+use crate::scenario::{Fault, ProtocolVariant};
 use crate::server::{naive_locks, serve, view, Durable};
-use crate::wire::STORE_HOST;
-use crate::workload::{client_main, ClientCtx, Shared, EPOCH_MS};
+use crate::wire::{client_host, OPERATOR_HOST, STORE_HOST};
+use crate::workload::{client_main, EPOCH_MS};
 use statelock::protocol::LockKey;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -30,6 +34,14 @@ pub struct Stats {
     pub writes_rejected: u64,
     /// State writes whose outcome the client never learned.
     pub writes_unknown: u64,
+    /// Seals that succeeded (the holder then went on).
+    pub seals: u64,
+    /// Seals that failed or whose outcome the holder never learned (it then
+    /// gave the lock back).
+    pub seals_failed: u64,
+    /// Saves the store refused because a newer holder had sealed (the
+    /// holder was told its lock was taken over).
+    pub writes_stale: u64,
     /// Ops abandoned because the lease was lost.
     pub leases_lost: u64,
     /// Process pauses.
@@ -40,6 +52,17 @@ pub struct Stats {
     pub network_faults: u64,
     /// Operator force-unlocks applied.
     pub forced: u64,
+    /// Supervised commands started.
+    pub commands: u64,
+    /// Unfenced writes by supervised commands.
+    pub command_writes: u64,
+    /// Supervised commands asked to stop (SIGTERM).
+    pub commands_terminated: u64,
+    /// Supervised commands killed (SIGKILL).
+    pub commands_killed: u64,
+    /// Supervised commands whose process was frozen past the kill time
+    /// (their later writes are not judged).
+    pub commands_frozen_late: u64,
     /// Simulated time.
     pub sim_time: Duration,
     /// Events recorded.
@@ -62,13 +85,30 @@ impl Stats {
                 What::LockApplied { op, .. } if op.kind == LockOpKind::ForceUnlock => s.forced += 1,
                 What::Saved { outcome, .. } => match outcome {
                     SaveOutcome::Accepted(_) => s.writes_accepted += 1,
-                    SaveOutcome::Rejected(_) => s.writes_rejected += 1,
+                    SaveOutcome::Rejected(why) => {
+                        s.writes_rejected += 1;
+                        if why.starts_with("stale writer") {
+                            s.writes_stale += 1;
+                        }
+                    }
                     SaveOutcome::Unknown(_) => s.writes_unknown += 1,
+                },
+                What::Sealed { outcome, .. } => match outcome {
+                    SaveOutcome::Accepted(_) => s.seals += 1,
+                    SaveOutcome::Rejected(_) | SaveOutcome::Unknown(_) => s.seals_failed += 1,
                 },
                 What::Abandoned { .. } => s.leases_lost += 1,
                 What::PauseStart { .. } => s.pauses += 1,
                 What::Crash(_) => s.crashes += 1,
                 What::Fault(_) => s.network_faults += 1,
+                What::Command(c) => match c {
+                    CommandEvent::Start { .. } => s.commands += 1,
+                    CommandEvent::Write { .. } => s.command_writes += 1,
+                    CommandEvent::Terminate { .. } => s.commands_terminated += 1,
+                    CommandEvent::Kill { .. } => s.commands_killed += 1,
+                    CommandEvent::Resumed { late: true, .. } => s.commands_frozen_late += 1,
+                    CommandEvent::Resumed { .. } | CommandEvent::Exit { .. } => {}
+                },
                 _ => {}
             }
         }
@@ -83,11 +123,19 @@ impl Stats {
         self.writes_accepted += o.writes_accepted;
         self.writes_rejected += o.writes_rejected;
         self.writes_unknown += o.writes_unknown;
+        self.seals += o.seals;
+        self.seals_failed += o.seals_failed;
+        self.writes_stale += o.writes_stale;
         self.leases_lost += o.leases_lost;
         self.pauses += o.pauses;
         self.crashes += o.crashes;
         self.network_faults += o.network_faults;
         self.forced += o.forced;
+        self.commands += o.commands;
+        self.command_writes += o.command_writes;
+        self.commands_terminated += o.commands_terminated;
+        self.commands_killed += o.commands_killed;
+        self.commands_frozen_late += o.commands_frozen_late;
         self.sim_time += o.sim_time;
         self.events += o.events;
     }
@@ -168,7 +216,12 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
     }
     let cfg = Arc::new(cfg.clone());
     let rec = Recorder::new();
-    let durable = Arc::new(Durable::new());
+    let state_keys: Vec<LockKey> = cfg
+        .key_names()
+        .iter()
+        .filter_map(|k| LockKey::new(k).ok())
+        .collect();
+    let durable = Arc::new(Durable::for_keys(&state_keys));
     let shared = Arc::new(Shared::new(cfg.clients));
     let t = cfg.timing;
     let mut sim = turmoil::Builder::new()

@@ -1,5 +1,10 @@
-//! The store host: serves the reference [`MemoryStore`] and
-//! [`MemoryRegister`] (and the naive variant's tables) over simulated TCP.
+//! The store host: serves the reference [`MemoryStore`] for locks and a
+//! [`MemoryBackend`] for state objects (and the naive variant's tables) over
+//! simulated TCP. The clients run the production `FencedStore` over that
+//! backend, so the store host decides nothing about fences: it only applies
+//! conditional puts, and records what each accepted put of a key's
+//! `state.json` did (a seal or a save, read from the documents' stamps) for
+//! the checkers.
 //!
 //! The data lives in [`Durable`], created outside the host's software, so it
 //! survives a crash and restart of the host — like DynamoDB's — while
@@ -10,8 +15,10 @@
 
 use crate::history::{Actor, AppliedOp, LockOpKind, RecordView, Recorder, What};
 use crate::wire::{read_frame, write_frame, Envelope, NaiveLock, Request, Response, STORE_PORT};
-use statelock::protocol::{LockOp, LockRecord, OpKind};
-use statelock::state::register_memory::MemoryRegister;
+use statelock::protocol::{LockKey, LockOp, LockRecord, OpKind};
+use statelock::state::backend::{MemoryBackend, ObjectVersion, PutFailure, PutIf, StateBackend};
+use statelock::state::layout::StatePaths;
+use statelock::state::StateDocument;
 use statelock::store::memory::MemoryStore;
 use statelock::store::StoreError;
 use std::collections::BTreeMap;
@@ -37,8 +44,10 @@ pub struct NaiveTables {
 pub struct Durable {
     /// Lock records.
     pub locks: MemoryStore,
-    /// State documents.
-    pub states: MemoryRegister,
+    /// State objects (documents, history snapshots).
+    pub states: MemoryBackend,
+    /// The `state.json` object of each key the run uses → the key.
+    pub state_keys: BTreeMap<String, String>,
     /// The naive variant's locks and state.
     pub naive: Mutex<NaiveTables>,
 }
@@ -47,6 +56,17 @@ impl Durable {
     /// Empty stores.
     pub fn new() -> Self {
         Durable::default()
+    }
+
+    /// Empty stores for a run on `keys` (their state writes are recorded).
+    pub fn for_keys(keys: &[LockKey]) -> Self {
+        Durable {
+            state_keys: keys
+                .iter()
+                .map(|k| (StatePaths::of(k).state(), k.to_string()))
+                .collect(),
+            ..Durable::default()
+        }
     }
 
     fn naive(&self) -> std::sync::MutexGuard<'_, NaiveTables> {
@@ -79,7 +99,7 @@ async fn serve_connection(
                 Ok(frame) => frame?,
                 Err(_) => return Ok(()),
             };
-        let response = handle(durable, recorder, envelope);
+        let response = handle(durable, recorder, envelope).await;
         write_frame(&mut stream, &response).await?;
     }
 }
@@ -141,8 +161,100 @@ pub fn describe_op(op: &LockOp) -> (LockOpKind, Option<u128>, Option<u128>) {
     }
 }
 
-/// Applies one request atomically and records what it changed.
-pub fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) -> Response {
+/// The stamp and save counter of a stored state document, if it is one.
+fn stamp_of(bytes: &[u8]) -> Option<(StateDocument, statelock::state::Stamp)> {
+    let doc = StateDocument::from_json(bytes).ok()?;
+    let stamp = doc.statelock?;
+    Some((doc, stamp))
+}
+
+/// Records what a put of `key`'s `state.json` did: a seal (the stamp's
+/// serial is unchanged: only the fence moved), a save, or a rejection.
+fn record_state_put(
+    recorder: &Recorder,
+    from: Actor,
+    key: &str,
+    prev: Option<&(Vec<u8>, ObjectVersion)>,
+    body: &[u8],
+    if_match: Option<&String>,
+    result: &Result<ObjectVersion, PutFailure>,
+) {
+    let written = stamp_of(body);
+    let token = written.as_ref().map_or(0, |(_, s)| s.fence.0);
+    let version = match result {
+        Ok(v) => v.0.clone(),
+        Err(failure) => {
+            let reason = match failure {
+                PutFailure::ConditionFailed => format!(
+                    "condition {} failed: the state is at {}",
+                    if_match
+                        .map_or_else(|| "if-none-match".to_string(), |v| format!("if-match {v}")),
+                    prev.map_or_else(|| "none".to_string(), |(_, v)| v.0.clone())
+                ),
+                PutFailure::Error(e) => e.to_string(),
+            };
+            recorder.record(
+                Actor::Store,
+                What::StateRejected {
+                    from,
+                    key: key.to_string(),
+                    token,
+                    reason,
+                },
+            );
+            return;
+        }
+    };
+    let prev_serial = prev
+        .and_then(|(bytes, _)| stamp_of(bytes))
+        .map_or(0, |(_, s)| s.serial);
+    let expected = if_match.cloned();
+    let Some((doc, stamp)) = written else {
+        recorder.record(
+            Actor::Store,
+            What::StateAccepted {
+                from,
+                key: key.to_string(),
+                token,
+                expected,
+                version,
+                body: "a document without a stamp".into(),
+                counter: None,
+            },
+        );
+        return;
+    };
+    let what = if stamp.serial == prev_serial {
+        What::StateSealed {
+            from,
+            key: key.to_string(),
+            token,
+            lease: stamp.lease.0.as_u128(),
+            expected,
+            version,
+        }
+    } else {
+        What::StateAccepted {
+            from,
+            key: key.to_string(),
+            token,
+            expected,
+            version,
+            body: doc
+                .metadata
+                .last_updated_by
+                .clone()
+                .unwrap_or_else(|| "?".into()),
+            counter: doc.outputs.get("counter").and_then(|v| v.as_u64()),
+        }
+    };
+    recorder.record(Actor::Store, what);
+}
+
+/// Applies one request atomically and records what it changed. The state
+/// backend answers at once (it never waits), so nothing else runs between
+/// reading an object and writing it.
+pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) -> Response {
     let from = actor_of(&envelope.from);
     match envelope.request {
         Request::Apply(op) => {
@@ -189,42 +301,45 @@ pub fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) -> Res
             Err(StoreError::Conflict { current }) => Response::Conflict(current.map(|r| *r)),
             Err(e) => Response::Error(e.to_string()),
         },
-        Request::Load(key) => Response::State(durable.states.load_now(&key).map(Into::into)),
-        Request::Save {
-            key,
-            token,
-            expected,
+        Request::ObjectGet { path } => match durable.states.get(&path).await {
+            Ok(o) => Response::Object(o.map(|(body, v)| (body, v.0))),
+            Err(e) => Response::Error(e.to_string()),
+        },
+        Request::ObjectPut {
+            path,
             body,
-        } => match durable
-            .states
-            .save_now(&key, token, expected.as_ref(), &body)
-        {
-            Ok(version) => {
-                recorder.record(
-                    Actor::Store,
-                    What::StateAccepted {
-                        from,
-                        key: key.to_string(),
-                        token: token.0,
-                        expected: expected.map(|v| v.0),
-                        version: version.0.clone(),
-                        body: String::from_utf8_lossy(&body).into_owned(),
-                    },
+            if_match,
+        } => {
+            let condition = match &if_match {
+                None => PutIf::Absent,
+                Some(v) => PutIf::Version(ObjectVersion(v.clone())),
+            };
+            let prev = durable.states.get(&path).await.ok().flatten();
+            let result = durable.states.put(&path, &body, condition).await;
+            if let Some(key) = durable.state_keys.get(&path) {
+                record_state_put(
+                    recorder,
+                    from,
+                    key,
+                    prev.as_ref(),
+                    &body,
+                    if_match.as_ref(),
+                    &result,
                 );
-                Response::Saved(version)
             }
-            Err(e) => {
-                recorder.record(
-                    Actor::Store,
-                    What::StateRejected {
-                        from,
-                        key: key.to_string(),
-                        token: token.0,
-                        reason: e.to_string(),
-                    },
-                );
-                Response::SaveRejected(e.into())
+            match result {
+                Ok(v) => Response::Put(v.0),
+                Err(PutFailure::ConditionFailed) => Response::PutConditionFailed,
+                Err(PutFailure::Error(e)) => Response::Error(e.to_string()),
             }
+        }
+        Request::ObjectList { prefix } => match durable.states.list(&prefix).await {
+            Ok(names) => Response::Names(names),
+            Err(e) => Response::Error(e.to_string()),
+        },
+        Request::ObjectDelete { path } => match durable.states.delete(&path).await {
+            Ok(()) => Response::Deleted,
+            Err(e) => Response::Error(e.to_string()),
         },
         Request::NaiveAcquire {
             key,
@@ -404,6 +519,7 @@ pub fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) -> Res
                     expected: based_on,
                     version: version.clone(),
                     body: String::from_utf8_lossy(&body).into_owned(),
+                    counter: None,
                 },
             );
             Response::NaiveSaved(version)

@@ -1,10 +1,10 @@
 //! Sweeps: many seeds across threads (each seed is its own single-threaded,
 //! deterministic simulation), a summary, and the verdict the binary exits with.
 
-use crate::config::{DriftMode, ProtocolVariant, SimConfig};
-use crate::faults::Fault;
+use crate::config::SimConfig;
 use crate::invariants::Invariant;
 use crate::run::{run_seed, RunReport, Stats, ViolationReport};
+use crate::scenario::{ProtocolVariant, StateBug, SupervisorVariant};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -165,17 +165,49 @@ pub fn sweep(opts: &SweepOptions) -> SweepSummary {
 }
 
 /// The invariants a configuration is allowed to violate: none for statelock;
-/// `MutualExclusion` when clocks drift beyond ρ (by design); all for naive,
-/// which guarantees nothing.
+/// `MutualExclusion` and `SupervisedExclusion` when clocks drift beyond ρ
+/// (`--drift beyond`, or `--clock-drift-ppm` above `--rho-ppm`: the
+/// protocol's assumption is broken by design); `SupervisedExclusion` with the
+/// planted supervisor bug; all for naive, which guarantees nothing.
 pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
-    match cfg.protocol {
-        ProtocolVariant::Naive => Invariant::ALL.to_vec(),
-        ProtocolVariant::Statelock
-            if cfg.drift == DriftMode::Beyond && cfg.faults.has(Fault::Drift) =>
-        {
-            vec![Invariant::MutualExclusion]
-        }
-        ProtocolVariant::Statelock => Vec::new(),
+    if cfg.protocol == ProtocolVariant::Naive {
+        return Invariant::ALL.to_vec();
+    }
+    let mut allowed = Vec::new();
+    if cfg.clocks_beyond_rho() {
+        allowed.extend([Invariant::MutualExclusion, Invariant::SupervisedExclusion]);
+    }
+    if cfg.supervisor != SupervisorVariant::Exec
+        && !allowed.contains(&Invariant::SupervisedExclusion)
+    {
+        allowed.push(Invariant::SupervisedExclusion);
+    }
+    match cfg.bug {
+        StateBug::None => {}
+        StateBug::NoSeal => allowed.push(Invariant::SealFencesStaleWriters),
+        StateBug::UnfencedSave => allowed.extend([
+            Invariant::SealFencesStaleWriters,
+            Invariant::FencingMonotonic,
+        ]),
+    }
+    allowed
+}
+
+/// Why `inv` may be violated in `cfg` (statelock only), for summaries.
+fn allowed_because(cfg: &SimConfig, inv: Invariant) -> Option<&'static str> {
+    if cfg.protocol != ProtocolVariant::Statelock || !allowed_violations(cfg).contains(&inv) {
+        return None;
+    }
+    let state_bug = matches!(
+        inv,
+        Invariant::SealFencesStaleWriters | Invariant::FencingMonotonic
+    ) && cfg.bug != StateBug::None;
+    if state_bug {
+        Some("planted state bug")
+    } else if cfg.clocks_beyond_rho() {
+        Some("clocks drift beyond rho")
+    } else {
+        Some("planted supervisor bug")
     }
 }
 
@@ -248,10 +280,13 @@ impl fmt::Display for SweepSummary {
         )?;
         writeln!(
             f,
-            "  state writes         {} accepted, {} rejected, {} unknown",
+            "  state writes         {} accepted, {} rejected ({} stale), {} unknown; {} seals ({} failed)",
             thousands(st.writes_accepted),
             thousands(st.writes_rejected),
-            thousands(st.writes_unknown)
+            thousands(st.writes_stale),
+            thousands(st.writes_unknown),
+            thousands(st.seals),
+            thousands(st.seals_failed)
         )?;
         writeln!(
             f,
@@ -267,11 +302,19 @@ impl fmt::Display for SweepSummary {
             st.sim_time.as_secs_f64(),
             st.sim_time.as_secs_f64() / n.max(1) as f64
         )?;
-        let allowed = allowed_violations(&self.cfg);
+        writeln!(
+            f,
+            "  supervised commands  {} ({} unfenced writes; {} asked to stop, {} killed, {} frozen past the kill time)",
+            thousands(st.commands),
+            thousands(st.command_writes),
+            thousands(st.commands_terminated),
+            thousands(st.commands_killed),
+            thousands(st.commands_frozen_late)
+        )?;
         writeln!(f, "  violations           seeds")?;
         for inv in Invariant::ALL {
             let seeds = self.violating.get(&inv).map(Vec::as_slice).unwrap_or(&[]);
-            let mut line = format!("    {:<20} {:>6}", inv.name(), seeds.len());
+            let mut line = format!("    {:<22} {:>4}", inv.name(), seeds.len());
             if !seeds.is_empty() {
                 let shown: Vec<String> = seeds.iter().take(5).map(u64::to_string).collect();
                 let _ = write!(
@@ -281,8 +324,8 @@ impl fmt::Display for SweepSummary {
                     if seeds.len() > 5 { ", ..." } else { "" }
                 );
             }
-            if allowed.contains(&inv) && self.cfg.protocol == ProtocolVariant::Statelock {
-                line.push_str("  [allowed: clocks drift beyond rho]");
+            if let Some(why) = allowed_because(&self.cfg, inv) {
+                let _ = write!(line, "  [allowed: {why}]");
             }
             writeln!(f, "{line}")?;
         }

@@ -5,8 +5,6 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
-use statelock::state::register::StateSnapshot;
-use statelock::state::{StateError, StateVersion};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -14,6 +12,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const STORE_HOST: &str = "store";
 /// The port it listens on.
 pub const STORE_PORT: u16 = 7000;
+/// The host name of client `i`.
+pub fn client_host(i: usize) -> String {
+    format!("c{i}")
+}
+
+/// The operator's host name.
+pub const OPERATOR_HOST: &str = "operator";
+
 /// Largest frame accepted.
 pub const MAX_FRAME: u32 = 1 << 20;
 
@@ -44,18 +50,29 @@ pub enum Request {
         /// The released version to delete.
         observed: RecordVersion,
     },
-    /// `StateStore::load`.
-    Load(LockKey),
-    /// `StateStore::save`.
-    Save {
-        /// The key.
-        key: LockKey,
-        /// The writer's fencing token.
-        token: FencingToken,
-        /// The version the write is based on.
-        expected: Option<StateVersion>,
-        /// The document.
+    /// `StateBackend::get`.
+    ObjectGet {
+        /// The object's name.
+        path: String,
+    },
+    /// `StateBackend::put`.
+    ObjectPut {
+        /// The object's name.
+        path: String,
+        /// Its new bytes.
         body: Vec<u8>,
+        /// `None`: only if absent; `Some(v)`: only if still at version `v`.
+        if_match: Option<String>,
+    },
+    /// `StateBackend::list`.
+    ObjectList {
+        /// The names' prefix.
+        prefix: String,
+    },
+    /// `StateBackend::delete`.
+    ObjectDelete {
+        /// The object's name.
+        path: String,
     },
     /// Naive: put the lock if absent or `expires_at < now_ms`.
     NaiveAcquire {
@@ -114,8 +131,13 @@ impl Request {
             Request::List => "list".into(),
             Request::Floor => "token-floor".into(),
             Request::Purge { key, .. } => format!("purge({key})"),
-            Request::Load(k) => format!("load({k})"),
-            Request::Save { key, token, .. } => format!("save({key} token {token})"),
+            Request::ObjectGet { path } => format!("get({path})"),
+            Request::ObjectPut { path, if_match, .. } => match if_match {
+                Some(v) => format!("put({path} if-match {v})"),
+                None => format!("put({path} if-none-match)"),
+            },
+            Request::ObjectList { prefix } => format!("list({prefix})"),
+            Request::ObjectDelete { path } => format!("delete({path})"),
             Request::NaiveAcquire { key, .. } => format!("naive-acquire({key})"),
             Request::NaiveHeartbeat { key, .. } => format!("naive-heartbeat({key})"),
             Request::NaiveRelease { key, .. } => format!("naive-release({key})"),
@@ -123,89 +145,6 @@ impl Request {
             Request::NaiveSave {
                 key, generation, ..
             } => format!("naive-save({key} gen {generation})"),
-        }
-    }
-}
-
-/// A state document on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireSnapshot {
-    /// Version.
-    pub version: StateVersion,
-    /// Fence.
-    pub fence: FencingToken,
-    /// Body.
-    pub body: Vec<u8>,
-}
-
-impl From<StateSnapshot> for WireSnapshot {
-    fn from(s: StateSnapshot) -> Self {
-        WireSnapshot {
-            version: s.version,
-            fence: s.fence,
-            body: s.body,
-        }
-    }
-}
-
-impl From<WireSnapshot> for StateSnapshot {
-    fn from(s: WireSnapshot) -> Self {
-        StateSnapshot {
-            version: s.version,
-            fence: s.fence,
-            body: s.body,
-        }
-    }
-}
-
-/// A state write's rejection on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum WireStateError {
-    /// `StateError::Stale`.
-    Stale {
-        /// Fence.
-        fence: FencingToken,
-        /// Writer's token.
-        token: FencingToken,
-    },
-    /// `StateError::VersionMismatch`.
-    VersionMismatch {
-        /// Expected.
-        expected: Option<StateVersion>,
-        /// Found.
-        found: Option<StateVersion>,
-    },
-    /// `StateError::NotHolder`.
-    NotHolder,
-    /// Anything else, as text (becomes `StateError::Corrupt`).
-    Other(String),
-}
-
-impl From<StateError> for WireStateError {
-    fn from(e: StateError) -> Self {
-        match e {
-            StateError::Stale { fence, token } => WireStateError::Stale { fence, token },
-            StateError::VersionMismatch { expected, found } => {
-                WireStateError::VersionMismatch { expected, found }
-            }
-            StateError::NotHolder => WireStateError::NotHolder,
-            other => WireStateError::Other(other.to_string()),
-        }
-    }
-}
-
-impl From<WireStateError> for StateError {
-    fn from(e: WireStateError) -> Self {
-        match e {
-            WireStateError::Stale { fence, token } => StateError::Stale { fence, token },
-            WireStateError::VersionMismatch { expected, found } => {
-                StateError::VersionMismatch { expected, found }
-            }
-            WireStateError::NotHolder => StateError::NotHolder,
-            WireStateError::Other(reason) => StateError::Corrupt {
-                key: String::new(),
-                reason,
-            },
         }
     }
 }
@@ -236,12 +175,16 @@ pub enum Response {
     Floor(FencingToken),
     /// The purged record.
     Purged(LockRecord),
-    /// The state read.
-    State(Option<WireSnapshot>),
-    /// The state write landed; its version.
-    Saved(StateVersion),
-    /// The state write was rejected.
-    SaveRejected(WireStateError),
+    /// An object read: its bytes and version (`None`: absent).
+    Object(Option<(Vec<u8>, String)>),
+    /// An object written; its new version.
+    Put(String),
+    /// An object's write condition did not hold; nothing was written.
+    PutConditionFailed,
+    /// Object names.
+    Names(Vec<String>),
+    /// An object deleted (or absent).
+    Deleted,
     /// Naive: the lock (after the write, or as found on a failed condition).
     NaiveLock {
         /// True if the write landed.

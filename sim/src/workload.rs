@@ -1,183 +1,142 @@
 //! The client hosts' software: the workload every client runs, whatever the
-//! protocol variant, and the shared progress the simulator reads.
+//! protocol variant.
 //!
-//! Each op: acquire a key (waiting) → check → read the state → work (now and
-//! then long, over several heartbeats, checking as it goes) → check →
-//! write the state with the lock's token, as a compare-and-swap on the version
-//! read (body `c<id>#<op>`) → release. Before each protected action the client
-//! asks its guard whether it still holds the lock and records the answer
-//! (that is its belief, judged by `MutualExclusion`). A client whose lease is
-//! gone stops — unless it was *paused*: a paused process froze between its
-//! check and its action, so it carries on and writes anyway, and fencing
-//! must stop it.
+//! Each op, as `statelock exec --state-store` and `statelock state pull` /
+//! `push` run it: acquire a key (waiting) → check → **seal** the key's state
+//! with the production `seal_for` (the fence rises to the holder's token) →
+//! check → pull the document → work (now and then long, over several
+//! heartbeats, checking as it goes) → check → push it with its counter one
+//! higher (the production `FencedStore::save`: only while the fence is the
+//! holder's, only on the version read) → release. The state lives on the
+//! store host behind a [`RemoteStateBackend`]; the rules all run here, in the
+//! library's code. Before each protected action the client asks its guard
+//! whether it still holds the lock and records the answer (that is its
+//! belief, judged by `MutualExclusion`). A client whose lease is gone stops
+//! — unless it was *paused*: a paused process froze between its check and
+//! its action (after the seal, or between its pull and its push), so it
+//! carries on and writes anyway, and the seal must stop it. In a share of ops
+//! (statelock only) the client runs a supervised command after the seal
+//! instead of pulling and pushing (see [`crate::command`]). Long work (and
+//! commands) may outlast the lease while faults are on, so that a holder cut
+//! off mid-work must notice in time; once faults stop it is cut to 1.2
+//! leases. With `--bug`, the save is a planted bug ([`crate::planted`]).
 //!
-//! Process state (op counter, whether a lock is held) lives in [`Shared`],
-//! outside the host, so a restarted client carries on where it was and the
-//! simulator knows which leases died with a crash.
+//! Process state (op counter, whether a lock is held) lives in
+//! [`crate::context::Shared`], outside the host, so a restarted client
+//! carries on where it was and the simulator knows which leases died with a
+//! crash. This module must not be imported by the modules it uses.
 
-use crate::config::{ProtocolVariant, SimConfig};
-use crate::faults::{client_host, Fault};
-use crate::history::{Actor, Guarded, Recorder, SaveOutcome, What};
+use crate::config::SimConfig;
+use crate::context::{ClientCtx, Session, StateRead};
+use crate::history::{Guarded, SaveOutcome, What};
 use crate::naive::NaiveSession;
-use crate::remote::{RemoteLockStore, RemoteStateStore, Rpc};
+use crate::planted::{buggy_save, FenceRule};
+use crate::remote::{RemoteLockStore, RemoteStateBackend, Rpc};
 use crate::rng::{derive, stream, SimRng};
+use crate::scenario::{Fault, ProtocolVariant, StateBug};
+use crate::wire::client_host;
 use rand::Rng;
 use statelock::client::{AcquireOptions, LockClient, LockGuard};
-use statelock::clock::SkewedClock;
+use statelock::clock::{Clock, SkewedClock};
 use statelock::protocol::{HolderInfo, LockKey, WallTime};
-use statelock::state::register::FencedRegister;
-use statelock::state::{StateError, StateVersion};
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use statelock::state::layout::stack_and_env;
+use statelock::state::{
+    seal_for, FencedStore, Loaded, SealError, StateDocument, StateError, StateStore, StateVersion,
+    Writer,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The document's counter (`outputs.counter`): one more at every save.
+pub const COUNTER: &str = "counter";
 
 /// Wall-clock time at the start of every run: 2024-01-01T00:00:00Z.
 pub const EPOCH_MS: i64 = 1_704_067_200_000;
 
-/// One client's progress, kept across its restarts.
-#[derive(Debug, Default, Clone)]
-pub struct Progress {
-    /// The next op number to start.
-    pub next_op: u32,
-    /// How many times the process started.
-    pub incarnations: u32,
-    /// All ops done.
-    pub finished: bool,
-    /// The lock held now, if any: (key, lease id).
-    pub holding: Option<(String, u128)>,
-}
-
-/// State shared by the simulator and every host of one run.
-#[derive(Debug)]
-pub struct Shared {
-    quiet: AtomicBool,
-    progress: Vec<Mutex<Progress>>,
-    dead_owners: Mutex<BTreeSet<(String, u128)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Shared {
-    /// Fresh state for `clients` clients.
-    pub fn new(clients: usize) -> Self {
-        Shared {
-            quiet: AtomicBool::new(false),
-            progress: (0..clients)
-                .map(|_| Mutex::new(Progress::default()))
-                .collect(),
-            dead_owners: Mutex::new(BTreeSet::new()),
-        }
-    }
-
-    /// True once faults have stopped.
-    pub fn is_quiet(&self) -> bool {
-        self.quiet.load(Ordering::SeqCst)
-    }
-
-    /// Faults stop.
-    pub fn set_quiet(&self) {
-        self.quiet.store(true, Ordering::SeqCst);
-    }
-
-    /// Client `c`'s progress.
-    pub fn progress(&self, c: usize) -> MutexGuard<'_, Progress> {
-        lock(&self.progress[c])
-    }
-
-    /// Ops started by all clients.
-    pub fn ops_started(&self) -> u64 {
-        self.progress
-            .iter()
-            .map(|p| u64::from(lock(p).next_op))
-            .sum()
-    }
-
-    /// True when every client has done all its ops.
-    pub fn all_finished(&self) -> bool {
-        self.progress.iter().all(|p| lock(p).finished)
-    }
-
-    /// Client `c` crashed: the lease it held (if any) has no living holder.
-    pub fn crashed(&self, c: usize) {
-        if let Some(held) = self.progress(c).holding.take() {
-            lock(&self.dead_owners).insert(held);
-        }
-    }
-
-    /// Client `c` restarted.
-    pub fn restarted(&self, c: usize) {
-        self.progress(c).holding = None;
-    }
-
-    /// True if `owner`'s holder of `key` crashed.
-    pub fn is_dead_owner(&self, key: &str, owner: u128) -> bool {
-        lock(&self.dead_owners).contains(&(key.to_string(), owner))
-    }
-}
-
-/// What a client host needs.
-#[derive(Debug)]
-pub struct ClientCtx {
-    /// Client index.
-    pub id: usize,
-    /// The run's seed.
-    pub seed: u64,
-    /// The run's configuration.
-    pub cfg: Arc<SimConfig>,
-    /// The trace.
-    pub rec: Recorder,
-    /// Shared progress.
-    pub shared: Arc<Shared>,
-}
-
-impl ClientCtx {
-    fn me(&self) -> Actor {
-        Actor::Client(self.id as u16)
-    }
-
-    fn record(&self, what: What) {
-        self.rec.record(self.me(), what);
-    }
-}
-
-/// A lock protocol as the workload uses it.
-pub(crate) trait Session {
-    type Guard;
-    /// Acquires `key`, waiting.
-    async fn acquire(&self, key: &str) -> Result<Self::Guard, String>;
-    /// The grant's token.
-    fn token(&self, g: &Self::Guard) -> u64;
-    /// The grant's lease id.
-    fn owner(&self, g: &Self::Guard) -> u128;
-    /// Whether the client may act as the holder now.
-    fn is_valid(&self, g: &Self::Guard) -> bool;
-    /// The process freezes: no more heartbeats.
-    fn freeze(&self, g: &Self::Guard);
-    /// Reads the state's version.
-    async fn load(&self, key: &str) -> Result<Option<String>, String>;
-    /// Writes the state.
-    async fn save(
-        &self,
-        key: &str,
-        g: &Self::Guard,
-        expected: Option<String>,
-        body: Vec<u8>,
-    ) -> SaveOutcome;
-    /// Releases the lock.
-    async fn release(&self, g: Self::Guard) -> Result<(), String>;
-}
-
 struct StatelockSession {
     client: LockClient,
-    state: RemoteStateStore,
+    state: FencedStore<RemoteStateBackend>,
     opts: AcquireOptions,
+    bug: StateBug,
+    /// Write ids of the planted bugs' saves: client, incarnation, count.
+    write_ids: AtomicU64,
+    write_id_base: u128,
 }
 
 fn lock_key(key: &str) -> Result<LockKey, String> {
     LockKey::new(key).map_err(|e| e.to_string())
+}
+
+/// The state as loaded, for the workload.
+fn read_of(loaded: Option<Loaded>) -> StateRead {
+    let Some(loaded) = loaded else {
+        return StateRead::default();
+    };
+    StateRead {
+        version: Some(loaded.version.0.clone()),
+        counter: loaded
+            .document
+            .outputs
+            .get(COUNTER)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0),
+        serial: loaded.stamp().map_or(0, |s| s.serial),
+        document: Some(loaded.document),
+    }
+}
+
+fn outcome_of(result: Result<StateVersion, StateError>) -> SaveOutcome {
+    match result {
+        Ok(v) => SaveOutcome::Accepted(v.0),
+        Err(StateError::Unavailable(e)) => SaveOutcome::Unknown(e),
+        Err(e) => SaveOutcome::Rejected(e.to_string()),
+    }
+}
+
+/// What `statelock state push` does with a pulled document: read the
+/// current state; refuse at once if the fence is another holder's, or if it
+/// was saved since the pull; else save over the current version (the store
+/// checks the fence and the version again, atomically).
+async fn push(
+    store: &dyn StateStore,
+    writer: &Writer,
+    read: &StateRead,
+    doc: StateDocument,
+) -> SaveOutcome {
+    let current = match store.load(&writer.key).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return SaveOutcome::Rejected(
+                StateError::NotSealed {
+                    key: writer.key.to_string(),
+                    fence: None,
+                }
+                .to_string(),
+            )
+        }
+        // Nothing was written.
+        Err(e) => return SaveOutcome::Rejected(format!("could not read the state: {e}")),
+    };
+    if let Some(stamp) = current.stamp() {
+        if stamp.fence > writer.token
+            || (stamp.fence == writer.token && stamp.lease != writer.lease)
+        {
+            let stale = StateError::Stale {
+                fence: stamp.fence,
+                token: writer.token,
+            };
+            return SaveOutcome::Rejected(stale.to_string());
+        }
+    }
+    let now = current.stamp().map_or(0, |s| s.serial);
+    if now != read.serial {
+        return SaveOutcome::Rejected(format!(
+            "the state changed since it was pulled (pulled at save {}, now at save {now})",
+            read.serial
+        ));
+    }
+    outcome_of(store.save(writer, &current.version, doc).await)
 }
 
 impl Session for StatelockSession {
@@ -201,41 +160,71 @@ impl Session for StatelockSession {
     fn freeze(&self, g: &LockGuard) {
         g.freeze_heartbeats();
     }
-    async fn load(&self, key: &str) -> Result<Option<String>, String> {
+    async fn seal(&self, _key: &str, g: &LockGuard) -> Option<SaveOutcome> {
+        if self.bug == StateBug::NoSeal {
+            return None;
+        }
+        Some(match seal_for(&self.state, g).await {
+            Ok((_, loaded)) => SaveOutcome::Accepted(loaded.version.0),
+            Err(SealError::State(StateError::Unavailable(e))) => SaveOutcome::Unknown(e),
+            Err(e) => SaveOutcome::Rejected(e.to_string()),
+        })
+    }
+    async fn load(&self, key: &str, _g: &LockGuard) -> Result<StateRead, String> {
         match self.state.load(&lock_key(key)?).await {
-            Ok(snapshot) => Ok(snapshot.map(|s| s.version.0)),
+            Ok(loaded) => Ok(read_of(loaded)),
             Err(e) => Err(e.to_string()),
         }
     }
-    async fn save(
-        &self,
-        key: &str,
-        g: &LockGuard,
-        expected: Option<String>,
-        body: Vec<u8>,
-    ) -> SaveOutcome {
-        let key = match lock_key(key) {
-            Ok(k) => k,
-            Err(e) => return SaveOutcome::Rejected(e),
+    async fn save(&self, key: &str, g: &LockGuard, read: &StateRead, by: String) -> SaveOutcome {
+        let writer = Writer::of(g);
+        let mut doc = read.document.clone().unwrap_or_else(|| {
+            let (stack, env) = stack_and_env(&writer.key).unzip();
+            StateDocument::empty(stack, env)
+        });
+        doc.outputs.insert(
+            COUNTER.to_string(),
+            serde_json::Value::from(read.counter + 1),
+        );
+        doc.metadata.last_updated_by = Some(by);
+        let rule = match self.bug {
+            StateBug::None => {
+                if read.document.is_none() {
+                    return SaveOutcome::Rejected(format!(
+                        "{key} has no state: it was never sealed"
+                    ));
+                }
+                return push(&self.state, &writer, read, doc).await;
+            }
+            StateBug::NoSeal => FenceRule::AtWrite,
+            StateBug::UnfencedSave => FenceRule::Ignored,
         };
-        let expected = expected.map(StateVersion);
-        match self
-            .state
-            .save(&key, g.token(), expected.as_ref(), &body)
-            .await
-        {
-            Ok(v) => SaveOutcome::Accepted(v.0),
-            Err(StateError::Unavailable(e)) => SaveOutcome::Unknown(e),
-            Err(e) => SaveOutcome::Rejected(e.to_string()),
-        }
+        let write_id =
+            self.write_id_base | u128::from(self.write_ids.fetch_add(1, Ordering::SeqCst));
+        let based_on = read.version.clone().map(StateVersion);
+        outcome_of(
+            buggy_save(
+                self.state.backend(),
+                &writer,
+                based_on.as_ref(),
+                doc,
+                rule,
+                write_id,
+            )
+            .await,
+        )
     }
     async fn release(&self, g: LockGuard) -> Result<(), String> {
         g.release().await.map_err(|e| e.to_string())
     }
+    fn supervision<'a>(&'a self, g: &'a LockGuard) -> Option<(&'a LockGuard, &'a Arc<dyn Clock>)> {
+        Some((g, self.client.clock()))
+    }
 }
 
-/// Picks a clock rate in `[lo, hi]`, often at an end of the range (the
-/// protocol's worst cases live there).
+/// Picks a clock rate in `[lo, hi]`: half the time exactly at one end of the
+/// range (the protocol's worst cases live there: a slow holder against a
+/// fast waiter), otherwise uniformly.
 pub fn pick_rate(rng: &mut SimRng, (lo, hi): (f64, f64)) -> f64 {
     if lo >= hi {
         return lo;
@@ -244,6 +233,25 @@ pub fn pick_rate(rng: &mut SimRng, (lo, hi): (f64, f64)) -> f64 {
         0 => lo,
         1 => hi,
         _ => rng.random_range(lo..=hi),
+    }
+}
+
+/// A new rate for a clock running at `current`: half the time a jump to the
+/// other end of the range (from inside it, to either end), otherwise as
+/// [`pick_rate`].
+pub fn next_rate(rng: &mut SimRng, current: f64, (lo, hi): (f64, f64)) -> f64 {
+    if lo >= hi {
+        return lo;
+    }
+    if !rng.random_bool(0.5) {
+        return pick_rate(rng, (lo, hi));
+    }
+    if current <= lo {
+        hi
+    } else if current >= hi || rng.random_bool(0.5) {
+        lo
+    } else {
+        hi
     }
 }
 
@@ -288,7 +296,7 @@ async fn clock_faults(clock: SkewedClock, ctx: Arc<ClientCtx>, mut rng: SimRng) 
             return;
         }
         if drift && rng.random_bool(0.5) {
-            let rate = pick_rate(&mut rng, ctx.cfg.rate_range());
+            let rate = next_rate(&mut rng, clock.rate(), ctx.cfg.rate_range());
             clock.set_rate(rate);
             ctx.record(What::ClockRate {
                 rate_ppm: rate_ppm(rate),
@@ -339,7 +347,10 @@ pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
                 .build();
             let session = StatelockSession {
                 client,
-                state: RemoteStateStore::new(rpc),
+                state: FencedStore::new(RemoteStateBackend::new(rpc)),
+                bug: ctx.cfg.bug,
+                write_ids: AtomicU64::new(0),
+                write_id_base: u128::from(id) << 96 | u128::from(sub) << 64,
                 opts: AcquireOptions {
                     lease: ctx.cfg.timing.lease,
                     wait: Some(ctx.cfg.timing.acquire_wait),
@@ -365,7 +376,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
     Ok(())
 }
 
-async fn run_ops<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng) {
+async fn run_ops<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng) {
     let keys = ctx.cfg.key_names();
     loop {
         let op = {
@@ -388,7 +399,7 @@ async fn run_ops<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng) {
 }
 
 fn pauses_allowed(ctx: &ClientCtx) -> bool {
-    ctx.cfg.faults.has(Fault::Pause) && !ctx.shared.is_quiet()
+    ctx.pauses_allowed()
 }
 
 async fn pause<S: Session>(ctx: &ClientCtx, s: &S, g: &S::Guard, rng: &mut SimRng, key: &str) {
@@ -422,7 +433,7 @@ async fn give_back<S: Session>(ctx: &ClientCtx, s: &S, g: S::Guard, key: &str, t
     ctx.shared.progress(ctx.id).holding = None;
 }
 
-async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str, op: u32) {
+async fn one_op<S: Session>(ctx: &Arc<ClientCtx>, s: &S, rng: &mut SimRng, key: &str, op: u32) {
     ctx.record(What::AcquireStart {
         key: key.to_string(),
         op,
@@ -448,6 +459,52 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
     });
     ctx.shared.progress(ctx.id).holding = Some((key.to_string(), owner));
 
+    // Seal the state before anything else, as `statelock exec` does.
+    let valid = s.is_valid(&guard);
+    ctx.record(What::Check {
+        key: key.to_string(),
+        token,
+        valid,
+        before: Guarded::Seal,
+    });
+    if !valid {
+        ctx.record(What::Abandoned {
+            key: key.to_string(),
+            token,
+            reason: "lease lost before sealing".into(),
+        });
+        return give_back(ctx, s, guard, key, token).await;
+    }
+    if let Some(outcome) = s.seal(key, &guard).await {
+        let sealed = matches!(outcome, SaveOutcome::Accepted(_));
+        ctx.record(What::Sealed {
+            key: key.to_string(),
+            token: s.token(&guard),
+            outcome,
+        });
+        if !sealed {
+            return give_back(ctx, s, guard, key, token).await;
+        }
+    }
+    // A seal may have raised the token above a fence that was ahead of it.
+    let token = s.token(&guard);
+
+    if let Some((lock_guard, clock)) = s.supervision(&guard) {
+        if rng.random_bool(ctx.cfg.supervised) {
+            let command_rng = {
+                let incarnation = ctx.shared.progress(ctx.id).incarnations;
+                stream(
+                    ctx.seed,
+                    "command",
+                    ctx.id as u64,
+                    u64::from(incarnation) << 32 | u64::from(op),
+                )
+            };
+            crate::command::run_supervised(ctx, lock_guard, clock, key, rng, command_rng).await;
+            return give_back(ctx, s, guard, key, token).await;
+        }
+    }
+
     let mut paused = false;
     if pauses_allowed(ctx) && rng.random_bool(ctx.cfg.pause_after_acquire) {
         pause(ctx, s, &guard, rng, key).await;
@@ -468,8 +525,8 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
         });
         return give_back(ctx, s, guard, key, token).await;
     }
-    let expected = match s.load(key).await {
-        Ok(v) => v,
+    let read = match s.load(key, &guard).await {
+        Ok(r) => r,
         Err(error) => {
             ctx.record(What::LoadFailed {
                 key: key.to_string(),
@@ -480,17 +537,19 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
     };
     ctx.record(What::Loaded {
         key: key.to_string(),
-        version: expected.clone(),
+        token,
+        version: read.version.clone(),
     });
     // Work: usually short; sometimes long enough that the lease must be
     // renewed, checking the guard all along (as a careful holder does).
     let lease_ms = ctx.cfg.timing.lease.as_millis() as u64;
     let long = rng.random_bool(ctx.cfg.long_work);
     let mut left = if long {
-        rng.random_range(lease_ms / 5..=lease_ms * 6 / 5)
+        rng.random_range(lease_ms / 5..=(lease_ms as f64 * ctx.long_work_max()) as u64)
     } else {
         rng.random_range(0..=ctx.cfg.timing.work_max.as_millis() as u64)
     };
+    let work_started = crate::history::now();
     while left > 0 {
         let step = if long {
             left.min(rng.random_range(5..=50))
@@ -499,6 +558,9 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
         };
         tokio::time::sleep(Duration::from_millis(step)).await;
         left -= step;
+        if ctx.work_cut_short(work_started) {
+            left = 0;
+        }
         if long && left > 0 {
             let valid = s.is_valid(&guard);
             ctx.record(What::Check {
@@ -536,13 +598,52 @@ async fn one_op<S: Session>(ctx: &ClientCtx, s: &S, rng: &mut SimRng, key: &str,
     if pauses_allowed(ctx) && rng.random_bool(ctx.cfg.pause_before_write) {
         pause(ctx, s, &guard, rng, key).await;
     }
-    let body = format!("c{}#{op}", ctx.id).into_bytes();
-    let outcome = s.save(key, &guard, expected.clone(), body).await;
+    let by = format!("c{}#{op}", ctx.id);
+    let outcome = s.save(key, &guard, &read, by).await;
     ctx.record(What::Saved {
         key: key.to_string(),
         token,
-        expected,
+        expected: read.version,
         outcome,
     });
     give_back(ctx, s, guard, key, token).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_sit_at_the_edges_half_the_time_and_jump_between_them() {
+        let range = (0.95, 1.05);
+        let mut rng = stream(1, "test", 0, 0);
+        let n = 4000;
+        let picks: Vec<f64> = (0..n).map(|_| pick_rate(&mut rng, range)).collect();
+        assert!(picks.iter().all(|r| (0.95..=1.05).contains(r)));
+        let lo = picks.iter().filter(|r| **r == 0.95).count();
+        let hi = picks.iter().filter(|r| **r == 1.05).count();
+        assert!(
+            (800..1200).contains(&lo) && (800..1200).contains(&hi),
+            "{lo} {hi}"
+        );
+        // From an edge, a change goes to the other edge more than half the time.
+        let from_lo: Vec<f64> = (0..n).map(|_| next_rate(&mut rng, 0.95, range)).collect();
+        let to_hi = from_lo.iter().filter(|r| **r == 1.05).count();
+        assert!(to_hi > n * 55 / 100, "{to_hi}");
+        let from_hi = (0..n)
+            .filter(|_| next_rate(&mut rng, 1.05, range) == 0.95)
+            .count();
+        assert!(from_hi > n * 55 / 100, "{from_hi}");
+        // Inside the range, a change lands on an edge at least half the time.
+        let inside = (0..n)
+            .filter(|_| {
+                let r = next_rate(&mut rng, 1.01, range);
+                r == 0.95 || r == 1.05
+            })
+            .count();
+        assert!(inside > n * 70 / 100, "{inside}");
+        // Exact clocks stay exact.
+        assert_eq!(pick_rate(&mut rng, (1.0, 1.0)), 1.0);
+        assert_eq!(next_rate(&mut rng, 1.0, (1.0, 1.0)), 1.0);
+    }
 }

@@ -14,7 +14,7 @@
 //! holder that is not taken over in time shows up as a gap longer than the
 //! bound.
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{fmt_time, Actor, Event, What};
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! with a token below `t` ever is. Audited on the store's accepted-write log,
 //! in the order the store applied them.
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{Actor, Event, What};
 use std::collections::BTreeMap;
 

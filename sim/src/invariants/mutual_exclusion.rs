@@ -9,7 +9,7 @@
 //! simulated time. Two intervals of different clients on one key must not
 //! intersect.
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{fmt_time, Actor, Event, What};
 use std::collections::BTreeMap;
 use std::time::Duration;

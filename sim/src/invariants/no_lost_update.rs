@@ -1,10 +1,12 @@
-//! `NoLostUpdate`: the accepted state writes of a key form a chain — each is
-//! based on (its expected version is) the version the previously accepted
-//! write created, and the first on no state at all. A write based on anything
-//! else overwrote a version its writer never saw. Audited on the store's
-//! accepted-write log, in apply order.
+//! `NoLostUpdate`: the accepted state writes of a key form one chain — each
+//! (seal or save) is based on (its expected version is) the version the
+//! previously accepted write created, and the first on no state at all. A
+//! write based on anything else overwrote a version its writer never saw.
+//! And the content agrees: each accepted save's counter is one more than the
+//! previous accepted save's (a save based on an older read would repeat a
+//! counter). Audited on the store's accepted-write log, in apply order.
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{Actor, Event, What};
 use std::collections::BTreeMap;
 
@@ -12,16 +14,26 @@ use std::collections::BTreeMap;
 pub fn check(events: &[Event]) -> Vec<Violation> {
     let mut out = Vec::new();
     let mut head: BTreeMap<&str, (String, Actor, usize)> = BTreeMap::new();
+    // Per key: the counter of the last accepted save, its writer, its event.
+    let mut counters: BTreeMap<&str, (u64, Actor, usize)> = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
-        let What::StateAccepted {
-            from,
-            key,
-            expected,
-            version,
-            ..
-        } = &e.what
-        else {
-            continue;
+        let (from, key, expected, version, counter) = match &e.what {
+            What::StateAccepted {
+                from,
+                key,
+                expected,
+                version,
+                counter,
+                ..
+            } => (from, key, expected, version, *counter),
+            What::StateSealed {
+                from,
+                key,
+                expected,
+                version,
+                ..
+            } => (from, key, expected, version, None),
+            _ => continue,
         };
         let previous = head.get(key.as_str());
         let ok = match (previous, expected) {
@@ -50,6 +62,29 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
             }
         }
         head.insert(key, (version.clone(), *from, i));
+        let Some(n) = counter else { continue };
+        let (last, writer, j) = counters
+            .get(key.as_str())
+            .map_or((0, None, None), |(c, w, j)| (*c, Some(*w), Some(*j)));
+        if n != last + 1 {
+            let mut evs: Vec<usize> = j.into_iter().collect();
+            evs.push(i);
+            let mut actors: Vec<Actor> = writer.into_iter().collect();
+            actors.push(*from);
+            out.push(Violation::new(
+                Invariant::NoLostUpdate,
+                format!(
+                    "the store accepted {from}'s save of {key} with counter {n}, but the last accepted save had counter {last}: {}",
+                    if n <= last { "a save was based on an older read, an update is lost" } else { "a save is missing from the chain" }
+                ),
+                evs,
+                actors,
+            ));
+            if out.len() >= MAX_PER_CHECK {
+                return out;
+            }
+        }
+        counters.insert(key, (n, *from, i));
     }
     out
 }
@@ -57,7 +92,7 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::invariants::testing::{accepted, c};
+    use crate::invariants::testing::{accepted, c, saved, sealed};
 
     #[test]
     fn a_chain_passes() {
@@ -91,5 +126,31 @@ mod tests {
             accepted(2, c(2), 2, None, "v2"),
         ];
         assert_eq!(check(&h).len(), 1);
+    }
+
+    #[test]
+    fn seals_are_links_of_the_chain_and_counters_rise_by_one() {
+        let h = vec![
+            sealed(1, c(1), 1, None, "m1"),
+            saved(2, c(1), 1, Some("m1"), "m2", 1),
+            sealed(3, c(2), 2, Some("m2"), "m3"),
+            saved(4, c(2), 2, Some("m3"), "m4", 2),
+        ];
+        assert!(check(&h).is_empty());
+    }
+
+    #[test]
+    fn a_repeated_counter_is_a_lost_update() {
+        let h = vec![
+            sealed(1, c(1), 1, None, "m1"),
+            saved(2, c(1), 1, Some("m1"), "m2", 1),
+            sealed(3, c(2), 2, Some("m2"), "m3"),
+            // c2 wrote on a read from before c1's save.
+            saved(4, c(2), 2, Some("m3"), "m4", 1),
+        ];
+        let v = check(&h);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].events, vec![1, 3]);
+        assert!(v[0].message.contains("counter 1"), "{}", v[0].message);
     }
 }

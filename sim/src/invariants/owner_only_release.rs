@@ -4,7 +4,7 @@
 //! applied-write log, against the record each write replaced. (Naive records
 //! have no version: there, only the owner is checked.)
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{short, Event, LockOpKind, What};
 
 /// Checks the trace.

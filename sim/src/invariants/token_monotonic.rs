@@ -8,7 +8,7 @@
 //!   was given is a grant the store made to that very lease, and one client's
 //!   successive tokens for a key increase.
 
-use super::{Invariant, Violation, MAX_PER_CHECK};
+use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{Actor, Event, RecordView, What};
 use std::collections::BTreeMap;
 

@@ -13,6 +13,21 @@ pub fn small(cfg: SimConfig) -> SimConfig {
     }
 }
 
+/// A scenario aimed at holders cut off from the store mid-work: only the
+/// faults that cut a client's link (partitions both ways and one way, held
+/// messages) plus drifting, offset clocks, and long work in three ops of ten
+/// (`--faults partition,oneway,hold,drift,clock-offset --long-work 0.3`), so
+/// that a takeover is due while the old holder still works and checks.
+pub fn cut_holders(cfg: SimConfig) -> SimConfig {
+    SimConfig {
+        faults: "partition,oneway,hold,drift,clock-offset"
+            .parse()
+            .expect("known faults"),
+        long_work: 0.3,
+        ..small(cfg)
+    }
+}
+
 /// Runs `seeds` of `cfg` on every core and prints the summary.
 pub fn run(cfg: SimConfig, seeds: Range<u64>) -> SweepSummary {
     assert!(

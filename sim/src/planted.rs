@@ -1,0 +1,84 @@
+//! Planted bugs of the state side (`--bug`), for the sweeps that must catch
+//! them: a save that writes the document through the backend itself, with
+//! weaker rules than the production `FencedStore::save` — only the version
+//! read, and (for `no-seal`) the fence raised when the save lands instead of
+//! by a seal before it.
+//!
+//! Nothing here runs unless a bug is asked for; the production path never
+//! calls it.
+
+use statelock::protocol::WallTime;
+use statelock::state::backend::{PutFailure, PutIf, StateBackend};
+use statelock::state::layout::StatePaths;
+use statelock::state::{Stamp, StateDocument, StateError, StateVersion, Writer};
+
+/// How the buggy save treats the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceRule {
+    /// A save lands if the writer's token is at least the fence (the design
+    /// before the seal: the fence moves only when a save lands).
+    AtWrite,
+    /// The fence is not looked at.
+    Ignored,
+}
+
+/// Saves `doc` for `writer` over the version it read (`based_on`; `None`: no
+/// state yet), checking only `rule` and the version, and stamps it with the
+/// writer's token and the next serial. `write_id` must be new for each call.
+pub async fn buggy_save<B: StateBackend + ?Sized>(
+    backend: &B,
+    writer: &Writer,
+    based_on: Option<&StateVersion>,
+    mut doc: StateDocument,
+    rule: FenceRule,
+    write_id: u128,
+) -> Result<StateVersion, StateError> {
+    let key = &writer.key;
+    let path = StatePaths::of(key).state();
+    let current = backend.get(&path).await?;
+    let current_stamp = current
+        .as_ref()
+        .and_then(|(bytes, _)| StateDocument::from_json(bytes).ok())
+        .and_then(|d| d.statelock);
+    if rule == FenceRule::AtWrite {
+        if let Some(stamp) = current_stamp {
+            if stamp.fence > writer.token {
+                return Err(StateError::Stale {
+                    fence: stamp.fence,
+                    token: writer.token,
+                });
+            }
+        }
+    }
+    let found = current.as_ref().map(|(_, v)| StateVersion(v.0.clone()));
+    if found.as_ref() != based_on {
+        return Err(StateError::VersionMismatch {
+            expected: based_on.cloned(),
+            found,
+        });
+    }
+    doc.statelock = Some(Stamp {
+        fence: writer.token,
+        lease: writer.lease,
+        serial: current_stamp.map_or(0, |s| s.serial) + 1,
+        write_id,
+        written_at: WallTime(0),
+    });
+    doc.update_checksums()
+        .map_err(|e| StateError::Misconfigured(format!("{key}: {e}")))?;
+    let bytes = doc
+        .to_json()
+        .map_err(|e| StateError::Misconfigured(format!("{key}: {e}")))?;
+    let condition = match &current {
+        None => PutIf::Absent,
+        Some((_, v)) => PutIf::Version(v.clone()),
+    };
+    match backend.put(&path, &bytes, condition).await {
+        Ok(v) => Ok(StateVersion(v.0)),
+        Err(PutFailure::ConditionFailed) => Err(StateError::VersionMismatch {
+            expected: based_on.cloned(),
+            found: None,
+        }),
+        Err(PutFailure::Error(e)) => Err(e),
+    }
+}
