@@ -56,22 +56,27 @@ RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
     cargo test --lib --release --no-default-features --target-dir target/loom -- loom
 
 stage "simulator sweeps"
-seeds=1000
-naive_seeds=200
-drift_seeds=300
+# Sized to keep the whole suite within 30 minutes on 2 cores; scripts/soak.sh
+# runs the long sweeps.
+seeds=400
+bug_seeds=100
 if [[ -n "${STATELOCK_TEST_QUICK:-}" ]]; then
-    seeds=200
-    naive_seeds=50
-    drift_seeds=100
+    seeds=100
+    bug_seeds=30
 fi
 cargo build --release -p statelock-sim --quiet
 sim=target/release/statelock-sim
 # statelock under every fault: any violation fails the suite
 "$sim" sweep --seeds "0..$seeds" --protocol statelock --faults all
 # the seed design's naive protocol must be caught
-"$sim" sweep --seeds "0..$naive_seeds" --protocol naive --faults all --expect-violations
+"$sim" sweep --seeds "0..$bug_seeds" --protocol naive --faults all --expect-violations
 # clocks beyond rho: MutualExclusion may break, fencing must hold
-"$sim" sweep --seeds "0..$drift_seeds" --protocol statelock --drift beyond --faults all --expect-violations
+"$sim" sweep --seeds "0..$bug_seeds" --protocol statelock --drift beyond --faults all --expect-violations
+# planted state-store bugs must be caught by SealFencesStaleWriters
+"$sim" sweep --seeds "0..$bug_seeds" --bug no-seal --expect-violations
+"$sim" sweep --seeds "0..$bug_seeds" --bug unfenced-save --expect-violations
+# a supervisor that kills too late must be caught by SupervisedExclusion
+"$sim" sweep --seeds "0..$bug_seeds" --supervisor late-kill --expect-violations
 
 stage "formal specs (TLC)"
 specs/check.sh
