@@ -315,12 +315,14 @@ fn killed_holder_is_taken_over_after_its_lease_with_a_larger_token() {
     );
 
     let started = Instant::now();
+    // The taker's own lease is long: on a loaded machine, a 1 s lease can
+    // run out while its command starts (exit 75), which is not this test.
     let out = store.run(&[
         "exec",
         "--key",
         key,
         "--lease",
-        "1s",
+        "10s",
         "--wait",
         "30s",
         "--",

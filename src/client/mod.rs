@@ -445,9 +445,12 @@ impl LockClient {
         };
         let mut stale_grants: u32 = 0;
         // Waiters of this process for this key take turns (see [`turns`]).
+        // A try (`wait` zero) asks the store itself: it must not time out
+        // behind a waiter that may be about to be granted.
         let turn = inner
             .shared
             .clone()
+            .filter(|_| opts.wait != Some(Duration::ZERO))
             .map(|name| turns::Turn::join(name, key));
         let mut news = match &turn {
             Some(turn) => Some(self.await_turn(turn, &mut wait, &opts).await?),
