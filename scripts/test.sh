@@ -49,7 +49,10 @@ eval "$service_env"
 export STATELOCK_TEST_DYNAMODB_ENDPOINT STATELOCK_TEST_S3_ENDPOINT AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 
 stage "unit, integration, property and service tests"
-cargo test --workspace --features testkit --no-fail-fast
+cargo test --workspace --exclude statelock-sim --features testkit --no-fail-fast
+
+stage "simulator tests (release: a debug build runs the seeded sweeps ~10x slower)"
+cargo test --release -p statelock-sim --no-fail-fast
 
 stage "loom (guard heartbeat/release/drop race, memory store CAS)"
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
