@@ -44,7 +44,13 @@ fn bench(store: &str, args: &[&str]) -> Output {
 /// Runs a JSON bench of 4 clients for 2 s and checks what must hold in any
 /// report; returns it.
 fn bench_json(store: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["--clients", "4", "--duration", "2s", "--output", "json"];
+    bench_json_for(store, "2s", extra)
+}
+
+/// The same for `duration`: a service's first requests (a new table, a JVM
+/// warming up) can take seconds on a loaded machine, so its runs are longer.
+fn bench_json_for(store: &str, duration: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["--clients", "4", "--duration", duration, "--output", "json"];
     args.extend_from_slice(extra);
     let out = bench(store, &args);
     assert!(
@@ -252,7 +258,7 @@ fn dynamodb_local_run_with_raw_floor() {
         .output()
         .expect("run statelock");
     assert!(created.status.success(), "{}", text(&created.stderr));
-    let report = bench_json(&url, &["--raw"]);
+    let report = bench_json_for(&url, "8s", &["--raw"]);
     check_raw(&report);
 }
 
@@ -269,7 +275,7 @@ async fn s3_server_run_with_raw_floor() {
         "s3://{}/{prefix}?region=us-east-1&endpoint={endpoint}",
         common::s3::BUCKET
     );
-    let report = tokio::task::spawn_blocking(move || bench_json(&url, &["--raw"]))
+    let report = tokio::task::spawn_blocking(move || bench_json_for(&url, "8s", &["--raw"]))
         .await
         .expect("the bench ran");
     check_raw(&report);
