@@ -61,8 +61,8 @@ RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
 stage "simulator sweeps"
 # Sized to keep the whole suite within 30 minutes on 2 cores; scripts/soak.sh
 # runs the long sweeps.
-seeds=400
-bug_seeds=100
+seeds=300
+bug_seeds=60
 if [[ -n "${STATELOCK_TEST_QUICK:-}" ]]; then
     seeds=100
     bug_seeds=30
