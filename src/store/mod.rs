@@ -17,6 +17,8 @@ pub mod open;
 pub mod record_json;
 #[cfg(feature = "s3")]
 pub mod s3;
+#[cfg(any(feature = "dynamodb", feature = "s3"))]
+pub(crate) mod terraform_lockinfo;
 pub mod url;
 
 #[cfg(feature = "dynamodb")]

@@ -72,7 +72,10 @@ use super::table::{
     ensure_table, s, scan_all, write_once, Expr, Item, ItemReader, Table, TableSetup,
 };
 use crate::protocol::{
-    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
+    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion,
+};
+use crate::store::terraform_lockinfo::{
+    format_rfc3339, parse_rfc3339, Extras, LockInfo, VERSION_PREFIX,
 };
 use crate::store::url::LockFormat;
 use crate::store::{DamagedRecord, Listing, LockStore, StoreError};
@@ -83,10 +86,8 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, UNIX_EPOCH};
+use std::collections::HashMap;
 
 /// The lease reported for every lock read from a Terraform table: Terraform
 /// locks never expire, so no waiter may ever take one over.
@@ -100,42 +101,9 @@ const INFO: &str = "Info";
 const DIGEST: &str = "Digest";
 /// Suffix of Terraform's digest items.
 const DIGEST_SUFFIX: &str = "-md5";
-/// The `Version` statelock writes.
-const VERSION_PREFIX: &str = "statelock ";
 
 const KEY_SCHEMA_HINT: &str =
     "a Terraform lock table has the hash key `LockID` (type S), as Terraform's S3 backend expects";
-
-/// Terraform's `LockInfo` (internal/states/statemgr/locker.go), field order kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LockInfo {
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(rename = "Operation", default)]
-    operation: String,
-    #[serde(rename = "Info", default)]
-    info: String,
-    #[serde(rename = "Who", default)]
-    who: String,
-    #[serde(rename = "Version", default)]
-    version: String,
-    #[serde(rename = "Created")]
-    created: String,
-    #[serde(rename = "Path", default)]
-    path: String,
-}
-
-/// The holder details statelock keeps in `LockInfo.Info`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Extras {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
-}
 
 /// The `Info` string this store wrote for one of its leases.
 #[derive(Debug, Clone)]
@@ -693,48 +661,10 @@ fn info_for(op: &LockOp, owner: LeaseId, holder: &HolderInfo) -> Result<String, 
     serde_json::to_string(&lock_info).map_err(|e| StoreError::Misconfigured(e.to_string()))
 }
 
-/// The latest time humantime can format (9999-12-31T23:59:59.999Z).
-const MAX_FORMATTABLE_MS: i64 = 253_402_300_799_999;
-
-/// RFC 3339 in UTC with milliseconds, as Go's `time.Time` JSON accepts.
-/// Times outside 1970..=9999 are clamped (wall times are informational).
-fn format_rfc3339(t: WallTime) -> String {
-    let ms = t.as_millis().clamp(0, MAX_FORMATTABLE_MS);
-    let system = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
-    humantime::format_rfc3339_millis(system).to_string()
-}
-
-/// Parses Terraform's `Created` (Go's RFC 3339 with up to nanoseconds, `Z` or
-/// a `±hh:mm` offset).
-fn parse_rfc3339(text: &str) -> Option<WallTime> {
-    let has_offset =
-        text.len() > 6 && matches!(text.as_bytes().get(text.len() - 6), Some(b'+' | b'-'));
-    if !has_offset {
-        return humantime::parse_rfc3339_weak(text)
-            .ok()
-            .map(WallTime::from_system);
-    }
-    // `±hh:mm` offset: parse the local part, then subtract the offset.
-    let split = text.len() - 6;
-    let (local, offset) = (text.get(..split)?, text.get(split..)?);
-    let sign = match offset.as_bytes().first()? {
-        b'+' => 1i64,
-        b'-' => -1i64,
-        _ => return None,
-    };
-    let hours: i64 = offset.get(1..3)?.parse().ok()?;
-    let minutes: i64 = offset.get(4..6)?.parse().ok()?;
-    if offset.as_bytes().get(3) != Some(&b':') || hours > 23 || minutes > 59 {
-        return None;
-    }
-    let local = WallTime::from_system(humantime::parse_rfc3339_weak(local).ok()?);
-    let offset_ms = sign * (hours * 3600 + minutes * 60) * 1000;
-    Some(WallTime(local.as_millis().checked_sub(offset_ms)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::WallTime;
 
     /// An `Info` exactly as Terraform 1.0.3 writes it.
     const TERRAFORM_INFO: &str = r#"{"ID":"5b9f1c2e-8d4a-4f51-9c0e-2a7b3d6e1f40","Operation":"OperationTypeApply","Info":"","Who":"alice@laptop","Version":"1.0.3","Created":"2024-01-15T14:20:00.123456Z","Path":"statelock-test/env/prod.tfstate"}"#;

@@ -72,16 +72,17 @@ use super::client::{Answer, Bucket, Cond, ETag};
 use super::probe::Gate;
 use super::MAX_OBJECT_KEY_BYTES;
 use crate::protocol::{
-    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
+    FencingToken, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, RecordVersion,
+};
+use crate::store::terraform_lockinfo::{
+    format_rfc3339, parse_rfc3339, Extras, LockInfo, VERSION_PREFIX,
 };
 use crate::store::url::{LockFormat, S3Location};
 use crate::store::{DamagedRecord, Listing, LockStore, StoreError};
 use crate::sync::Mutex;
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, UNIX_EPOCH};
+use std::collections::HashMap;
 
 /// The lease reported for every lockfile: Terraform locks never expire, so
 /// no waiter may ever take one over.
@@ -93,43 +94,8 @@ pub const LOCKFILE_SUFFIX: &str = ".tflock";
 /// The largest lockfile read, in bytes.
 const MAX_LOCKFILE_BYTES: u64 = 64 * 1024;
 
-/// The `Version` statelock writes.
-const VERSION_PREFIX: &str = "statelock ";
-
 /// How many lockfiles a listing reads at once.
 const LIST_CONCURRENCY: usize = 16;
-
-/// Terraform's `LockInfo` (internal/states/statemgr/locker.go), field order
-/// kept (Go marshals the fields in declaration order, under their own names).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct LockInfo {
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(rename = "Operation", default)]
-    operation: String,
-    #[serde(rename = "Info", default)]
-    info: String,
-    #[serde(rename = "Who", default)]
-    who: String,
-    #[serde(rename = "Version", default)]
-    version: String,
-    #[serde(rename = "Created")]
-    created: String,
-    #[serde(rename = "Path", default)]
-    path: String,
-}
-
-/// The holder details statelock keeps in `LockInfo.Info`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Extras {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    metadata: BTreeMap<String, String>,
-}
 
 /// A lease's lockfile as this store last saw it.
 #[derive(Debug, Clone)]
@@ -659,48 +625,11 @@ fn lockfile_for(
     serde_json::to_vec(&lock_info).map_err(|e| StoreError::Misconfigured(e.to_string()))
 }
 
-/// The latest time humantime can format (9999-12-31T23:59:59.999Z).
-const MAX_FORMATTABLE_MS: i64 = 253_402_300_799_999;
-
-/// RFC 3339 in UTC with milliseconds, as Go's `time.Time` JSON accepts.
-/// Times outside 1970..=9999 are clamped (wall times are informational).
-fn format_rfc3339(t: WallTime) -> String {
-    let ms = t.as_millis().clamp(0, MAX_FORMATTABLE_MS);
-    let system = UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
-    humantime::format_rfc3339_millis(system).to_string()
-}
-
-/// Parses Terraform's `Created` (Go's RFC 3339 with up to nanoseconds, `Z` or
-/// a `±hh:mm` offset).
-fn parse_rfc3339(text: &str) -> Option<WallTime> {
-    let has_offset =
-        text.len() > 6 && matches!(text.as_bytes().get(text.len() - 6), Some(b'+' | b'-'));
-    if !has_offset {
-        return humantime::parse_rfc3339_weak(text)
-            .ok()
-            .map(WallTime::from_system);
-    }
-    let split = text.len() - 6;
-    let (local, offset) = (text.get(..split)?, text.get(split..)?);
-    let sign = match offset.as_bytes().first()? {
-        b'+' => 1i64,
-        b'-' => -1i64,
-        _ => return None,
-    };
-    let hours: i64 = offset.get(1..3)?.parse().ok()?;
-    let minutes: i64 = offset.get(4..6)?.parse().ok()?;
-    if offset.as_bytes().get(3) != Some(&b':') || hours > 23 || minutes > 59 {
-        return None;
-    }
-    let local = WallTime::from_system(humantime::parse_rfc3339_weak(local).ok()?);
-    let offset_ms = sign * (hours * 3600 + minutes * 60) * 1000;
-    Some(WallTime(local.as_millis().checked_sub(offset_ms)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::GrantFrom;
+    use crate::protocol::WallTime;
 
     /// A lockfile exactly as Terraform 1.10 writes it (`json.Marshal` of
     /// `LockInfo`, `Created` in UTC with nanoseconds).
