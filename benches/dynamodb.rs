@@ -154,6 +154,7 @@ async fn store_acquire_release(store: &DynamoDbStore, key: LockKey) {
             owner,
             lease_ms: 20_000,
             holder: HolderInfo::named("bench"),
+            at_least: FencingToken::NONE,
         },
     };
     let granted = store

@@ -386,6 +386,7 @@ async fn lost_responses_are_recognised_by_the_client() {
             owner: LeaseId::random(),
             lease_ms: 20_000,
             holder: HolderInfo::named("resender"),
+            at_least: FencingToken::NONE,
         },
     };
     let landed = inner.apply(&op).await.expect("first send");
@@ -565,6 +566,7 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
                 owner: LeaseId::random(),
                 lease_ms: 1000,
                 holder: HolderInfo::named("y"),
+                at_least: FencingToken::NONE,
             },
             OpKind::Takeover {
                 observed: rvn,
@@ -572,6 +574,7 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
                 owner: LeaseId::random(),
                 lease_ms: 1000,
                 holder: HolderInfo::named("y"),
+                at_least: FencingToken::NONE,
             },
             OpKind::ForceUnlock {
                 observed: rvn,
@@ -966,6 +969,7 @@ async fn sdk_resends_reads_but_never_writes() {
             owner: LeaseId::random(),
             lease_ms: 1000,
             holder: HolderInfo::named("x"),
+            at_least: FencingToken::NONE,
         },
     };
     let written = store.apply(&acquire).await;
@@ -988,6 +992,7 @@ async fn sdk_resends_reads_but_never_writes() {
             owner: LeaseId::random(),
             lease_ms: 1000,
             holder: HolderInfo::named("x"),
+            at_least: FencingToken::NONE,
         },
         ..acquire.clone()
     };
@@ -1048,6 +1053,7 @@ async fn store_errors_are_one_line_and_classified() {
             owner: LeaseId::random(),
             lease_ms: 20_000,
             holder: HolderInfo::named("errors"),
+            at_least: FencingToken::NONE,
         },
     };
     // A client that would wait ten minutes for a lock it could get.
@@ -1313,6 +1319,7 @@ async fn silent_endpoint_times_out_in_one_line() {
                 owner: LeaseId::random(),
                 lease_ms: 20_000,
                 holder: HolderInfo::named("silent"),
+                at_least: FencingToken::NONE,
             },
         })
         .await;

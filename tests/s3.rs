@@ -104,6 +104,7 @@ fn acquire(key: &LockKey, from: GrantFrom) -> LockOp {
             owner: LeaseId::random(),
             lease_ms: 20_000,
             holder: HolderInfo::named("tester"),
+            at_least: FencingToken::NONE,
         },
     )
 }
@@ -1321,6 +1322,7 @@ mod terraform {
                     owner,
                     lease_ms: 20_000,
                     holder: HolderInfo::named("me@here"),
+                    at_least: FencingToken::NONE,
                 },
             )
         };

@@ -426,6 +426,7 @@ async fn heartbeat_and_release_recognise_the_lock_by_its_id() {
             owner,
             lease_ms: 20_000,
             holder: HolderInfo::named("me@here"),
+            at_least: FencingToken::NONE,
         }))
         .await
         .expect("acquire");

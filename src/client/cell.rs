@@ -119,6 +119,7 @@ mod loom_tests {
                 owner: LeaseId(uuid::Uuid::from_u128(1)),
                 lease_ms: 3000,
                 holder: HolderInfo::named("me"),
+                at_least: FencingToken::NONE,
             },
         };
         let record = store.apply_now(&op).unwrap();
@@ -233,6 +234,7 @@ mod loom_tests {
                                 owner: LeaseId(uuid::Uuid::from_u128(i + 1)),
                                 lease_ms: 1000,
                                 holder: HolderInfo::named("t"),
+                                at_least: FencingToken::NONE,
                             },
                         };
                         if store.apply_now(&op).is_ok() {

@@ -92,6 +92,12 @@ pub enum OpKind {
         lease_ms: u64,
         /// Who asks.
         holder: HolderInfo,
+        /// The least token to install: the grant installs the larger of this
+        /// and its next token. A quorum store sets it so that every member
+        /// installs the same token (see PROTOCOL.md, "Quorum lock");
+        /// [`FencingToken::NONE`] otherwise.
+        #[serde(default, skip_serializing_if = "FencingToken::is_none")]
+        at_least: FencingToken,
     },
     /// Grant a held key whose version the waiter has seen unchanged for a
     /// whole takeover wait: the record is still at that version.
@@ -106,6 +112,9 @@ pub enum OpKind {
         lease_ms: u64,
         /// Who asks.
         holder: HolderInfo,
+        /// The least token to install (as for an acquire).
+        #[serde(default, skip_serializing_if = "FencingToken::is_none")]
+        at_least: FencingToken,
     },
     /// Renew: only the current owner at its current version.
     Heartbeat {
@@ -200,8 +209,10 @@ impl LockOp {
     /// key whose tokens are used up).
     pub fn granted_token(&self) -> Option<FencingToken> {
         match &self.kind {
-            OpKind::Acquire { from, .. } => from.next_token(),
-            OpKind::Takeover { token, .. } => token.next(),
+            OpKind::Acquire { from, at_least, .. } => from.next_token().map(|t| t.max(*at_least)),
+            OpKind::Takeover {
+                token, at_least, ..
+            } => token.next().map(|t| t.max(*at_least)),
             _ => None,
         }
     }
@@ -347,6 +358,7 @@ mod tests {
             owner: me,
             lease_ms: 1000,
             holder: HolderInfo::named("me"),
+            at_least: FencingToken::NONE,
         }
     }
 
@@ -374,6 +386,7 @@ mod tests {
             owner: me,
             lease_ms: 1000,
             holder: HolderInfo::named("me"),
+            at_least: FencingToken::NONE,
         };
         let hb = |v| OpKind::Heartbeat {
             owner: me,

@@ -25,6 +25,11 @@ impl FencingToken {
     /// (Terraform's lock items) do.
     pub const NONE: FencingToken = FencingToken(0);
 
+    /// True for [`Self::NONE`].
+    pub fn is_none(&self) -> bool {
+        *self == Self::NONE
+    }
+
     /// The token the next grant after this one receives, if any is left.
     pub fn next(self) -> Option<FencingToken> {
         self.0.checked_add(1).map(FencingToken)

@@ -279,6 +279,7 @@ impl Waiter {
                     owner: self.owner,
                     lease_ms: self.lease_ms,
                     holder: self.holder.clone(),
+                    at_least: FencingToken::NONE,
                 }
             }
             (from, _) => OpKind::Acquire {
@@ -286,6 +287,7 @@ impl Waiter {
                 owner: self.owner,
                 lease_ms: self.lease_ms,
                 holder: self.holder.clone(),
+                at_least: FencingToken::NONE,
             },
         };
         let op = LockOp {
@@ -564,7 +566,8 @@ mod tests {
                 token: FencingToken(4),
                 owner: me(),
                 lease_ms: 1000,
-                holder: HolderInfo::named("me")
+                holder: HolderInfo::named("me"),
+                at_least: FencingToken::NONE,
             }
         );
         let rec = op.apply(Some(&held(7, 1000))).unwrap();

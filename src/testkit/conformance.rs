@@ -51,6 +51,7 @@ pub const CASES: &[&str] = &[
     "grants_name_the_version_they_replace",
     "purge_raises_the_floor_and_tokens_continue",
     "rebase_raises_only_the_holders_token",
+    "grants_install_at_least_the_token_named",
 ];
 
 /// Mounts the conformance suite on a store: expands to one `#[test]` per case
@@ -101,6 +102,7 @@ macro_rules! lock_store_conformance {
             grants_name_the_version_they_replace
             purge_raises_the_floor_and_tokens_continue
             rebase_raises_only_the_holders_token
+            grants_install_at_least_the_token_named
         );
     };
 }
@@ -143,6 +145,7 @@ pub async fn run_all(store: SharedStore, prefix: &str) {
     concurrent_acquirers_exactly_one_wins(store.clone(), &p(CASES[14])).await;
     grants_name_the_version_they_replace(store.clone(), &p(CASES[15])).await;
     rebase_raises_only_the_holders_token(store.clone(), &p(CASES[17])).await;
+    grants_install_at_least_the_token_named(store.clone(), &p(CASES[18])).await;
     // Last: it raises the store's token floor, which the cases above assume
     // to be 0.
     purge_raises_the_floor_and_tokens_continue(store, &p(CASES[16])).await;
@@ -256,6 +259,7 @@ fn acquire_from(key: &LockKey, owner: LeaseId, from: GrantFrom) -> LockOp {
             owner,
             lease_ms: 20_000,
             holder: holder("acquirer"),
+            at_least: FencingToken::NONE,
         },
     )
 }
@@ -270,6 +274,7 @@ fn takeover(key: &LockKey, observed: RecordVersion, token: FencingToken, owner: 
             owner,
             lease_ms: 15_000,
             holder: holder("taker"),
+            at_least: FencingToken::NONE,
         },
     )
 }
@@ -1322,6 +1327,38 @@ pub async fn rebase_raises_only_the_holders_token(store: SharedStore, prefix: &s
     assert_eq!(next.token, FencingToken(10));
 }
 
+/// A grant whose `at_least` is above its next token installs `at_least`
+/// (what a quorum store asks of its members); one below changes nothing.
+/// Tokens still only increase on the store.
+pub async fn grants_install_at_least_the_token_named(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    let with_at_least = |mut op: LockOp, t: u64| {
+        if let OpKind::Acquire { at_least, .. } | OpKind::Takeover { at_least, .. } = &mut op.kind {
+            *at_least = FencingToken(t);
+        }
+        op
+    };
+    let first = with_at_least(acquire(&k, LeaseId::random(), None), 7);
+    let first = applied(s, &first, None).await;
+    assert_eq!(first.token, FencingToken(7), "an absent key's grant");
+    let released = applied(s, &release_of(&first), Some(&first)).await;
+    let low = with_at_least(acquire(&k, LeaseId::random(), Some(&released)), 3);
+    let second = applied(s, &low, Some(&released)).await;
+    assert_eq!(second.token, FencingToken(8), "a lower at_least is ignored");
+    let taken = with_at_least(takeover_of(&second, LeaseId::random()), 40);
+    let third = applied(s, &taken, Some(&second)).await;
+    assert_eq!(third.token, FencingToken(40), "a takeover's at_least");
+    let released = applied(s, &release_of(&third), Some(&third)).await;
+    let next = applied(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&released)),
+        Some(&released),
+    )
+    .await;
+    assert_eq!(next.token, FencingToken(41), "tokens continue above it");
+}
+
 #[cfg(test)]
 mod tests {
     //! The suite must pass the reference store and fail stores with typical bugs.
@@ -1476,6 +1513,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CASES.len());
-        assert_eq!(CASES.len(), 18);
+        assert_eq!(CASES.len(), 19);
     }
 }

@@ -250,6 +250,7 @@ mod tests {
                 owner: LeaseId::random(),
                 lease_ms: 1000,
                 holder: HolderInfo::named("t"),
+                at_least: FencingToken::NONE,
             },
         }
     }

@@ -798,6 +798,7 @@ mod tests {
                 owner,
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
+                at_least: FencingToken::NONE,
             },
             OpKind::Acquire {
                 from: GrantFrom::Absent {
@@ -806,6 +807,7 @@ mod tests {
                 owner,
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
+                at_least: FencingToken::NONE,
             },
             OpKind::Takeover {
                 observed: RecordVersion(1),
@@ -813,6 +815,7 @@ mod tests {
                 owner,
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
+                at_least: FencingToken::NONE,
             },
             OpKind::Heartbeat {
                 owner,

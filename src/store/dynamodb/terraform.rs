@@ -718,6 +718,7 @@ mod tests {
                 owner,
                 lease_ms: 1000,
                 holder: holder.clone(),
+                at_least: FencingToken::NONE,
             },
         };
         let info = info_for(&op, owner, &holder).unwrap();

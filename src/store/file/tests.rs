@@ -36,6 +36,7 @@ fn acquire_from(key: &LockKey, owner: LeaseId, from: GrantFrom) -> LockOp {
             owner,
             lease_ms: 10_000,
             holder: HolderInfo::named("tester"),
+            at_least: FencingToken::NONE,
         },
     }
 }

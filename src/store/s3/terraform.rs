@@ -683,6 +683,7 @@ mod tests {
                 owner,
                 lease_ms: 1000,
                 holder: holder.clone(),
+                at_least: FencingToken::NONE,
             },
         };
         let body = lockfile_for(&op, owner, &holder, "bucket/app/terraform.tfstate").unwrap();
