@@ -14,6 +14,7 @@ pub mod dynamodb;
 pub mod file;
 pub mod memory;
 pub mod open;
+pub mod quorum;
 pub mod record_json;
 #[cfg(feature = "s3")]
 pub mod s3;

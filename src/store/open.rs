@@ -11,6 +11,13 @@ pub async fn open_lock_store(url: &StoreUrl) -> Result<Arc<dyn LockStore>, Store
         StoreUrl::Memory => Ok(Arc::new(super::memory::MemoryStore::new())),
         StoreUrl::DynamoDb { .. } => open_dynamodb(url).await,
         StoreUrl::S3(_) => open_s3(url).await,
+        StoreUrl::Quorum(members) => {
+            let mut stores = Vec::with_capacity(members.len());
+            for member in members {
+                stores.push(Box::pin(open_lock_store(member)).await?);
+            }
+            Ok(Arc::new(super::quorum::QuorumStore::new(stores)?))
+        }
     }
 }
 

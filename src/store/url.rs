@@ -243,6 +243,9 @@ pub enum StoreUrl {
     },
     /// An S3 bucket (and key prefix).
     S3(S3Location),
+    /// A quorum of member stores (see [`crate::store::quorum`]):
+    /// `quorum://?store=URL&store=URL&store=URL`.
+    Quorum(Vec<StoreUrl>),
 }
 
 fn bad(url: &str, why: impl fmt::Display) -> StoreError {
@@ -323,9 +326,10 @@ impl StoreUrl {
                 })
             }
             "s3" => parse_s3(url, rest).map(StoreUrl::S3),
+            "quorum" => parse_quorum(url, rest),
             other => Err(bad(
                 url,
-                format!("unknown scheme {other:?} (known: file, mem, dynamodb, s3)"),
+                format!("unknown scheme {other:?} (known: file, mem, dynamodb, s3, quorum)"),
             )),
         }
     }
@@ -337,9 +341,56 @@ impl StoreUrl {
     pub fn into_absolute(self) -> Result<StoreUrl, StoreError> {
         match self {
             StoreUrl::File(dir) => absolute_dir(&dir).map(StoreUrl::File),
+            StoreUrl::Quorum(members) => members
+                .into_iter()
+                .map(StoreUrl::into_absolute)
+                .collect::<Result<Vec<_>, _>>()
+                .map(StoreUrl::Quorum),
             other => Ok(other),
         }
     }
+}
+
+/// Parses the part of a `quorum://` URL after the scheme:
+/// `?store=URL&store=URL...`. Each member URL runs to the next `&store=`,
+/// so members keep their own `?...&...` parameters unescaped (no member
+/// URL has a parameter called `store`).
+fn parse_quorum(url: &str, rest: &str) -> Result<StoreUrl, StoreError> {
+    let list = rest
+        .strip_prefix("?store=")
+        .ok_or_else(|| bad(url, "expected quorum://?store=URL&store=URL&store=URL"))?;
+    let members = list
+        .split("&store=")
+        .map(|member| {
+            if member.starts_with("quorum:") {
+                return Err(bad(url, "a quorum cannot be a member of a quorum"));
+            }
+            match StoreUrl::parse(member)? {
+                StoreUrl::DynamoDb {
+                    format: LockFormat::Terraform,
+                    ..
+                } => Err(bad(
+                    url,
+                    format!("{member:?} holds Terraform locks, which have no fencing tokens"),
+                )),
+                StoreUrl::S3(l) if l.format == LockFormat::Terraform => Err(bad(
+                    url,
+                    format!("{member:?} holds Terraform locks, which have no fencing tokens"),
+                )),
+                other => Ok(other),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if members.len() < 3 || members.len().is_multiple_of(2) {
+        return Err(bad(
+            url,
+            format!(
+                "a quorum needs an odd number of member stores, at least 3 (got {})",
+                members.len()
+            ),
+        ));
+    }
+    Ok(StoreUrl::Quorum(members))
 }
 
 /// Parses the part of an `s3://` URL after the scheme.
@@ -661,5 +712,53 @@ mod tests {
             panic!("{resolved:?}");
         };
         assert!(file_store_url(&dir).starts_with("file:///"));
+    }
+
+    #[test]
+    fn quorum_urls_list_their_members_with_their_own_parameters() {
+        let url =
+            "quorum://?store=dynamodb://locks?region=us-east-1&endpoint=http://127.0.0.1:8000\
+                   &store=s3://bucket/locks?region=eu-west-1&store=file:///srv/locks";
+        let url: String = url.split_whitespace().collect();
+        let StoreUrl::Quorum(members) = StoreUrl::parse(&url).unwrap() else {
+            panic!("not a quorum");
+        };
+        assert_eq!(members.len(), 3);
+        assert_eq!(
+            members[0],
+            StoreUrl::DynamoDb {
+                table: "locks".into(),
+                region: Some("us-east-1".into()),
+                endpoint: Some("http://127.0.0.1:8000".into()),
+                format: LockFormat::Statelock,
+            }
+        );
+        assert!(matches!(&members[1], StoreUrl::S3(l) if l.region.as_deref() == Some("eu-west-1")));
+        assert_eq!(members[2], StoreUrl::File("/srv/locks".into()));
+    }
+
+    #[test]
+    fn bad_quorum_urls_say_what_is_wrong() {
+        for (url, says) in [
+            ("quorum://", "expected quorum://?store="),
+            ("quorum://?store=mem://&store=mem://", "odd number"),
+            (
+                "quorum://?store=mem://&store=bogus&store=mem://",
+                "expected SCHEME",
+            ),
+            (
+                "quorum://?store=mem://&store=mem://&store=dynamodb://tbl?format=terraform",
+                "Terraform",
+            ),
+            (
+                "quorum://?store=mem://&store=mem://&store=quorum://?store=mem://",
+                "member of a quorum",
+            ),
+        ] {
+            match StoreUrl::parse(url) {
+                Err(StoreError::Misconfigured(m)) => assert!(m.contains(says), "{url}: {m}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 }

@@ -82,8 +82,9 @@ macro_rules! lock_store_conformance {
             }
         )*
     };
-    ($make_store:expr $(,)?) => {
+    (@common ($make_store:expr) $concurrent:ident) => {
         $crate::lock_store_conformance!(@cases ($make_store)
+            $concurrent
             acquire_absent_grants_first_token
             acquire_held_conflicts_with_current_record
             acquire_released_increments_token
@@ -98,12 +99,17 @@ macro_rules! lock_store_conformance {
             list_and_get_agree
             keys_are_independent
             written_record_matches_reference_semantics
-            concurrent_acquirers_exactly_one_wins
             grants_name_the_version_they_replace
             purge_raises_the_floor_and_tokens_continue
             rebase_raises_only_the_holders_token
             grants_install_at_least_the_token_named
         );
+    };
+    (quorum: $make_store:expr $(,)?) => {
+        $crate::lock_store_conformance!(@common ($make_store) concurrent_acquirers_at_most_one_wins);
+    };
+    ($make_store:expr $(,)?) => {
+        $crate::lock_store_conformance!(@common ($make_store) concurrent_acquirers_exactly_one_wins);
     };
 }
 
@@ -1127,6 +1133,81 @@ pub async fn concurrent_acquirers_exactly_one_wins(store: SharedStore, prefix: &
     }
     let last = previous.unwrap_or_else(|| panic!("suite bug: no rounds"));
     assert_eq!(last.token, FencingToken(ROUNDS as u64));
+}
+
+/// The quorum form of [`concurrent_acquirers_exactly_one_wins`]: members
+/// can each pick a different racer (a split vote), so at most one racer
+/// wins a round; every winner's token is larger than the last; the
+/// losers' partial grants are released, so a lone acquirer then wins.
+pub async fn concurrent_acquirers_at_most_one_wins(store: SharedStore, prefix: &str) {
+    const TASKS: usize = 16;
+    const ROUNDS: usize = 5;
+    let s = &*store;
+    let k = key(prefix, "contended");
+    let mut last_token = FencingToken::NONE;
+    for round in 0..ROUNDS {
+        let previous = settled(s, &k).await;
+        let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let racers: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let (store, start) = (store.clone(), start.clone());
+                let sent = acquire(&k, LeaseId::random(), previous.as_ref());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let answer = store.apply(&sent).await;
+                    (sent, answer)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for racer in racers {
+            let (sent, answer) = racer
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: an acquiring task failed: {e}"));
+            match answer {
+                Ok(r) => winners.push(r),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => panic!("round {round}: {} failed: {e:?}", describe_op(&sent)),
+            }
+        }
+        assert!(
+            winners.len() <= 1,
+            "round {round}: {} acquirers won at once: {winners:?}",
+            winners.len()
+        );
+        if let Some(winner) = winners.pop() {
+            assert!(
+                winner.token > last_token,
+                "round {round}: the token did not increase"
+            );
+            last_token = winner.token;
+            applied(s, &release_of(&winner), Some(&winner)).await;
+        }
+    }
+    let previous = settled(s, &k).await;
+    let lone = s
+        .apply(&acquire(&k, LeaseId::random(), previous.as_ref()))
+        .await
+        .unwrap_or_else(|e| panic!("a lone acquirer after the races must win: {e:?}"));
+    assert!(lone.token > last_token);
+}
+
+/// The record of `k` once nobody holds it (partial grants released in the
+/// background are waited for, up to 10 s).
+async fn settled(s: &dyn LockStore, k: &LockKey) -> Option<LockRecord> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let current = get(s, k).await;
+        if current.as_ref().is_none_or(|r| r.released) {
+            return current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partial grants of {k:?} were not released within 10 s: {current:?}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// A grant lands only on the exact version it names: not on another
