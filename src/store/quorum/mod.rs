@@ -384,9 +384,12 @@ async fn release_member(member: Arc<dyn LockStore>, granted: &LockOp, rvn: Recor
     let (OpKind::Acquire { owner, .. } | OpKind::Takeover { owner, .. }) = &granted.kind else {
         return;
     };
+    // The version is derived from the grant's (itself random), not drawn
+    // here: the store adds no randomness of its own, so a simulated run
+    // replays exactly from its seed.
     let release = LockOp {
         key: granted.key.clone(),
-        new_rvn: RecordVersion::random(),
+        new_rvn: RecordVersion(rvn.0.rotate_left(64) ^ 0x7265_6c65_6173_6520_7061_7274_6961_6c21),
         at: granted.at,
         kind: OpKind::Release {
             owner: *owner,
