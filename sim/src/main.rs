@@ -11,7 +11,6 @@ use statelock_sim::run::{liveness_bound, run_seed};
 use statelock_sim::scenario::{DriftMode, FaultSet, ProtocolVariant, StateBug};
 use statelock_sim::sweep::{allowed_violations, sweep, verdict, SweepOptions};
 use statelock_sim::SupervisorVariant;
-use std::io::IsTerminal;
 use std::ops::Range;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +31,11 @@ enum Command {
     /// Run a range of seeds and print a summary. Exits non-zero on any
     /// violation the configuration does not allow, or on a run that could
     /// not be judged.
+    ///
+    /// Progress goes to stderr: a bar on a terminal; otherwise (a CI log, a
+    /// file) one plain line each time another tenth of the seeds is done, so
+    /// at most 10 lines, e.g. `sweep: 300/1000 seeds, 0 violating, 41 s,
+    /// about 96 s left`.
     Sweep {
         /// Seeds to run: `A..B`, or `N` for `0..N`.
         #[arg(long, default_value = "0..1000", value_parser = parse_seeds)]
@@ -199,7 +203,7 @@ fn main() -> ExitCode {
                 cfg: scenario.config(),
                 seeds,
                 jobs,
-                progress: std::io::stderr().is_terminal(),
+                progress: true,
             };
             let summary = sweep(&opts);
             println!("{summary}");

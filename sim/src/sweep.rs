@@ -1,5 +1,10 @@
 //! Sweeps: many seeds across threads (each seed is its own single-threaded,
 //! deterministic simulation), a summary, and the verdict the binary exits with.
+//!
+//! Progress goes to stderr only, never to stdout (the summary's stream): a
+//! bar on a terminal, and on anything else (a CI log, a file) one plain line
+//! each time another tenth of the seeds is done ([`progress_line`]). Progress
+//! reporting must not change what a sweep runs or finds.
 
 use crate::config::SimConfig;
 use crate::invariants::Invariant;
@@ -8,6 +13,7 @@ use crate::scenario::{ProtocolVariant, StateBug, SupervisorVariant};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+use std::io::{IsTerminal, Write as _};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -22,7 +28,9 @@ pub struct SweepOptions {
     pub seeds: Range<u64>,
     /// Worker threads.
     pub jobs: usize,
-    /// Show a progress bar (only drawn on a terminal).
+    /// Report progress on stderr: a bar when stderr is a terminal, otherwise
+    /// one plain line each time another tenth of the seeds is done (see
+    /// [`progress_line`]).
     pub progress: bool,
 }
 
@@ -95,11 +103,84 @@ impl SweepSummary {
     }
 }
 
+/// How a sweep reports its progress on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProgressMode {
+    /// Nothing.
+    Off,
+    /// An indicatif bar (stderr is a terminal).
+    Bar,
+    /// A plain line at every tenth of the seeds (stderr is not a terminal).
+    Lines,
+}
+
+impl ProgressMode {
+    fn choose(progress: bool, stderr_is_terminal: bool) -> Self {
+        match (progress, stderr_is_terminal) {
+            (false, _) => ProgressMode::Off,
+            (true, true) => ProgressMode::Bar,
+            (true, false) => ProgressMode::Lines,
+        }
+    }
+}
+
+/// How many tenths of `total` seeds `done` seeds are, rounded down (0 to 10).
+fn tenths_done(done: u64, total: u64) -> u64 {
+    if total == 0 {
+        return 10;
+    }
+    let tenths = u128::from(done.min(total)) * 10 / u128::from(total);
+    u64::try_from(tenths).unwrap_or(10)
+}
+
+/// The tenth reached when `done` seeds of `total` are done, if it is past the
+/// `reported` one: a progress line is then due.
+fn tenth_due(done: u64, total: u64, reported: u64) -> Option<u64> {
+    let tenths = tenths_done(done, total);
+    (tenths > reported).then_some(tenths)
+}
+
+/// Whole seconds, or minutes and seconds from two minutes on: `41 s`,
+/// `12 min 5 s`.
+fn human_seconds(d: Duration) -> String {
+    let secs = d.as_secs_f64().round() as u64;
+    if secs < 120 {
+        format!("{secs} s")
+    } else {
+        format!("{} min {} s", secs / 60, secs % 60)
+    }
+}
+
+/// The plain progress line of a sweep that is not drawn on a terminal:
+/// `sweep: 300/1000 seeds, 0 violating, 41 s, about 95 s left`. `elapsed` is
+/// the real time since the sweep began; the time left assumes the remaining
+/// seeds run at the rate so far and is left out once every seed is done. Runs
+/// that could not be judged are named only when there are any.
+pub fn progress_line(
+    done: u64,
+    total: u64,
+    violating: usize,
+    not_judged: usize,
+    elapsed: Duration,
+) -> String {
+    let mut line = format!("sweep: {done}/{total} seeds, {violating} violating");
+    if not_judged > 0 {
+        let _ = write!(line, ", {not_judged} not judged");
+    }
+    let _ = write!(line, ", {}", human_seconds(elapsed));
+    if done > 0 && done < total {
+        let left = elapsed.mul_f64((total - done) as f64 / done as f64);
+        let _ = write!(line, ", about {} left", human_seconds(left));
+    }
+    line
+}
+
 /// Runs every seed of `opts`.
 pub fn sweep(opts: &SweepOptions) -> SweepSummary {
     let started = Instant::now();
     let total = opts.seeds.end.saturating_sub(opts.seeds.start);
-    let bar = if opts.progress {
+    let mode = ProgressMode::choose(opts.progress, std::io::stderr().is_terminal());
+    let bar = if mode == ProgressMode::Bar {
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template(
@@ -145,10 +226,26 @@ pub fn sweep(opts: &SweepOptions) -> SweepSummary {
                 .expect("spawn a worker thread");
         }
         drop(tx);
+        let mut done = 0u64;
+        let mut tenths_reported = 0u64;
         for report in rx {
             let bad = !report.violations.is_empty() || report.failure.is_some();
             summary.absorb(report);
             bar.inc(1);
+            done += 1;
+            let due = tenth_due(done, total, tenths_reported);
+            if let (ProgressMode::Lines, Some(tenths)) = (mode, due) {
+                tenths_reported = tenths;
+                let line = progress_line(
+                    done,
+                    total,
+                    summary.violating_seeds(),
+                    summary.failures.len(),
+                    started.elapsed(),
+                );
+                // A closed or full stderr must not stop the sweep.
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
             if bad {
                 bar.set_message(format!(
                     "{} violating seeds, {} failed",
@@ -338,5 +435,73 @@ impl fmt::Display for SweepSummary {
             self.seeds_per_second(),
             self.seeds_per_second() * 60.0
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_line_names_seeds_violations_elapsed_and_time_left() {
+        assert_eq!(
+            progress_line(300, 1000, 0, 0, Duration::from_secs(41)),
+            "sweep: 300/1000 seeds, 0 violating, 41 s, about 96 s left"
+        );
+        assert_eq!(
+            progress_line(100, 1000, 3, 2, Duration::from_millis(9_600)),
+            "sweep: 100/1000 seeds, 3 violating, 2 not judged, 10 s, about 86 s left"
+        );
+    }
+
+    #[test]
+    fn progress_line_switches_to_minutes_from_two_minutes() {
+        assert_eq!(
+            progress_line(500, 1000, 0, 0, Duration::from_secs(245)),
+            "sweep: 500/1000 seeds, 0 violating, 4 min 5 s, about 4 min 5 s left"
+        );
+        assert_eq!(
+            progress_line(100, 10_000, 1, 0, Duration::from_secs(119)),
+            "sweep: 100/10000 seeds, 1 violating, 119 s, about 196 min 21 s left"
+        );
+    }
+
+    #[test]
+    fn progress_line_drops_the_estimate_when_done() {
+        assert_eq!(
+            progress_line(1000, 1000, 0, 0, Duration::from_secs(137)),
+            "sweep: 1000/1000 seeds, 0 violating, 2 min 17 s"
+        );
+    }
+
+    #[test]
+    fn a_line_is_due_at_every_tenth_and_at_most_ten_times() {
+        let due = |total: u64| -> Vec<u64> {
+            let mut reported = 0;
+            let mut at = Vec::new();
+            for done in 1..=total {
+                if let Some(tenths) = tenth_due(done, total, reported) {
+                    reported = tenths;
+                    at.push(done);
+                }
+            }
+            at
+        };
+        assert_eq!(
+            due(1000),
+            vec![100, 200, 300, 400, 500, 600, 700, 800, 900, 1000]
+        );
+        assert_eq!(due(3), vec![1, 2, 3]);
+        assert_eq!(due(25), vec![3, 5, 8, 10, 13, 15, 18, 20, 23, 25]);
+        assert_eq!(tenths_done(u64::MAX, u64::MAX), 10);
+        assert_eq!(tenths_done(u64::MAX - 1, u64::MAX), 9);
+    }
+
+    #[test]
+    fn lines_only_off_a_terminal_and_only_when_asked() {
+        assert_eq!(ProgressMode::choose(false, true), ProgressMode::Off);
+        assert_eq!(ProgressMode::choose(false, false), ProgressMode::Off);
+        assert_eq!(ProgressMode::choose(true, true), ProgressMode::Bar);
+        assert_eq!(ProgressMode::choose(true, false), ProgressMode::Lines);
     }
 }
