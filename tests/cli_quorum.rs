@@ -200,11 +200,11 @@ fn a_member_that_comes_back_empty_differs_until_the_next_grant() {
         ("agreed".to_string(), 3)
     );
     let table = quorum.stdout(&["locks"]);
+    assert!(locks_row(&table, key).ends_with("3/3 agree"), "{table}");
     assert!(
-        locks_row(&table, key).ends_with("3/3 agree"),
+        table.contains("MEMBERS: how many of the quorum's 3"),
         "{table}"
     );
-    assert!(table.contains("MEMBERS: how many of the quorum's 3"), "{table}");
 
     // Member c loses everything: it comes back as an empty directory.
     std::fs::remove_dir_all(quorum.member("c")).expect("remove member c");
@@ -212,12 +212,12 @@ fn a_member_that_comes_back_empty_differs_until_the_next_grant() {
     let shown = quorum.stdout(&["status", key]);
     let version = status["record"]["rvn"].as_str().expect("rvn");
     assert!(
-        member_line(&shown, &quorum.member_url("a"))
-            .contains("free, token 3, last holder "),
+        member_line(&shown, &quorum.member_url("a")).contains("free, token 3, last holder "),
         "{shown}"
     );
     assert!(
-        member_line(&shown, &quorum.member_url("b")).contains(&format!("version {}", &version[..8])),
+        member_line(&shown, &quorum.member_url("b"))
+            .contains(&format!("version {}", &version[..8])),
         "{shown}"
     );
     assert!(
@@ -239,10 +239,7 @@ fn a_member_that_comes_back_empty_differs_until_the_next_grant() {
     assert_eq!(status["members"][2]["answer"], "absent", "{status:#}");
     assert_eq!(status["members"][2]["agrees"], false, "{status:#}");
     let table = quorum.stdout(&["locks"]);
-    assert!(
-        locks_row(&table, key).ends_with("2/3 agree"),
-        "{table}"
-    );
+    assert!(locks_row(&table, key).ends_with("2/3 agree"), "{table}");
     let listing: Value =
         serde_json::from_str(&quorum.stdout(&["locks", "--output", "json"])).expect("locks JSON");
     assert_eq!(listing["members"], 3, "{listing:#}");
@@ -260,10 +257,7 @@ fn a_member_that_comes_back_empty_differs_until_the_next_grant() {
     let shown = quorum.stdout(&["status", key]);
     assert!(shown.contains("(3 of 3 members)"), "{shown}");
     let table = quorum.stdout(&["locks"]);
-    assert!(
-        locks_row(&table, key).ends_with("3/3 agree"),
-        "{table}"
-    );
+    assert!(locks_row(&table, key).ends_with("3/3 agree"), "{table}");
 
     // A never-locked key: JSON null as on any store; the text names the
     // members' agreement on its absence.
@@ -294,10 +288,7 @@ fn force_unlock_releases_a_held_quorum_lock_and_its_holder_loses_it() {
     let quorum = Quorum::new();
     let key = "stack:forced";
     let marker = quorum.dir.path().join("running");
-    let script = format!(
-        "touch '{}'; while :; do sleep 0.05; done",
-        marker.display()
-    );
+    let script = format!("touch '{}'; while :; do sleep 0.05; done", marker.display());
     let mut cmd = quorum.cmd(&[
         "exec", "--key", key, "--lease", "2s", "--grace", "500ms", "--", "sh", "-c", &script,
     ]);

@@ -393,7 +393,9 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 5, "{text}");
         assert!(
-            lines[1].starts_with("  file:///q/a   free, token 3, last holder alice@laptop, version abcdef01"),
+            lines[1].starts_with(
+                "  file:///q/a   free, token 3, last holder alice@laptop, version abcdef01"
+            ),
             "{text}"
         );
         assert!(lines[3].ends_with("no record (token floor 0)"), "{text}");
@@ -424,7 +426,9 @@ mod tests {
             "{}",
             split.text()
         );
-        assert!(split.text().contains("error: the lock store is unavailable: down"));
+        assert!(split
+            .text()
+            .contains("error: the lock store is unavailable: down"));
         assert_eq!(split.json().1.verdict, "split");
 
         let unanswered = report(vec![
