@@ -72,6 +72,7 @@ mod input;
 mod launcher;
 mod progress;
 mod purge;
+mod quorum;
 #[cfg(feature = "s3")]
 mod s3;
 mod show;
@@ -93,12 +94,14 @@ pub use unlock::UnlockArgs;
 pub(crate) use audit::audit_failure;
 
 use crate::client::{LockClient, LockError};
+use crate::store::quorum::QuorumStore;
 use crate::store::url::{default_store_url, file_store_url, StoreUrl};
 use crate::store::{open_lock_store, StoreError};
 use clap::{ArgAction, Parser, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// `--quiet` was given: notes and progress lines are not printed.
@@ -376,11 +379,45 @@ impl Context {
 
     /// Opens the store and a client over it.
     pub(crate) async fn client(&self) -> Result<LockClient, CliError> {
-        let store = open_lock_store(&self.store_url)
-            .await
-            .map_err(|e| store_failure(&e, &self.store_text))?;
-        Ok(LockClient::builder(store).build())
+        Ok(self.open().await?.client)
     }
+
+    /// Opens the store and a client over it, keeping a handle on the
+    /// quorum store when the store is one (for the member views that
+    /// `status`, `locks` and `unlock` show).
+    ///
+    /// A quorum is assembled here from its opened members, as
+    /// [`open_lock_store`] does, because that function hands back only the
+    /// `dyn LockStore`; the client and the member views must share the one
+    /// quorum value, whose remembered views name what the operator was shown.
+    pub(crate) async fn open(&self) -> Result<Opened, CliError> {
+        let failure = |e: StoreError| store_failure(&e, &self.store_text);
+        if let StoreUrl::Quorum(members) = &self.store_url {
+            let mut stores = Vec::with_capacity(members.len());
+            for member in members {
+                stores.push(open_lock_store(member).await.map_err(failure)?);
+            }
+            let quorum = Arc::new(QuorumStore::new(stores).map_err(failure)?);
+            return Ok(Opened {
+                client: LockClient::builder(quorum.clone()).build(),
+                quorum: Some(quorum),
+            });
+        }
+        let store = open_lock_store(&self.store_url).await.map_err(failure)?;
+        Ok(Opened {
+            client: LockClient::builder(store).build(),
+            quorum: None,
+        })
+    }
+}
+
+/// An opened store: the client over it, and the quorum store itself when
+/// `--store` names a quorum.
+pub(crate) struct Opened {
+    /// The client over the store.
+    pub(crate) client: LockClient,
+    /// The same store as a quorum, if it is one.
+    pub(crate) quorum: Option<Arc<QuorumStore>>,
 }
 
 /// `$USER@hostname`: who is acting, for holder info and audit.

@@ -2,12 +2,16 @@
 //! a detail view or JSON (the library's [`LockStatus`]). Read-only, except
 //! for this machine's sightings cache (see [`super::sightings`]).
 //!
+//! On a quorum store (`quorum://`) they also show what the members hold
+//! (see [`super::quorum`]).
+//!
 //! Liveness is judged by how long this machine has seen a record's version
 //! unchanged, never by the holder's wall clock: wall times are shown as
 //! information only.
 
 use super::duration::{self, human, wall, wall_with_age};
 use super::input::parse_key;
+use super::quorum::{self, member_report, members_agreeing, QuorumStatusJson};
 use super::sightings::Sightings;
 use super::{exit, lock_failure, CliError, Context, OutputFormat};
 use crate::client::{Liveness, LockClient, LockStatus};
@@ -54,7 +58,10 @@ LockStatus object:";
 
 /// Arguments of `statelock locks`.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = format!("{LOCKS_JSON_HELP}\n{LOCK_STATUS_JSON}"))]
+#[command(after_long_help = format!(
+    "{LOCKS_JSON_HELP}\n{LOCK_STATUS_JSON}\n\n{}",
+    quorum::LOCKS_JSON_HELP
+))]
 pub struct LocksArgs {
     /// Output format
     #[arg(long, short, value_enum, default_value_t = OutputFormat::Text)]
@@ -63,7 +70,10 @@ pub struct LocksArgs {
 
 /// Arguments of `statelock status`.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = format!("{STATUS_JSON_HELP}\n{LOCK_STATUS_JSON}"))]
+#[command(after_long_help = format!(
+    "{STATUS_JSON_HELP}\n{LOCK_STATUS_JSON}\n\n{}",
+    quorum::STATUS_JSON_HELP
+))]
 pub struct StatusArgs {
     /// The lock key
     #[arg(value_name = "KEY")]
@@ -124,10 +134,35 @@ fn lease_cell(r: &LockRecord) -> String {
     }
 }
 
+/// How many of a quorum's members hold each listed record, for the
+/// `MEMBERS` column of `locks`.
+pub(crate) struct Agreement {
+    /// Per lock (in listing order): members holding its record.
+    pub(crate) agreeing: Vec<usize>,
+    /// How many member stores the quorum has.
+    pub(crate) members: usize,
+    /// How many make a majority.
+    pub(crate) majority: usize,
+}
+
+impl Agreement {
+    /// The cell of lock `i`: `3/3 agree`, `2/3 agree`, or `split`.
+    fn cell(&self, i: usize) -> String {
+        match self.agreeing.get(i) {
+            Some(&k) if k >= self.majority => format!("{k}/{} agree", self.members),
+            _ => "split".to_string(),
+        }
+    }
+}
+
 /// Renders the `locks` table (a header and one row per lock, damaged
-/// records last).
-pub(crate) fn locks_table(statuses: &[LockStatus], damaged: &[DamagedRecord]) -> String {
-    const HEADER: [&str; 8] = [
+/// records last), with a `MEMBERS` column on a quorum store.
+pub(crate) fn locks_table(
+    statuses: &[LockStatus],
+    damaged: &[DamagedRecord],
+    agreement: Option<&Agreement>,
+) -> String {
+    const HEADER: [&str; 9] = [
         "KEY",
         "STATE",
         "TOKEN",
@@ -136,11 +171,14 @@ pub(crate) fn locks_table(statuses: &[LockStatus], damaged: &[DamagedRecord]) ->
         "ACQUIRED",
         "UNCHANGED",
         "LEASE",
+        "MEMBERS",
     ];
+    let columns = if agreement.is_some() { 9 } else { 8 };
     let dash = || "-".to_string();
-    let mut rows: Vec<[String; 8]> = statuses
+    let mut rows: Vec<[String; 9]> = statuses
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let r = &s.record;
             let held = s.held;
             [
@@ -159,6 +197,7 @@ pub(crate) fn locks_table(statuses: &[LockStatus], damaged: &[DamagedRecord]) ->
                 if held { wall(r.acquired_at) } else { dash() },
                 unchanged_cell(s),
                 lease_cell(r),
+                agreement.map(|a| a.cell(i)).unwrap_or_default(),
             ]
         })
         .collect();
@@ -166,6 +205,7 @@ pub(crate) fn locks_table(statuses: &[LockStatus], damaged: &[DamagedRecord]) ->
         [
             d.key.clone(),
             "DAMAGED".to_string(),
+            dash(),
             dash(),
             dash(),
             dash(),
@@ -195,9 +235,9 @@ pub(crate) fn locks_table(statuses: &[LockStatus], damaged: &[DamagedRecord]) ->
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(&HEADER);
+    line(&HEADER[..columns]);
     for row in &rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        let cells: Vec<&str> = row.iter().take(columns).map(String::as_str).collect();
         line(&cells);
     }
     out.push_str(
@@ -218,6 +258,13 @@ pub(crate) fn locks_table(statuses: &[LockStatus], damaged: &[DamagedRecord]) ->
     }
     if statuses.iter().any(|s| s.held && !s.record.expires()) {
         out.push_str(NEVER_EXPIRES_NOTE);
+    }
+    if let Some(a) = agreement {
+        let _ = writeln!(
+            out,
+            "MEMBERS: how many of the quorum's {} member stores hold the record shown ({} make a majority; the others are brought up to date by the next grant). split: no majority agrees; a held split lock is granted again only after a takeover wait (`statelock status KEY` shows each member).",
+            a.members, a.majority
+        );
     }
     for d in damaged {
         let _ = writeln!(
@@ -305,8 +352,21 @@ pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
 #[derive(Serialize)]
 struct LocksJson<'a> {
     store: &'a str,
-    locks: &'a [LockStatus],
+    /// On a quorum store: how many member stores it has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<usize>,
+    locks: Vec<LockJson<'a>>,
     damaged: &'a [DamagedRecord],
+}
+
+/// One lock in `statelock locks --output json`.
+#[derive(Serialize)]
+struct LockJson<'a> {
+    #[serde(flatten)]
+    status: &'a LockStatus,
+    /// On a quorum store: how many member stores hold this record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members_agreeing: Option<usize>,
 }
 
 /// Folds this machine's earlier sightings into `statuses` and saves them.
@@ -320,25 +380,48 @@ pub(crate) fn with_sightings(client: &LockClient, store: &str, statuses: &mut [L
 
 /// Runs `statelock locks`.
 pub(crate) async fn locks(args: LocksArgs, ctx: &Context) -> Result<i32, CliError> {
-    let client = ctx.client().await?;
+    let opened = ctx.open().await?;
+    let client = opened.client;
     let mut listing = client
         .locks()
         .await
         .map_err(|e| lock_failure(e, ctx.store_text()))?;
     with_sightings(&client, ctx.store_text(), &mut listing.locks);
+    let agreement = match &opened.quorum {
+        Some(q) => Some(Agreement {
+            agreeing: members_agreeing(q, &listing.locks).await,
+            members: q.members().len(),
+            majority: q.majority(),
+        }),
+        None => None,
+    };
     match args.output {
         OutputFormat::Json => outln!(
             "{}",
             to_json(&LocksJson {
                 store: ctx.store_text(),
-                locks: &listing.locks,
+                members: agreement.as_ref().map(|a| a.members),
+                locks: listing
+                    .locks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, status)| LockJson {
+                        status,
+                        members_agreeing: agreement
+                            .as_ref()
+                            .and_then(|a| a.agreeing.get(i).copied()),
+                    })
+                    .collect(),
                 damaged: &listing.damaged,
             })?
         ),
         OutputFormat::Text if listing.locks.is_empty() && listing.damaged.is_empty() => {
             outln!("No locks in {}.", ctx.store_text())
         }
-        OutputFormat::Text => out!("{}", locks_table(&listing.locks, &listing.damaged)),
+        OutputFormat::Text => out!(
+            "{}",
+            locks_table(&listing.locks, &listing.damaged, agreement.as_ref())
+        ),
     }
     // A damaged record is a store problem the operator must look at.
     Ok(if listing.damaged.is_empty() {
@@ -352,7 +435,8 @@ pub(crate) async fn locks(args: LocksArgs, ctx: &Context) -> Result<i32, CliErro
 pub(crate) async fn status(args: StatusArgs, ctx: &Context) -> Result<i32, CliError> {
     let key = parse_key(&args.key)?;
     let observe = duration::parse("observe", &args.observe)?;
-    let client = ctx.client().await?;
+    let opened = ctx.open().await?;
+    let client = opened.client;
     let mut status = client
         .observe(&key, observe)
         .await
@@ -360,14 +444,24 @@ pub(crate) async fn status(args: StatusArgs, ctx: &Context) -> Result<i32, CliEr
     if let Some(s) = status.as_mut() {
         with_sightings(&client, ctx.store_text(), std::slice::from_mut(s));
     }
-    match (args.output, &status) {
-        (OutputFormat::Json, _) => outln!("{}", to_json(&status)?),
-        (OutputFormat::Text, None) => outln!(
+    let members = match &opened.quorum {
+        Some(q) => Some(member_report(q, &key).await),
+        None => None,
+    };
+    match (args.output, &status, &members) {
+        (OutputFormat::Json, Some(s), Some(report)) => {
+            outln!("{}", to_json(&QuorumStatusJson::new(s, report))?)
+        }
+        (OutputFormat::Json, _, _) => outln!("{}", to_json(&status)?),
+        (OutputFormat::Text, None, _) => outln!(
             "{:?} has never been locked in {}.",
             key.as_str(),
             ctx.store_text()
         ),
-        (OutputFormat::Text, Some(s)) => out!("{}", status_text(s, client.clock().wall())),
+        (OutputFormat::Text, Some(s), _) => out!("{}", status_text(s, client.clock().wall())),
+    }
+    if let (OutputFormat::Text, Some(report)) = (args.output, &members) {
+        out!("{}", report.text());
     }
     Ok(exit::OK)
 }
@@ -422,6 +516,7 @@ mod tests {
                 status("c", true, true),
             ],
             &damaged,
+            None,
         );
         let lines: Vec<&str> = table.lines().collect();
         assert!(
@@ -470,7 +565,7 @@ mod tests {
         assert!(text.contains("statelock unlock --force"), "{text}");
         assert!(!text.contains("584942417"), "no absurd lease: {text}");
 
-        let table = locks_table(&[terraform_status(), status("a", true, false)], &[]);
+        let table = locks_table(&[terraform_status(), status("a", true, false)], &[], None);
         let lines: Vec<&str> = table.lines().collect();
         let token = lines[0].find("TOKEN").unwrap();
         assert_eq!(&lines[1][token..token + 2], "- ", "{table}");

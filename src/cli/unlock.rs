@@ -4,9 +4,14 @@
 //! the record version that was shown (`OwnerOnlyRelease`), so a lock that was
 //! renewed, released or taken over in the meantime is left alone (exit 4).
 //! Without `--yes` it asks on the terminal, and refuses when stdin is not one.
+//!
+//! On a quorum store the operator also sees each member's record; the
+//! quorum's force-unlock is conditional per member on the view that was
+//! shown, and the answer says on how many members the lock was released.
 
 use super::duration::{human, wall, wall_with_age};
 use super::input::{confirm, parse_key, parse_label};
+use super::quorum::member_report;
 use super::show::with_sightings;
 use super::{default_who, exit, lock_failure, CliError, Context};
 use crate::client::{Liveness, LockError};
@@ -57,7 +62,8 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
         )));
     }
     let by = parse_label("who", args.who.unwrap_or_else(default_who))?;
-    let client = ctx.client().await?;
+    let opened = ctx.open().await?;
+    let client = opened.client;
     let mut status = client
         .status(&key)
         .await
@@ -132,6 +138,17 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
         describe_current(Some(record), now),
         record.rvn
     );
+    let quorum = opened.quorum.as_deref();
+    if let Some(q) = quorum {
+        errln!(
+            "It is a quorum lock; its member stores hold:\n{}",
+            member_report(q, &key).await.text().trim_end()
+        );
+    }
+    let on_quorum = match quorum {
+        Some(q) => format!(" on the quorum of {} stores", q.members().len()),
+        None => String::new(),
+    };
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             return Err(CliError::usage(format!(
@@ -140,7 +157,7 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
             )));
         }
         let question = format!(
-            "Force-unlock {:?} held by {} since {}?",
+            "Force-unlock {:?}{on_quorum} held by {} since {}?",
             key.as_str(),
             record.holder,
             wall(record.acquired_at)
@@ -151,9 +168,17 @@ pub(crate) async fn run(args: UnlockArgs, ctx: &Context) -> Result<i32, CliError
         }
     }
     match client.force_unlock(&key, record.rvn, &by).await {
-        Ok(_) => {
+        Ok(forced) => {
+            let released_on = match quorum {
+                Some(q) => format!(
+                    " on {} of the quorum's {} member stores",
+                    member_report(q, &key).await.holding(forced.rvn),
+                    q.members().len()
+                ),
+                None => String::new(),
+            };
             outln!(
-                "Force-unlocked {:?} (was held by {} with token {}); if that holder is still running it loses the lock at its next heartbeat, and the next holder gets a larger token.",
+                "Force-unlocked {:?}{released_on} (was held by {} with token {}); if that holder is still running it loses the lock at its next heartbeat, and the next holder gets a larger token.",
                 key.as_str(),
                 record.holder,
                 record.token
