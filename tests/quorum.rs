@@ -6,7 +6,13 @@
 //! later restarted on the same port, empty (moto keeps everything in
 //! memory; the test creates the bucket again). Grants go on while it is
 //! down, every increment lands exactly once, tokens only increase, and the
-//! grants after its return repair it: its record is the majority's.
+//! grants after its return repair it.
+//!
+//! A member that comes back without its records is outside what a quorum
+//! tolerates in general (PROTOCOL.md, "Quorum lock"); here it is safe, and
+//! the test checks the condition that makes it so: grants happened while
+//! the member was down, and each of them had to land on *both* other
+//! members, so those two hold every grant when the empty member returns.
 //!
 //! Needs DynamoDB Local (`STATELOCK_TEST_DYNAMODB_ENDPOINT`, from
 //! `eval "$(scripts/services.sh start)"`) and the moto server that
@@ -573,24 +579,46 @@ fn contenders_ride_out_a_killed_member_and_the_next_grants_repair_it() {
         "each save carries its round's token, in order"
     );
 
-    // The restarted member was repaired: its record is the majority's, with
-    // a token at least every earlier one.
-    let on_ddb = run.record_in(&ddb_url);
-    let on_file = run.record_in(&file_url);
-    let on_s3 = run.record_in(&s3_url);
-    assert_eq!(write_of(&on_ddb), write_of(&on_file), "the majority agrees");
-    assert_eq!(
-        write_of(&on_s3),
-        write_of(&on_ddb),
-        "the restarted member holds the majority's record: {on_s3} vs {on_ddb}"
-    );
+    // A majority of the members holds the last grant's released record;
+    // no member is ahead of it; and the restarted member took part in the
+    // grants after its return (repaired: it holds a token granted after it
+    // came back). The last process may exit before its write reaches the
+    // slowest member, so one member may be one grant behind.
     let last = logged.iter().copied().max().unwrap_or(0);
+    let records = [
+        run.record_in(&ddb_url),
+        run.record_in(&file_url),
+        run.record_in(&s3_url),
+    ];
+    let writes: Vec<_> = records.iter().map(write_of).collect();
+    let agreed = writes
+        .iter()
+        .find(|w| writes.iter().filter(|o| o == w).count() >= 2)
+        .unwrap_or_else(|| panic!("no majority of the members agrees: {records:?}"));
+    let majority = records
+        .iter()
+        .find(|r| &write_of(r) == agreed)
+        .unwrap_or_else(|| panic!("no agreed record"));
+    assert_eq!(majority["token"].as_u64(), Some(last), "{records:?}");
+    assert_eq!(majority["released"], Value::Bool(true), "{majority}");
+    for r in &records {
+        assert!(
+            r["token"].as_u64().is_some_and(|t| t <= last),
+            "a member is ahead of the last grant: {records:?}"
+        );
+    }
+    let first_after_up = lines[up + 1..]
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1).and_then(|t| t.parse::<u64>().ok()))
+        .min()
+        .unwrap_or(u64::MAX);
+    let on_s3 = &records[2];
     assert!(
-        on_s3["token"].as_u64().is_some_and(|t| t >= last),
-        "the repaired member's token {} is below an earlier token {last}",
+        on_s3["token"].as_u64().is_some_and(|t| t >= first_after_up),
+        "the restarted member was not repaired: token {} but {first_after_up} was granted after \
+         it came back ({records:?})",
         on_s3["token"]
     );
-    assert_eq!(on_s3["released"], Value::Bool(true), "{on_s3}");
     eprintln!(
         "{total} rounds in {:?}: {while_down} logged while the member was down, {after_up} after \
          it was back; last token {last}",
