@@ -1,7 +1,8 @@
 //! The client side of the store host's protocol: [`RemoteLockStore`] and
 //! [`RemoteStateBackend`] implement the library's store traits over simulated
 //! TCP, so the code under test is the production `LockClient` and the
-//! production `FencedStore`.
+//! production `FencedStore`; with several store hosts, [`lock_store`] puts
+//! the production `QuorumStore` over one `RemoteLockStore` per host.
 //!
 //! Every request has a deadline. A request that gets no answer in time (lost
 //! or held message, partition, crashed store) maps to `Unavailable`: for a
@@ -11,12 +12,18 @@
 //! whose request failed or timed out is dropped, never reused, so a late
 //! answer can never be taken for the answer to another request.
 
+use crate::config::SimConfig;
 use crate::history::{Actor, Recorder, What};
-use crate::wire::{read_frame, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT};
+use crate::planted::PerStoreToken;
+use crate::scenario::StateBug;
+use crate::wire::{
+    read_frame, store_host, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT,
+};
 use async_trait::async_trait;
 use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
 use statelock::state::backend::{ObjectVersion, PutFailure, PutIf, StateBackend};
 use statelock::state::StateError;
+use statelock::store::quorum::QuorumStore;
 use statelock::store::{Listing, LockStore, StoreError};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -33,10 +40,11 @@ impl fmt::Display for RpcError {
     }
 }
 
-/// One host's connection settings to the store host.
+/// One host's connection settings to one store host.
 #[derive(Debug, Clone)]
 pub struct Rpc {
     from: String,
+    to: String,
     actor: Actor,
     timeout: Duration,
     recorder: Recorder,
@@ -44,7 +52,8 @@ pub struct Rpc {
 }
 
 impl Rpc {
-    /// Requests from host `from` (recorded as `actor`) with this deadline.
+    /// Requests from host `from` (recorded as `actor`) to the (first)
+    /// store host with this deadline.
     pub fn new(
         from: impl Into<String>,
         actor: Actor,
@@ -53,11 +62,26 @@ impl Rpc {
     ) -> Self {
         Rpc {
             from: from.into(),
+            to: STORE_HOST.to_string(),
             actor,
             timeout,
             recorder,
             idle: Arc::default(),
         }
+    }
+
+    /// The same settings, to store host `i` (with its own connections).
+    pub fn to_store(&self, i: usize) -> Rpc {
+        Rpc {
+            to: store_host(i),
+            idle: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The store host the requests go to.
+    pub fn host(&self) -> &str {
+        &self.to
     }
 
     fn take_idle(&self) -> Option<TcpStream> {
@@ -79,7 +103,8 @@ impl Rpc {
             request,
         };
         let reused = self.take_idle();
-        let result = match tokio::time::timeout(self.timeout, exchange(reused, &envelope)).await {
+        let exchanged = exchange(&self.to, reused, &envelope);
+        let result = match tokio::time::timeout(self.timeout, exchanged).await {
             Ok(Ok((stream, response))) => {
                 self.put_idle(stream);
                 Ok(response)
@@ -91,10 +116,15 @@ impl Rpc {
             ))),
         };
         if let Err(e) = &result {
+            let request = if self.to == STORE_HOST {
+                name
+            } else {
+                format!("{name} to {}", self.to)
+            };
             self.recorder.record(
                 self.actor,
                 What::RpcFailed {
-                    request: name,
+                    request,
                     error: e.0.clone(),
                 },
             );
@@ -104,12 +134,13 @@ impl Rpc {
 }
 
 async fn exchange(
+    to: &str,
     reused: Option<TcpStream>,
     envelope: &Envelope,
 ) -> std::io::Result<(TcpStream, Response)> {
     let mut stream = match reused {
         Some(s) => s,
-        None => TcpStream::connect((STORE_HOST, STORE_PORT)).await?,
+        None => TcpStream::connect((to, STORE_PORT)).await?,
     };
     write_frame(&mut stream, envelope).await?;
     let response = read_frame(&mut stream).await?;
@@ -120,7 +151,7 @@ fn unexpected(r: Response) -> String {
     format!("unexpected answer from the store: {r:?}")
 }
 
-/// A [`LockStore`] on the store host.
+/// A [`LockStore`] on one store host.
 #[derive(Debug, Clone)]
 pub struct RemoteLockStore {
     rpc: Rpc,
@@ -203,7 +234,7 @@ impl LockStore for RemoteLockStore {
     }
 
     fn describe(&self) -> String {
-        format!("sim://{STORE_HOST}:{STORE_PORT}")
+        format!("sim://{}:{STORE_PORT}", self.rpc.to)
     }
 }
 
@@ -291,6 +322,29 @@ impl StateBackend for RemoteStateBackend {
     }
 
     fn describe(&self) -> String {
-        format!("sim://{STORE_HOST}:{STORE_PORT}/state")
+        format!("sim://{}:{STORE_PORT}/state", self.rpc.to)
     }
+}
+
+/// The lock store a client (or the operator) of a run of `cfg` uses through
+/// `rpc`: the store host itself, or with several store hosts a
+/// [`QuorumStore`] over one [`RemoteLockStore`] per store host (each
+/// wrapped in [`PerStoreToken`] with `--bug per-store-token`).
+pub fn lock_store(rpc: &Rpc, cfg: &SimConfig) -> Result<Arc<dyn LockStore>, StoreError> {
+    if !cfg.quorum() {
+        return Ok(Arc::new(RemoteLockStore::new(rpc.clone())));
+    }
+    let members: Vec<Arc<dyn LockStore>> = (0..cfg.stores)
+        .map(|i| {
+            let member: Arc<dyn LockStore> = Arc::new(RemoteLockStore::new(rpc.to_store(i)));
+            if cfg.bug == StateBug::PerStoreToken {
+                Arc::new(PerStoreToken(member))
+            } else {
+                member
+            }
+        })
+        .collect();
+    Ok(Arc::new(
+        QuorumStore::new(members)?.with_straggler_wait(cfg.timing.straggler_wait),
+    ))
 }

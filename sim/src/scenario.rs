@@ -1,6 +1,7 @@
 //! The vocabulary of a scenario: which lock protocol the clients run, how
-//! far their clocks may drift, which faults are on, which supervisor stops
-//! supervised commands and which planted bug (if any) is switched on. Plain
+//! far their clocks may drift, which faults are on (including the faults of
+//! one store host among several), which supervisor stops supervised
+//! commands and which planted bug (if any) is switched on. Plain
 //! values parsed from the command line, shared by the configuration, the
 //! fault injector and the hosts.
 //!
@@ -113,11 +114,21 @@ pub enum Fault {
     /// An operator force-unlocks locks left by crashed clients, against the
     /// record version it saw (statelock only).
     ForceUnlock,
+    /// With several store hosts: one store host is cut off from some of the
+    /// clients (both ways) for a while.
+    StorePartition,
+    /// With several store hosts: one store host's links get slow, beyond the
+    /// request timeout, for a while.
+    StoreSlow,
+    /// With several store hosts: one store host crashes and comes back with
+    /// no lock records (it lost acknowledged writes); the state objects on
+    /// store host 0 are kept.
+    StoreWipe,
 }
 
 impl Fault {
     /// Every fault.
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 15] = [
         Fault::Partition,
         Fault::OneWay,
         Fault::Latency,
@@ -130,6 +141,9 @@ impl Fault {
         Fault::Drift,
         Fault::WallStep,
         Fault::ForceUnlock,
+        Fault::StorePartition,
+        Fault::StoreSlow,
+        Fault::StoreWipe,
     ];
 
     /// The name used on the command line.
@@ -147,6 +161,9 @@ impl Fault {
             Fault::Drift => "drift",
             Fault::WallStep => "wall-step",
             Fault::ForceUnlock => "force-unlock",
+            Fault::StorePartition => "store-partition",
+            Fault::StoreSlow => "store-slow",
+            Fault::StoreWipe => "store-wipe",
         }
     }
 
@@ -168,6 +185,12 @@ impl FaultSet {
     pub fn none() -> Self {
         FaultSet(0)
     }
+    /// True if `f` is a fault of one store host among several (it needs
+    /// `--stores 3` or more and is never injected with one store host).
+    pub fn is_member_fault(f: Fault) -> bool {
+        matches!(f, Fault::StorePartition | Fault::StoreSlow | Fault::StoreWipe)
+    }
+
     /// True if `f` is on.
     pub fn has(self, f: Fault) -> bool {
         self.0 & f.bit() != 0
@@ -266,9 +289,10 @@ impl FromStr for SupervisorVariant {
     }
 }
 
-/// A planted bug of the state side, for sweeps that must catch it. Both
-/// write the document through the backend themselves instead of through the
-/// production `FencedStore::save`.
+/// A planted bug, for sweeps that must catch it. The state bugs write the
+/// document through the backend themselves instead of through the
+/// production `FencedStore::save`; the quorum bug changes what each member
+/// of a quorum lock store is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateBug {
     /// No bug: the production seal and save.
@@ -280,6 +304,17 @@ pub enum StateBug {
     /// The holder seals, but a save checks only the version read, not the
     /// fence.
     UnfencedSave,
+    /// With several store hosts: each member of the quorum installs its own
+    /// next token (the grants sent to the members lose their `at_least`), so
+    /// two members can hand out the same token to different majorities.
+    PerStoreToken,
+}
+
+impl StateBug {
+    /// True for the bugs of the state side (a planted save).
+    pub fn is_state_bug(self) -> bool {
+        matches!(self, StateBug::NoSeal | StateBug::UnfencedSave)
+    }
 }
 
 impl fmt::Display for StateBug {
@@ -288,6 +323,7 @@ impl fmt::Display for StateBug {
             StateBug::None => "none",
             StateBug::NoSeal => "no-seal",
             StateBug::UnfencedSave => "unfenced-save",
+            StateBug::PerStoreToken => "per-store-token",
         })
     }
 }
@@ -299,8 +335,9 @@ impl FromStr for StateBug {
             "none" => Ok(StateBug::None),
             "no-seal" => Ok(StateBug::NoSeal),
             "unfenced-save" => Ok(StateBug::UnfencedSave),
+            "per-store-token" => Ok(StateBug::PerStoreToken),
             other => Err(format!(
-                "unknown bug {other:?}: use none, no-seal or unfenced-save"
+                "unknown bug {other:?}: use none, no-seal, unfenced-save or per-store-token"
             )),
         }
     }
@@ -312,7 +349,12 @@ mod tests {
 
     #[test]
     fn state_bugs_parse_and_print() {
-        for b in [StateBug::None, StateBug::NoSeal, StateBug::UnfencedSave] {
+        for b in [
+            StateBug::None,
+            StateBug::NoSeal,
+            StateBug::UnfencedSave,
+            StateBug::PerStoreToken,
+        ] {
             assert_eq!(b.to_string().parse::<StateBug>(), Ok(b));
         }
         assert!("no_seal".parse::<StateBug>().is_err());

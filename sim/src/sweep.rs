@@ -184,6 +184,14 @@ pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
     }
     match cfg.bug {
         StateBug::None => {}
+        StateBug::PerStoreToken => allowed.extend([
+            Invariant::MutualExclusion,
+            Invariant::TokenMonotonic,
+            Invariant::FencingMonotonic,
+            Invariant::NoLostUpdate,
+            Invariant::SealFencesStaleWriters,
+            Invariant::SupervisedExclusion,
+        ]),
         StateBug::NoSeal => allowed.push(Invariant::SealFencesStaleWriters),
         StateBug::UnfencedSave => allowed.extend([
             Invariant::SealFencesStaleWriters,
@@ -201,8 +209,10 @@ fn allowed_because(cfg: &SimConfig, inv: Invariant) -> Option<&'static str> {
     let state_bug = matches!(
         inv,
         Invariant::SealFencesStaleWriters | Invariant::FencingMonotonic
-    ) && cfg.bug != StateBug::None;
-    if state_bug {
+    ) && cfg.bug.is_state_bug();
+    if cfg.bug == StateBug::PerStoreToken {
+        Some("planted quorum bug")
+    } else if state_bug {
         Some("planted state bug")
     } else if cfg.clocks_beyond_rho() {
         Some("clocks drift beyond rho")
