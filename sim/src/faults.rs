@@ -36,14 +36,20 @@ use turmoil::Sim;
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Undo {
     Repair(usize),
-    RepairOneWay { client: usize, to_store: bool },
+    RepairOneWay {
+        client: usize,
+        to_store: bool,
+    },
     Release(usize),
     Latency(usize),
     LossOff,
     RestartClient(usize),
     RestartStore(usize),
     /// Store host `store` is reachable again from `clients`.
-    RepairStore { store: usize, clients: Vec<usize> },
+    RepairStore {
+        store: usize,
+        clients: Vec<usize>,
+    },
     /// Store host `store`'s links are fast again.
     StoreFast(usize),
 }
@@ -402,7 +408,11 @@ impl Injector {
     ) {
         let heal = |what: String| rec.record_at(now, Actor::Sim, What::Heal(what));
         let stores = self.store_hosts();
-        let to = if stores.len() > 1 { "the stores" } else { "store" };
+        let to = if stores.len() > 1 {
+            "the stores"
+        } else {
+            "store"
+        };
         match undo {
             Undo::Repair(c) => {
                 for s in &stores {
@@ -428,10 +438,7 @@ impl Injector {
                     sim.release(client_host(c).as_str(), s.as_str());
                 }
                 self.link_busy[c] = false;
-                heal(format!(
-                    "release held messages {} <-> {to}",
-                    client_host(c)
-                ));
+                heal(format!("release held messages {} <-> {to}", client_host(c)));
             }
             Undo::Latency(c) => {
                 for (j, s) in stores.iter().enumerate() {

@@ -9,12 +9,14 @@
 //! calls it.
 
 use async_trait::async_trait;
-use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime};
-use statelock::store::{Listing, LockStore, StoreError};
-use std::sync::Arc;
+use statelock::protocol::{
+    FencingToken, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
+};
 use statelock::state::backend::{PutFailure, PutIf, StateBackend};
 use statelock::state::layout::StatePaths;
 use statelock::state::{Stamp, StateDocument, StateError, StateVersion, Writer};
+use statelock::store::{Listing, LockStore, StoreError};
+use std::sync::Arc;
 
 /// How the buggy save treats the fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,8 +100,7 @@ pub struct PerStoreToken(pub Arc<dyn LockStore>);
 impl LockStore for PerStoreToken {
     async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
         let mut op = op.clone();
-        if let OpKind::Acquire { at_least, .. } | OpKind::Takeover { at_least, .. } = &mut op.kind
-        {
+        if let OpKind::Acquire { at_least, .. } | OpKind::Takeover { at_least, .. } = &mut op.kind {
             *at_least = FencingToken::NONE;
         }
         self.0.apply(&op).await

@@ -188,7 +188,10 @@ impl FaultSet {
     /// True if `f` is a fault of one store host among several (it needs
     /// `--stores 3` or more and is never injected with one store host).
     pub fn is_member_fault(f: Fault) -> bool {
-        matches!(f, Fault::StorePartition | Fault::StoreSlow | Fault::StoreWipe)
+        matches!(
+            f,
+            Fault::StorePartition | Fault::StoreSlow | Fault::StoreWipe
+        )
     }
 
     /// True if `f` is on.

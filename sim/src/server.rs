@@ -343,14 +343,8 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
             let prev = durable.states.get(&path).await.ok().flatten();
             let result = durable.states.put(&path, &body, condition).await;
             if let Some(key) = durable.state_keys.get(&path) {
-                let what = state_put_event(
-                    from,
-                    key,
-                    prev.as_ref(),
-                    &body,
-                    if_match.as_ref(),
-                    &result,
-                );
+                let what =
+                    state_put_event(from, key, prev.as_ref(), &body, if_match.as_ref(), &result);
                 recorder.record(durable.id, what);
             }
             match result {

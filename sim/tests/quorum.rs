@@ -110,7 +110,11 @@ fn without_faults_every_quorum_op_succeeds() {
         (st.ops, st.ops),
         "{st:?}"
     );
-    assert_eq!(st.takeovers + st.writes_rejected + st.writes_unknown, 0, "{st:?}");
+    assert_eq!(
+        st.takeovers + st.writes_rejected + st.writes_unknown,
+        0,
+        "{st:?}"
+    );
 }
 
 #[test]
