@@ -60,6 +60,12 @@ pub async fn open_state_store(
             let text = crate::store::url::redact_credentials(&location.url());
             Ok((Arc::new(FencedStore::new(backend)), text))
         }
+        StoreUrl::Quorum(_) => Err(StateError::Misconfigured(
+            "a quorum of lock stores cannot hold state documents: keep the state in one \
+             store (file://DIR or s3://BUCKET/PREFIX); the fencing token of the quorum lock \
+             still fences its writes"
+                .to_string(),
+        )),
         other => Err(StateError::Misconfigured(format!(
             "{} cannot hold state documents: use file://DIR or s3://BUCKET/PREFIX",
             crate::store::url::redact_credentials(&format!("{other:?}"))

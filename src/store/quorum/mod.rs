@@ -115,29 +115,37 @@ impl QuorumStore {
         let mut out: Vec<MemberView> = self
             .members
             .iter()
-            .map(|_| MemberView::Error(StoreError::Unavailable("no answer".into())))
+            .map(|_| MemberView::Error(StoreError::Unavailable("no answer in time".into())))
             .collect();
+        let need = self.majority();
+        let mut answered = 0usize;
         self.fan_out(
             |_, m| Some(read_member(m, key.clone())),
             |i, answer| {
                 if let Some(slot) = out.get_mut(i) {
                     *slot = match answer {
-                        Ok(read) => MemberView::Read(read),
+                        Ok(read) => {
+                            answered += 1;
+                            MemberView::Read(read)
+                        }
                         Err(e) => MemberView::Error(e),
                     };
                 }
-                false
+                answered >= need
             },
         )
         .await;
         out
     }
 
-    /// Runs `task(member)` on every member in parallel (each in its own
-    /// task, so requests outlive an early verdict) and hands each answer,
-    /// as it arrives, to `decide` with its member index. Stops when
-    /// `decide` returns `true` or every member answered.
-    async fn fan_out<T, F, Fut>(&self, task: F, mut decide: impl FnMut(usize, T) -> bool)
+    /// Runs `task(member)` on every member (those it returns a future for)
+    /// in parallel, each in its own task so that requests outlive the
+    /// call, and hands each answer, as it arrives, to `on_answer` with its
+    /// member index. Once `on_answer` has returned `true` (decided), the
+    /// other members are still waited for until the straggler deadline, so
+    /// that a healthy quorum's members all take part; a member answering
+    /// later is left out (its request keeps running in the background).
+    async fn fan_out<T, F, Fut>(&self, task: F, mut on_answer: impl FnMut(usize, T) -> bool)
     where
         T: Send + 'static,
         F: Fn(usize, Arc<dyn LockStore>) -> Option<Fut>,
@@ -157,23 +165,19 @@ impl QuorumStore {
             }
         }
         drop(tx);
+        let mut deadline: Option<tokio::time::Instant> = None;
         while pending > 0 {
-            let Some((i, out)) = rx.recv().await else {
-                break;
+            let next = match deadline {
+                None => rx.recv().await,
+                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
             };
+            let Some((i, out)) = next else { break };
             pending -= 1;
-            if decide(i, out) {
-                break;
-            }
-        }
-        // Give the other members a moment, so that a healthy quorum's
-        // members all hold the write before the next op (a slow member's
-        // request keeps running in the background after that).
-        let until = self.straggler_deadline(started);
-        while pending > 0 {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(_)) => pending -= 1,
-                _ => break,
+            if on_answer(i, out) && deadline.is_none() {
+                deadline = Some(self.straggler_deadline(started));
             }
         }
     }
@@ -182,40 +186,24 @@ impl QuorumStore {
     /// others given the straggler wait after it) or why there is none.
     async fn read_view(&self, key: &LockKey) -> Result<View, StoreError> {
         let n = self.members.len();
+        let need = self.majority();
         let mut answers: Vec<Option<MemberRead>> = vec![None; n];
         let mut errors: Vec<(usize, StoreError)> = Vec::new();
-        let need = self.majority();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for (i, m) in self.members.iter().enumerate() {
-            let tx = tx.clone();
-            let (m, key) = (m.clone(), key.clone());
-            tokio::spawn(async move {
-                let _ = tx.send((i, read_member(m, key).await));
-            });
-        }
-        drop(tx);
-        let started = tokio::time::Instant::now();
-        let mut got = 0usize;
-        let mut deadline: Option<tokio::time::Instant> = None;
-        while got < n {
-            let next = match deadline {
-                None => rx.recv().await,
-                Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-            };
-            let Some((i, answer)) = next else { break };
-            got += 1;
-            match answer {
-                Ok(read) => answers[i] = Some(read),
-                Err(e) => errors.push((i, e)),
-            }
-            let answered = answers.iter().flatten().count();
-            if answered >= need && deadline.is_none() {
-                deadline = Some(self.straggler_deadline(started));
-            }
-        }
+        self.fan_out(
+            |_, m| Some(read_member(m, key.clone())),
+            |i, answer| {
+                match answer {
+                    Ok(read) => {
+                        if let Some(slot) = answers.get_mut(i) {
+                            *slot = Some(read);
+                        }
+                    }
+                    Err(e) => errors.push((i, e)),
+                }
+                answers.iter().flatten().count() >= need
+            },
+        )
+        .await;
         let view = View {
             key: key.clone(),
             answers,
@@ -347,7 +335,9 @@ impl QuorumStore {
                 if let Some(slot) = results.get_mut(i) {
                     *slot = result;
                 }
-                decided = verdict(&results, false);
+                if matches!(decided, Verdict::Pending) {
+                    decided = verdict(&results, false);
+                }
                 !matches!(decided, Verdict::Pending)
             },
         )
@@ -394,9 +384,12 @@ async fn release_member(member: Arc<dyn LockStore>, granted: &LockOp, rvn: Recor
     let (OpKind::Acquire { owner, .. } | OpKind::Takeover { owner, .. }) = &granted.kind else {
         return;
     };
+    // The version is derived from the grant's (itself random), not drawn
+    // here: the store adds no randomness of its own, so a simulated run
+    // replays exactly from its seed.
     let release = LockOp {
         key: granted.key.clone(),
-        new_rvn: RecordVersion::random(),
+        new_rvn: RecordVersion(rvn.0.rotate_left(64) ^ 0x7265_6c65_6173_6520_7061_7274_6961_6c21),
         at: granted.at,
         kind: OpKind::Release {
             owner: *owner,
@@ -492,6 +485,7 @@ impl LockStore for QuorumStore {
 
     async fn list(&self) -> Result<Listing, StoreError> {
         let n = self.members.len();
+        let need = self.majority();
         let mut listings: Vec<Option<Listing>> = vec![None; n];
         let mut errors = Vec::new();
         self.fan_out(
@@ -501,7 +495,7 @@ impl LockStore for QuorumStore {
                     Ok(l) => listings[i] = Some(l),
                     Err(e) => errors.push((i, e)),
                 }
-                false
+                listings.iter().flatten().count() >= need
             },
         )
         .await;
@@ -540,6 +534,7 @@ impl LockStore for QuorumStore {
     }
 
     async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        let need = self.majority();
         let mut floors = Vec::new();
         let mut errors = Vec::new();
         self.fan_out(
@@ -549,7 +544,7 @@ impl LockStore for QuorumStore {
                     Ok(f) => floors.push(f),
                     Err(e) => errors.push((i, e)),
                 }
-                false
+                floors.len() >= need
             },
         )
         .await;
@@ -577,6 +572,7 @@ impl LockStore for QuorumStore {
             .iter()
             .map(|a| matches!(a, Some(MemberRead::Record(r)) if r.rvn == observed))
             .collect();
+        let need = self.majority();
         let mut purged = 0usize;
         let mut errors = Vec::new();
         self.fan_out(
@@ -593,7 +589,7 @@ impl LockStore for QuorumStore {
                     Ok(_) => purged += 1,
                     Err(e) => errors.push((i, e)),
                 }
-                false
+                purged >= need
             },
         )
         .await;

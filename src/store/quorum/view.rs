@@ -261,9 +261,9 @@ pub fn member_ops(view: &View, op: &LockOp) -> Vec<Option<LockOp>> {
         return view.answers.iter().map(|_| Some(op.clone())).collect();
     }
     let seen = view.seen();
-    let agreed = match &seen {
-        Some(Seen::Agreed(r)) => Some(r.rvn),
-        _ => None,
+    let (agreed, agreed_token) = match &seen {
+        Some(Seen::Agreed(r)) => (Some(r.rvn), Some(r.token)),
+        _ => (None, None),
     };
     let split = matches!(seen, Some(Seen::Split(_)));
     let token = quorum_token(view, op);
@@ -316,10 +316,19 @@ pub fn member_ops(view: &View, op: &LockOp) -> Vec<Option<LockOp>> {
                             holder: holder.clone(),
                             at_least,
                         },
-                        // A held member is taken over only when the waiter
-                        // timed it: it is the agreed version, or part of the
-                        // split view whose digest was timed.
-                        MemberRead::Record(r) if takeover && (split || agreed == Some(r.rvn)) => {
+                        // A held member is taken over when the waiter timed
+                        // it (it is the agreed version, or part of the split
+                        // view whose digest was timed), or when it is stale:
+                        // held at another version with a token no larger
+                        // than the agreed record's, it belongs to an earlier
+                        // grant or to a grant that can no longer reach a
+                        // majority (the agreed members moved on from the
+                        // records it was conditioned on).
+                        MemberRead::Record(r)
+                            if (takeover && (split || agreed == Some(r.rvn)))
+                                || (agreed != Some(r.rvn)
+                                    && agreed_token.is_some_and(|t| r.token <= t)) =>
+                        {
                             OpKind::Takeover {
                                 observed: r.rvn,
                                 token: r.token,

@@ -137,6 +137,7 @@ fn all_released_split_view_is_released() {
 #[test]
 fn grant_tokens_are_one_above_the_whole_view() {
     let released = rec(1, 3, 10, true);
+    // Maybe a grant still in flight: a larger token than the agreed one.
     let partial = rec(2, 6, 20, false);
     let v = view(vec![r(released.clone()), r(released.clone()), r(partial)]);
     let op = grant(GrantFrom::Version {
@@ -153,6 +154,36 @@ fn grant_tokens_are_one_above_the_whole_view() {
         assert_eq!(o.apply(Some(&released)).unwrap().token, FencingToken(7));
     }
     assert_eq!(ops[2], None, "a held member nobody timed is left alone");
+}
+
+/// A held member behind the agreed record (a token no larger than its)
+/// belongs to an earlier grant: the next grant takes it over at once, so
+/// a member that missed grants is repaired.
+#[test]
+fn a_stale_held_member_is_repaired_by_the_next_grant() {
+    let released = rec(1, 3, 10, true);
+    let stale = rec(2, 2, 5, false);
+    let same_token = rec(3, 3, 6, false);
+    let v = view(vec![
+        r(released.clone()),
+        r(released.clone()),
+        r(stale.clone()),
+    ]);
+    let op = grant(GrantFrom::Version {
+        rvn: released.rvn,
+        token: released.token,
+    });
+    let ops = member_ops(&v, &op);
+    assert!(matches!(
+        ops[2].as_ref().unwrap().kind,
+        OpKind::Takeover { observed, .. } if observed == stale.rvn
+    ));
+    let v = view(vec![
+        r(released.clone()),
+        r(released.clone()),
+        r(same_token),
+    ]);
+    assert!(member_ops(&v, &op)[2].is_some());
 }
 
 #[test]
@@ -179,7 +210,7 @@ fn absent_members_get_an_acquire_with_their_own_floor() {
 #[test]
 fn takeover_of_an_agreed_view_spares_untimed_members() {
     let held = rec(1, 3, 10, false);
-    let other = rec(2, 3, 30, false);
+    let other = rec(2, 4, 30, false);
     let v = view(vec![r(held.clone()), r(held.clone()), r(other)]);
     let ops = member_ops(&v, &takeover(&held));
     assert!(matches!(
