@@ -298,6 +298,13 @@ impl SimConfig {
         self.stores > 1
     }
 
+    /// True if a store host may lose acknowledged writes (`store-wipe` on a
+    /// quorum): outside the quorum's fault model, so the invariants that
+    /// rest on unique tokens may fail.
+    pub fn lost_writes(&self) -> bool {
+        self.quorum() && self.faults.has(Fault::StoreWipe)
+    }
+
     /// One line describing the configuration, for summaries.
     pub fn describe(&self) -> String {
         let mut line = format!(

@@ -78,7 +78,9 @@ struct Scenario {
     /// Faults: `all`, `none`, or a comma list (`partition,hold,...`; `all,-pause`
     /// removes one). Known: partition, oneway, latency, loss, hold,
     /// client-crash, store-crash, pause, clock-offset, drift, wall-step,
-    /// force-unlock.
+    /// force-unlock; with --stores 3 also store-partition, store-slow, and
+    /// store-wipe (a store host loses its lock records: outside the fault
+    /// model, not in `all`, expected to produce violations).
     #[arg(long, default_value = "all")]
     faults: FaultSet,
     /// Protocol variant: statelock or naive.

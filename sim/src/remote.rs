@@ -11,6 +11,13 @@
 //! Connections are kept for reuse, one request at a time each. A connection
 //! whose request failed or timed out is dropped, never reused, so a late
 //! answer can never be taken for the answer to another request.
+//!
+//! A refused connection (turmoil refuses at once when the link is cut or
+//! the host is down) is answered at the request's deadline, as a dropped
+//! SYN would be: a caller that retries at once cannot spin in zero
+//! simulated time, opening connections until the host's ports run out
+//! (turmoil never frees the port of a connection that was not
+//! established).
 
 use crate::config::SimConfig;
 use crate::history::{Actor, Recorder, What};
@@ -95,7 +102,8 @@ impl Rpc {
             .push(stream);
     }
 
-    /// Sends `request` on a fresh connection and waits for the answer.
+    /// Sends `request` on an idle connection (or a new one) and waits for
+    /// the answer.
     pub async fn call(&self, request: Request) -> Result<Response, RpcError> {
         let name = request.name();
         let envelope = Envelope {
@@ -104,10 +112,23 @@ impl Rpc {
         };
         let reused = self.take_idle();
         let exchanged = exchange(&self.to, reused, &envelope);
-        let result = match tokio::time::timeout(self.timeout, exchanged).await {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let result = match tokio::time::timeout_at(deadline, exchanged).await {
             Ok(Ok((stream, response))) => {
                 self.put_idle(stream);
                 Ok(response)
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // turmoil refuses a connection at once, in zero simulated
+                // time, when the link is cut; a real partition drops the SYN
+                // and the caller hears nothing until its deadline. Waiting it
+                // out also bounds how fast a caller that retries at once can
+                // open connections (each refused one keeps its port).
+                tokio::time::sleep_until(deadline).await;
+                Err(RpcError(format!(
+                    "no answer within {}ms (connection refused: {e})",
+                    self.timeout.as_millis()
+                )))
             }
             Ok(Err(e)) => Err(RpcError(format!("connection error: {e}"))),
             Err(_) => Err(RpcError(format!(

@@ -1,15 +1,18 @@
 //! The quorum lock in the simulator (`--stores 3`): three store hosts, each
 //! client's lock store a `QuorumStore` over one member per host, faults of
-//! one store host at a time (crash, crash that loses its records, partition
-//! from some clients, slowness) on top of every other fault. Every invariant
-//! must hold; the planted bug "each member installs its own next token"
-//! must be caught; a seed must replay exactly.
+//! one store host at a time (crash, partition from some clients, slowness)
+//! on top of every other fault. Every invariant must hold; the planted bug
+//! "each member installs its own next token" must be caught; a seed must
+//! replay exactly. A store host that loses acknowledged writes
+//! (`store-wipe`) is outside the quorum's fault model: such runs may break
+//! the token invariants (rarely: see sim/README.md); here it only has to
+//! happen, one store host at a time.
 
 mod common;
 
 use statelock_sim::history::{Actor, Event, What};
 use statelock_sim::sweep::verdict;
-use statelock_sim::{run_seed, Invariant, SimConfig, StateBug};
+use statelock_sim::{run_seed, Fault, FaultSet, Invariant, SimConfig, StateBug};
 
 /// The default scenario on a quorum of three store hosts, 16 ops a client.
 fn quorum() -> SimConfig {
@@ -36,13 +39,16 @@ fn the_quorum_holds_every_invariant_under_all_faults() {
 /// Seeds of the quorum sweep (and of the planted bug).
 const QUORUM_SEEDS: u64 = 40;
 
+/// Seeds of the planted bug (it is caught in nearly every one).
+const BUG_SEEDS: u64 = 12;
+
 #[test]
 fn each_member_installing_its_own_token_is_caught() {
     let buggy = SimConfig {
         bug: StateBug::PerStoreToken,
         ..quorum()
     };
-    let s = common::run(buggy, 0..QUORUM_SEEDS);
+    let s = common::run(buggy, 0..BUG_SEEDS);
     assert!(s.failures.is_empty(), "runs not judged: {:?}", s.failures);
     let caught = [
         Invariant::TokenMonotonic,
@@ -56,9 +62,17 @@ fn each_member_installing_its_own_token_is_caught() {
     assert!(verdict(&s, true).is_ok(), "--expect-violations must pass");
 }
 
+/// The quorum under every fault plus `store-wipe` (lost acknowledged writes).
+fn wiping() -> SimConfig {
+    SimConfig {
+        faults: FaultSet::all().with(Fault::StoreWipe),
+        ..quorum()
+    }
+}
+
 #[test]
 fn the_store_hosts_faults_happen_one_at_a_time() {
-    let cfg = quorum();
+    let cfg = wiping();
     let mut wiped = 0;
     for seed in 0..6 {
         let r = run_seed(&cfg, seed, true);

@@ -226,6 +226,7 @@ mod tests {
                 9,
                 Actor::Sim,
                 What::FinalRecord {
+                    store: Actor::Store(0),
                     key: "k".into(),
                     record: Some(rec(2, 2, 12, false)),
                 },
