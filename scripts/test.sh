@@ -63,9 +63,13 @@ stage "simulator sweeps"
 # runs the long sweeps.
 seeds=300
 bug_seeds=60
+quorum_seeds=60
+quorum_bug_seeds=20
 if [[ -n "${STATELOCK_TEST_QUICK:-}" ]]; then
     seeds=100
     bug_seeds=30
+    quorum_seeds=20
+    quorum_bug_seeds=10
 fi
 cargo build --release -p statelock-sim --quiet
 sim=target/release/statelock-sim
@@ -80,6 +84,10 @@ sim=target/release/statelock-sim
 "$sim" sweep --seeds "0..$bug_seeds" --bug unfenced-save --expect-violations
 # a supervisor that kills too late must be caught by SupervisedExclusion
 "$sim" sweep --seeds "0..$bug_seeds" --supervisor late-kill --expect-violations
+# the quorum lock over three store hosts, one of them faulty at a time
+"$sim" sweep --seeds "0..$quorum_seeds" --stores 3 --faults all
+# members that install their own next token must be caught by TokenMonotonic
+"$sim" sweep --seeds "0..$quorum_bug_seeds" --stores 3 --bug per-store-token --expect-violations
 
 stage "formal specs (TLC)"
 specs/check.sh

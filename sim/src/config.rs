@@ -17,6 +17,11 @@ pub struct Timing {
     pub max_latency: Duration,
     /// A client gives up on a store request after this long (outcome unknown).
     pub request_timeout: Duration,
+    /// With several store hosts: how long a quorum request waits for the
+    /// remaining members once a majority answered
+    /// (`QuorumStore::with_straggler_wait`; the library's 100 ms is scaled
+    /// down like the lease).
+    pub straggler_wait: Duration,
     /// The lease every client asks for.
     pub lease: Duration,
     /// Waiters' polling backoff.
@@ -42,6 +47,7 @@ impl Default for Timing {
             min_latency: Duration::from_millis(1),
             max_latency: Duration::from_millis(8),
             request_timeout: Duration::from_millis(60),
+            straggler_wait: Duration::from_millis(20),
             lease: Duration::from_millis(400),
             backoff: Backoff {
                 base: Duration::from_millis(10),
@@ -65,6 +71,11 @@ pub struct SimConfig {
     pub protocol: ProtocolVariant,
     /// Number of client hosts.
     pub clients: usize,
+    /// Number of lock-store hosts: 1 (one store), or an odd number from 3
+    /// to 9, whose lock stores are the members of a quorum store on every
+    /// client (the state objects stay on store host 0). At most one store
+    /// host is faulty at a time.
+    pub stores: usize,
     /// Number of lock keys (each op picks one at random).
     pub keys: usize,
     /// Ops (acquire → read → write → release) per client.
@@ -120,6 +131,7 @@ impl Default for SimConfig {
         SimConfig {
             protocol: ProtocolVariant::Statelock,
             clients: 5,
+            stores: 1,
             keys: 1,
             ops_per_client: 40,
             faults: FaultSet::all(),
@@ -214,6 +226,22 @@ impl SimConfig {
         if !(0.2..=10.0).contains(&self.long_work_max) {
             return Err("invalid scenario: --long-work-max must be from 0.2 to 10 leases".into());
         }
+        let quorum_ok = (3..=9).contains(&self.stores) && !self.stores.is_multiple_of(2);
+        if self.stores != 1 && !quorum_ok {
+            return Err(
+                "invalid scenario: --stores must be 1 or an odd number from 3 to 9 (a quorum)"
+                    .into(),
+            );
+        }
+        if self.stores > 1 && self.protocol != ProtocolVariant::Statelock {
+            return Err(
+                "invalid scenario: several store hosts need --protocol statelock (the quorum store)"
+                    .into(),
+            );
+        }
+        if self.bug == StateBug::PerStoreToken && self.stores == 1 {
+            return Err("invalid scenario: --bug per-store-token needs --stores 3".into());
+        }
         if self.timing.tick.is_zero() {
             return Err("invalid scenario: the simulation step must be at least 1 ms".into());
         }
@@ -265,6 +293,18 @@ impl SimConfig {
         self.clients as u64 * u64::from(self.ops_per_client)
     }
 
+    /// True if the clients' lock store is a quorum of several store hosts.
+    pub fn quorum(&self) -> bool {
+        self.stores > 1
+    }
+
+    /// True if a store host may lose acknowledged writes (`store-wipe` on a
+    /// quorum): outside the quorum's fault model, so the invariants that
+    /// rest on unique tokens may fail.
+    pub fn lost_writes(&self) -> bool {
+        self.quorum() && self.faults.has(Fault::StoreWipe)
+    }
+
     /// One line describing the configuration, for summaries.
     pub fn describe(&self) -> String {
         let mut line = format!(
@@ -281,6 +321,9 @@ impl SimConfig {
         );
         if let Some(ppm) = self.clock_drift_ppm {
             line.push_str(&format!(" clock-drift={ppm}ppm"));
+        }
+        if self.stores != 1 {
+            line.push_str(&format!(" stores={}", self.stores));
         }
         line.push_str(&format!(" supervised={}", self.supervised));
         if self.supervisor != SupervisorVariant::Exec {
@@ -344,6 +387,26 @@ mod tests {
             .with_clock_drift_ppm(Some(600_000))
             .validate()
             .is_err());
+        for (stores, ok) in [(1, true), (2, false), (3, true), (5, true), (11, false)] {
+            let c = SimConfig {
+                stores,
+                ..cfg.clone()
+            };
+            assert_eq!(c.validate().is_ok(), ok, "stores {stores}");
+        }
+        let bug = SimConfig {
+            bug: StateBug::PerStoreToken,
+            ..cfg.clone()
+        };
+        assert!(bug.validate().is_err(), "the quorum bug needs a quorum");
+        assert!(SimConfig { stores: 3, ..bug }.validate().is_ok());
+        assert!(SimConfig {
+            stores: 3,
+            protocol: ProtocolVariant::Naive,
+            ..cfg.clone()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

@@ -1,6 +1,16 @@
 //! Faults: which can be switched on, and the injector that drives the
 //! network- and host-level ones between simulation steps.
 //!
+//! With several store hosts (a quorum), a client's link faults cut or slow
+//! its links to every store host (the client is the faulty party), and the
+//! faults of a store host — a crash, a crash that loses its lock records
+//! (`store-wipe`), a partition from some clients, slowness — hit **at most
+//! one store host at a time** (the quorum of 3 tolerates one faulty
+//! member). A store host that lost its records counts as faulty until the
+//! quorum has repaired it (a majority of the store hosts, itself included,
+//! holds the same write of every key), so no other store host fault starts
+//! before that. Random message loss hits every link, as with one store.
+//!
 //! Network and host faults are injected here, from the run's `faults` random
 //! stream, at exponentially distributed intervals; a share of them
 //! ([`SimConfig::target_holders`]) is aimed at a client holding a lock.
@@ -14,21 +24,34 @@ use crate::config::SimConfig;
 use crate::context::Shared;
 use crate::history::{Actor, Recorder, What};
 use crate::rng::{stream, SimRng};
-use crate::scenario::{Fault, ProtocolVariant};
-use crate::wire::{client_host, OPERATOR_HOST, STORE_HOST};
+use crate::scenario::{Fault, FaultSet, ProtocolVariant};
+use crate::server::Durable;
+use crate::wire::{client_host, store_host, OPERATOR_HOST, STORE_HOST};
 use rand::Rng;
+use statelock::protocol::LockKey;
+use std::sync::Arc;
 use std::time::Duration;
 use turmoil::Sim;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Undo {
     Repair(usize),
-    RepairOneWay { client: usize, to_store: bool },
+    RepairOneWay {
+        client: usize,
+        to_store: bool,
+    },
     Release(usize),
     Latency(usize),
     LossOff,
     RestartClient(usize),
-    RestartStore,
+    RestartStore(usize),
+    /// Store host `store` is reachable again from `clients`.
+    RepairStore {
+        store: usize,
+        clients: Vec<usize>,
+    },
+    /// Store host `store`'s links are fast again.
+    StoreFast(usize),
 }
 
 /// Injects network and host faults between simulation steps.
@@ -43,11 +66,21 @@ pub struct Injector {
     store_down: bool,
     loss_on: bool,
     quiet: bool,
+    /// Every store host's data (the wipe fault replaces a host's records).
+    durables: Vec<Arc<Durable>>,
+    keys: Vec<LockKey>,
+    /// The store host under a fault now (several store hosts only).
+    member_faulty: Option<usize>,
+    /// The store host that lost its records and is not repaired yet.
+    member_wiped: Option<usize>,
+    /// The store host whose links are slow now.
+    slow_store: Option<usize>,
 }
 
 impl Injector {
-    /// An injector for a run of `cfg` with `seed`.
-    pub fn new(cfg: &SimConfig, seed: u64) -> Self {
+    /// An injector for a run of `cfg` with `seed`, over the store hosts'
+    /// data `durables`.
+    pub fn new(cfg: &SimConfig, seed: u64, durables: Vec<Arc<Durable>>) -> Self {
         let kinds: Vec<Fault> = [
             Fault::Partition,
             Fault::OneWay,
@@ -56,9 +89,12 @@ impl Injector {
             Fault::Hold,
             Fault::ClientCrash,
             Fault::StoreCrash,
+            Fault::StorePartition,
+            Fault::StoreSlow,
+            Fault::StoreWipe,
         ]
         .into_iter()
-        .filter(|f| cfg.faults.has(*f))
+        .filter(|f| cfg.faults.has(*f) && (cfg.quorum() || !FaultSet::is_member_fault(*f)))
         .collect();
         let mut rng = stream(seed, "faults", 0, 0);
         let first = exp_delay(&mut rng, cfg.timing.fault_interval);
@@ -73,7 +109,49 @@ impl Injector {
             store_down: false,
             loss_on: false,
             quiet: false,
+            durables,
+            keys: cfg
+                .key_names()
+                .iter()
+                .filter_map(|k| LockKey::new(k).ok())
+                .collect(),
+            member_faulty: None,
+            member_wiped: None,
+            slow_store: None,
         }
+    }
+
+    /// The store hosts' names.
+    fn store_hosts(&self) -> Vec<String> {
+        (0..self.durables.len()).map(store_host).collect()
+    }
+
+    /// True if a fault may hit a store host now: none is faulty, and the
+    /// one that lost its records (if any) has been repaired since.
+    fn member_free(&mut self) -> bool {
+        if let Some(w) = self.member_wiped {
+            if self.repaired(w) {
+                self.member_wiped = None;
+            }
+        }
+        self.member_faulty.is_none() && self.member_wiped.is_none()
+    }
+
+    /// True if store host `w` holds, for every key, the same write as
+    /// enough other store hosts to make a majority with it.
+    fn repaired(&self, w: usize) -> bool {
+        let majority = self.durables.len() / 2 + 1;
+        self.keys.iter().all(|k| {
+            let Some(mine) = self.durables[w].locks().get_now(k) else {
+                return false;
+            };
+            let same = self
+                .durables
+                .iter()
+                .filter(|d| d.locks().get_now(k).is_some_and(|r| r.rvn == mine.rvn))
+                .count();
+            same >= majority
+        })
     }
 
     /// True once faults have stopped.
@@ -132,30 +210,37 @@ impl Injector {
         let host = client_host(c);
         let link_free = !self.link_busy[c];
         let note = |what: String| rec.record_at(now, Actor::Sim, What::Fault(what));
+        let stores = self.store_hosts();
+        let quorum = stores.len() > 1;
+        // With one store host the trace names it "store", as it always did.
+        let to = if quorum { "the stores" } else { "store" };
         match kind {
             Fault::Partition if link_free => {
                 let d = self.duration(Duration::from_millis(20), lease * 2);
-                sim.partition(host.as_str(), STORE_HOST);
+                for s in &stores {
+                    sim.partition(host.as_str(), s.as_str());
+                }
                 self.link_busy[c] = true;
                 self.active.push((now + d, Undo::Repair(c)));
-                note(format!(
-                    "partition {host} <-> store for {}ms",
-                    d.as_millis()
-                ));
+                note(format!("partition {host} <-> {to} for {}ms", d.as_millis()));
             }
             Fault::OneWay if link_free => {
                 let d = self.duration(Duration::from_millis(20), lease * 2);
                 let to_store = self.rng.random_bool(0.5);
                 if to_store {
-                    sim.partition_oneway(host.as_str(), STORE_HOST);
+                    for s in &stores {
+                        sim.partition_oneway(host.as_str(), s.as_str());
+                    }
                     note(format!(
-                        "partition {host} -> store (requests lost) for {}ms",
+                        "partition {host} -> {to} (requests lost) for {}ms",
                         d.as_millis()
                     ));
                 } else {
-                    sim.partition_oneway(STORE_HOST, host.as_str());
+                    for s in &stores {
+                        sim.partition_oneway(s.as_str(), host.as_str());
+                    }
                     note(format!(
-                        "partition store -> {host} (answers lost) for {}ms",
+                        "partition {to} -> {host} (answers lost) for {}ms",
                         d.as_millis()
                     ));
                 }
@@ -171,22 +256,26 @@ impl Injector {
             Fault::Latency if link_free => {
                 let d = self.duration(Duration::from_millis(50), lease * 2);
                 let max = self.duration(Duration::from_millis(40), Duration::from_millis(300));
-                sim.set_link_max_message_latency(host.as_str(), STORE_HOST, max);
+                for s in &stores {
+                    sim.set_link_max_message_latency(host.as_str(), s.as_str(), max);
+                }
                 self.link_busy[c] = true;
                 self.active.push((now + d, Undo::Latency(c)));
                 note(format!(
-                    "latency {host} <-> store up to {}ms for {}ms",
+                    "latency {host} <-> {to} up to {}ms for {}ms",
                     max.as_millis(),
                     d.as_millis()
                 ));
             }
             Fault::Hold if link_free => {
                 let d = self.duration(Duration::from_millis(10), lease * 2);
-                sim.hold(host.as_str(), STORE_HOST);
+                for s in &stores {
+                    sim.hold(host.as_str(), s.as_str());
+                }
                 self.link_busy[c] = true;
                 self.active.push((now + d, Undo::Release(c)));
                 note(format!(
-                    "hold messages {host} <-> store for {}ms",
+                    "hold messages {host} <-> {to} for {}ms",
                     d.as_millis()
                 ));
             }
@@ -210,12 +299,78 @@ impl Injector {
                 self.active.push((now + d, Undo::RestartClient(c)));
                 rec.record_at(now, Actor::Sim, What::Crash(Actor::Client(c as u16)));
             }
-            Fault::StoreCrash if !self.store_down => {
+            Fault::StoreCrash if !quorum && !self.store_down => {
                 let d = self.duration(Duration::from_millis(1), Duration::from_millis(300));
                 sim.crash(STORE_HOST);
                 self.store_down = true;
-                self.active.push((now + d, Undo::RestartStore));
-                rec.record_at(now, Actor::Sim, What::Crash(Actor::Store));
+                self.active.push((now + d, Undo::RestartStore(0)));
+                rec.record_at(now, Actor::Sim, What::Crash(Actor::Store(0)));
+            }
+            Fault::StoreCrash | Fault::StoreWipe if quorum && self.member_free() => {
+                let j = self.rng.random_range(0..stores.len());
+                let d = self.duration(Duration::from_millis(1), Duration::from_millis(300));
+                sim.crash(stores[j].as_str());
+                self.member_faulty = Some(j);
+                self.active.push((now + d, Undo::RestartStore(j)));
+                rec.record_at(now, Actor::Sim, What::Crash(self.durables[j].id));
+                if kind == Fault::StoreWipe {
+                    self.durables[j].wipe_locks();
+                    self.member_wiped = Some(j);
+                    rec.record_at(now, Actor::Sim, What::Wiped(self.durables[j].id));
+                }
+            }
+            Fault::StorePartition if self.member_free() => {
+                let j = self.rng.random_range(0..stores.len());
+                let mut cut: Vec<usize> = (0..self.clients)
+                    .filter(|&i| !self.link_busy[i] && self.rng.random_bool(0.5))
+                    .collect();
+                if cut.is_empty() && link_free {
+                    cut.push(c);
+                }
+                if cut.is_empty() {
+                    return;
+                }
+                let d = self.duration(Duration::from_millis(20), lease * 2);
+                for &i in &cut {
+                    sim.partition(client_host(i).as_str(), stores[j].as_str());
+                    self.link_busy[i] = true;
+                }
+                self.member_faulty = Some(j);
+                let names: Vec<String> = cut.iter().map(|&i| client_host(i)).collect();
+                note(format!(
+                    "partition {} <-> {} for {}ms",
+                    stores[j],
+                    names.join(", "),
+                    d.as_millis()
+                ));
+                self.active.push((
+                    now + d,
+                    Undo::RepairStore {
+                        store: j,
+                        clients: cut,
+                    },
+                ));
+            }
+            Fault::StoreSlow if self.member_free() => {
+                let j = self.rng.random_range(0..stores.len());
+                let d = self.duration(Duration::from_millis(50), lease * 2);
+                let max = self.duration(Duration::from_millis(40), Duration::from_millis(300));
+                for i in 0..self.clients {
+                    sim.set_link_max_message_latency(
+                        client_host(i).as_str(),
+                        stores[j].as_str(),
+                        max,
+                    );
+                }
+                self.member_faulty = Some(j);
+                self.slow_store = Some(j);
+                self.active.push((now + d, Undo::StoreFast(j)));
+                note(format!(
+                    "{} slow: latency up to {}ms for {}ms",
+                    stores[j],
+                    max.as_millis(),
+                    d.as_millis()
+                ));
             }
             _ => {}
         }
@@ -252,36 +407,49 @@ impl Injector {
         rec: &Recorder,
     ) {
         let heal = |what: String| rec.record_at(now, Actor::Sim, What::Heal(what));
+        let stores = self.store_hosts();
+        let to = if stores.len() > 1 {
+            "the stores"
+        } else {
+            "store"
+        };
         match undo {
             Undo::Repair(c) => {
-                sim.repair(client_host(c).as_str(), STORE_HOST);
+                for s in &stores {
+                    sim.repair(client_host(c).as_str(), s.as_str());
+                }
                 self.link_busy[c] = false;
-                heal(format!("repair {} <-> store", client_host(c)));
+                heal(format!("repair {} <-> {to}", client_host(c)));
             }
             Undo::RepairOneWay { client, to_store } => {
                 let host = client_host(client);
-                if to_store {
-                    sim.repair_oneway(host.as_str(), STORE_HOST);
-                } else {
-                    sim.repair_oneway(STORE_HOST, host.as_str());
+                for s in &stores {
+                    if to_store {
+                        sim.repair_oneway(host.as_str(), s.as_str());
+                    } else {
+                        sim.repair_oneway(s.as_str(), host.as_str());
+                    }
                 }
                 self.link_busy[client] = false;
                 heal(format!("repair one-way partition of {host}"));
             }
             Undo::Release(c) => {
-                sim.release(client_host(c).as_str(), STORE_HOST);
+                for s in &stores {
+                    sim.release(client_host(c).as_str(), s.as_str());
+                }
                 self.link_busy[c] = false;
-                heal(format!(
-                    "release held messages {} <-> store",
-                    client_host(c)
-                ));
+                heal(format!("release held messages {} <-> {to}", client_host(c)));
             }
             Undo::Latency(c) => {
-                sim.set_link_max_message_latency(
-                    client_host(c).as_str(),
-                    STORE_HOST,
-                    cfg.timing.max_latency,
-                );
+                for (j, s) in stores.iter().enumerate() {
+                    if self.slow_store != Some(j) {
+                        sim.set_link_max_message_latency(
+                            client_host(c).as_str(),
+                            s.as_str(),
+                            cfg.timing.max_latency,
+                        );
+                    }
+                }
                 self.link_busy[c] = false;
                 heal(format!("latency of {} back to normal", client_host(c)));
             }
@@ -291,12 +459,16 @@ impl Injector {
                 // the ones no other fault owns now.
                 for c in 0..self.clients {
                     if !self.link_busy[c] {
-                        sim.repair(client_host(c).as_str(), STORE_HOST);
+                        for s in &stores {
+                            sim.repair(client_host(c).as_str(), s.as_str());
+                        }
                     }
                 }
                 if cfg.faults.has(Fault::ForceUnlock) && cfg.protocol == ProtocolVariant::Statelock
                 {
-                    sim.repair(OPERATOR_HOST, STORE_HOST);
+                    for s in &stores {
+                        sim.repair(OPERATOR_HOST, s.as_str());
+                    }
                 }
                 self.loss_on = false;
                 heal("message loss off".into());
@@ -307,10 +479,34 @@ impl Injector {
                 self.client_down[c] = false;
                 rec.record_at(now, Actor::Sim, What::Restart(Actor::Client(c as u16)));
             }
-            Undo::RestartStore => {
-                sim.bounce(STORE_HOST);
+            Undo::RestartStore(j) => {
+                sim.bounce(stores[j].as_str());
                 self.store_down = false;
-                rec.record_at(now, Actor::Sim, What::Restart(Actor::Store));
+                self.member_faulty = None;
+                rec.record_at(now, Actor::Sim, What::Restart(self.durables[j].id));
+            }
+            Undo::RepairStore { store, clients } => {
+                for &c in &clients {
+                    sim.repair(client_host(c).as_str(), stores[store].as_str());
+                    self.link_busy[c] = false;
+                }
+                self.member_faulty = None;
+                heal(format!("repair {} <-> its clients", stores[store]));
+            }
+            Undo::StoreFast(j) => {
+                let slowed: Vec<usize> = (0..self.clients)
+                    .filter(|c| !self.active.iter().any(|(_, u)| *u == Undo::Latency(*c)))
+                    .collect();
+                for c in slowed {
+                    sim.set_link_max_message_latency(
+                        client_host(c).as_str(),
+                        stores[j].as_str(),
+                        cfg.timing.max_latency,
+                    );
+                }
+                self.slow_store = None;
+                self.member_faulty = None;
+                heal(format!("{} fast again", stores[j]));
             }
         }
     }
@@ -331,11 +527,13 @@ impl Injector {
         }
         // Mend any link random loss left broken (no hold is left to lose).
         sim.set_fail_rate(0.0);
-        for c in 0..self.clients {
-            sim.repair(client_host(c).as_str(), STORE_HOST);
-        }
-        if cfg.faults.has(Fault::ForceUnlock) && cfg.protocol == ProtocolVariant::Statelock {
-            sim.repair(OPERATOR_HOST, STORE_HOST);
+        for s in self.store_hosts() {
+            for c in 0..self.clients {
+                sim.repair(client_host(c).as_str(), s.as_str());
+            }
+            if cfg.faults.has(Fault::ForceUnlock) && cfg.protocol == ProtocolVariant::Statelock {
+                sim.repair(OPERATOR_HOST, s.as_str());
+            }
         }
         self.quiet = true;
         shared.set_quiet();

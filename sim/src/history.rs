@@ -20,8 +20,9 @@ pub type ClientId = u16;
 pub enum Actor {
     /// The simulator (fault injection, run control).
     Sim,
-    /// The store host.
-    Store,
+    /// Store host `i` (`0`: the only one, or the first of a quorum; it
+    /// also serves the state objects).
+    Store(u8),
     /// The operator host (force-unlocks).
     Operator,
     /// Client host `i`.
@@ -32,7 +33,8 @@ impl fmt::Display for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Actor::Sim => f.write_str("sim"),
-            Actor::Store => f.write_str("store"),
+            Actor::Store(0) => f.write_str("store"),
+            Actor::Store(i) => write!(f, "store{i}"),
             Actor::Operator => f.write_str("operator"),
             Actor::Client(i) => write!(f, "c{i}"),
         }
@@ -292,11 +294,16 @@ pub enum What {
     Crash(Actor),
     /// A crashed host was restarted.
     Restart(Actor),
+    /// A store host lost its lock records (it comes back empty when it
+    /// restarts): the writes it acknowledged are gone.
+    Wiped(Actor),
     /// Faults stop from here on (all were healed); liveness is judged after
     /// the last pause that started before this ends.
     Quiet,
     /// The store's record of a key when the run ended (for audits).
     FinalRecord {
+        /// The store host whose record it is.
+        store: Actor,
         /// The key.
         key: String,
         /// The record (`None`: absent).
@@ -555,10 +562,11 @@ impl fmt::Display for What {
             What::Crash(a) => write!(f, "CRASH {a}"),
             What::Restart(a) => write!(f, "restart {a}"),
             What::Quiet => f.write_str("faults stop; everything healed"),
-            What::FinalRecord { key, record } => match record {
-                Some(r) => write!(f, "final record {key}: {r}"),
-                None => write!(f, "final record {key}: absent"),
+            What::FinalRecord { store, key, record } => match record {
+                Some(r) => write!(f, "final record {key} on {store}: {r}"),
+                None => write!(f, "final record {key} on {store}: absent"),
             },
+            What::Wiped(a) => write!(f, "WIPE {a}: its lock records are lost"),
             What::End { finished } => {
                 write!(
                     f,
@@ -652,7 +660,7 @@ impl fmt::Display for What {
             What::ForceAttempt { key, seen, result } => {
                 write!(f, "force-unlock {key} seen rvn {}: {result}", short(*seen))
             }
-            What::StoreStarted => f.write_str("store up (data kept)"),
+            What::StoreStarted => f.write_str("store up"),
             What::LockApplied { from, op } => {
                 write!(f, "{} {} from {from}: ", op.kind, op.key)?;
                 match &op.prev {

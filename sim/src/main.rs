@@ -1,7 +1,7 @@
 //! `statelock-sim`: sweep seed ranges, or replay one seed with its trace.
 //!
 //! ```text
-//! statelock-sim sweep --seeds 0..10000 [--clients 5] [--faults all] [--protocol statelock] [--drift within] [--jobs N]
+//! statelock-sim sweep --seeds 0..10000 [--clients 5] [--stores 1|3] [--faults all] [--protocol statelock] [--drift within] [--jobs N]
 //! statelock-sim replay --seed 42 --trace
 //! ```
 
@@ -69,6 +69,10 @@ struct Scenario {
     /// Client hosts.
     #[arg(long, default_value_t = 5)]
     clients: usize,
+    /// Lock-store hosts: 1, or 3 (an odd number up to 9) for a quorum
+    /// store over one member per host (state objects stay on the first).
+    #[arg(long, default_value_t = 1)]
+    stores: usize,
     /// Lock keys.
     #[arg(long, default_value_t = 1)]
     keys: usize,
@@ -78,7 +82,9 @@ struct Scenario {
     /// Faults: `all`, `none`, or a comma list (`partition,hold,...`; `all,-pause`
     /// removes one). Known: partition, oneway, latency, loss, hold,
     /// client-crash, store-crash, pause, clock-offset, drift, wall-step,
-    /// force-unlock.
+    /// force-unlock; with --stores 3 also store-partition, store-slow, and
+    /// store-wipe (a store host loses its lock records: outside the fault
+    /// model, not in `all`, expected to produce violations).
     #[arg(long, default_value = "all")]
     faults: FaultSet,
     /// Protocol variant: statelock or naive.
@@ -113,10 +119,10 @@ struct Scenario {
     /// --expect-violations).
     #[arg(long, default_value = "exec")]
     supervisor: SupervisorVariant,
-    /// A planted bug of the state side: `no-seal` (holders never seal; a
-    /// save raises the fence when it lands) or `unfenced-save` (a save
-    /// checks only the version read, not the fence); use with
-    /// --expect-violations.
+    /// A planted bug: `no-seal` (holders never seal; a save raises the fence
+    /// when it lands), `unfenced-save` (a save checks only the version read,
+    /// not the fence) or, with --stores 3, `per-store-token` (each quorum
+    /// member installs its own next token); use with --expect-violations.
     #[arg(long, default_value = "none")]
     bug: StateBug,
     /// Share of ops whose work between read and write is long (renewed by
@@ -141,6 +147,7 @@ impl Scenario {
         SimConfig {
             protocol: self.protocol,
             clients: self.clients,
+            stores: self.stores,
             keys: self.keys,
             ops_per_client: self.ops,
             faults: self.faults,
@@ -308,6 +315,9 @@ fn scenario_flags(cfg: &SimConfig) -> String {
     }
     if cfg.clients != d.clients {
         s += &format!(" --clients {}", cfg.clients);
+    }
+    if cfg.stores != d.stores {
+        s += &format!(" --stores {}", cfg.stores);
     }
     if cfg.keys != d.keys {
         s += &format!(" --keys {}", cfg.keys);

@@ -7,7 +7,7 @@
 use crate::config::SimConfig;
 use crate::context::Shared;
 use crate::history::{Actor, Recorder, What};
-use crate::remote::{RemoteLockStore, Rpc};
+use crate::remote::{lock_store, Rpc};
 use crate::rng::{derive, stream};
 use crate::wire::OPERATOR_HOST;
 use rand::Rng;
@@ -38,7 +38,7 @@ pub async fn operator_main(ctx: Arc<OperatorCtx>) -> turmoil::Result {
         ctx.cfg.timing.request_timeout,
         ctx.rec.clone(),
     );
-    let client = LockClient::builder(Arc::new(RemoteLockStore::new(rpc)))
+    let client = LockClient::builder(lock_store(&rpc, &ctx.cfg)?)
         .clock(SkewedClock::exact())
         .seed(derive(ctx.seed, "operator-client", 0, 0))
         .protocol(ctx.cfg.protocol_config)

@@ -1,16 +1,22 @@
-//! Planted bugs of the state side (`--bug`), for the sweeps that must catch
-//! them: a save that writes the document through the backend itself, with
-//! weaker rules than the production `FencedStore::save` — only the version
-//! read, and (for `no-seal`) the fence raised when the save lands instead of
-//! by a seal before it.
+//! Planted bugs (`--bug`), for the sweeps that must catch them: a save that
+//! writes the document through the backend itself, with weaker rules than
+//! the production `FencedStore::save` — only the version read, and (for
+//! `no-seal`) the fence raised when the save lands instead of by a seal
+//! before it; and a quorum member that ignores the quorum's token
+//! ([`PerStoreToken`]).
 //!
 //! Nothing here runs unless a bug is asked for; the production path never
 //! calls it.
 
-use statelock::protocol::WallTime;
+use async_trait::async_trait;
+use statelock::protocol::{
+    FencingToken, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
+};
 use statelock::state::backend::{PutFailure, PutIf, StateBackend};
 use statelock::state::layout::StatePaths;
 use statelock::state::{Stamp, StateDocument, StateError, StateVersion, Writer};
+use statelock::store::{Listing, LockStore, StoreError};
+use std::sync::Arc;
 
 /// How the buggy save treats the fence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,5 +86,47 @@ pub async fn buggy_save<B: StateBackend + ?Sized>(
             found: None,
         }),
         Err(PutFailure::Error(e)) => Err(e),
+    }
+}
+
+/// `--bug per-store-token`: a quorum member whose grants lose their
+/// `at_least` before they are sent, so the member installs its own next
+/// token instead of the quorum's (the quorum store itself is unchanged;
+/// every member of every client is wrapped).
+#[derive(Debug)]
+pub struct PerStoreToken(pub Arc<dyn LockStore>);
+
+#[async_trait]
+impl LockStore for PerStoreToken {
+    async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+        let mut op = op.clone();
+        if let OpKind::Acquire { at_least, .. } | OpKind::Takeover { at_least, .. } = &mut op.kind {
+            *at_least = FencingToken::NONE;
+        }
+        self.0.apply(&op).await
+    }
+
+    async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
+        self.0.get(key).await
+    }
+
+    async fn list(&self) -> Result<Listing, StoreError> {
+        self.0.list().await
+    }
+
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        self.0.token_floor().await
+    }
+
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        self.0.purge(key, observed).await
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
     }
 }

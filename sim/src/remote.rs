@@ -1,7 +1,8 @@
 //! The client side of the store host's protocol: [`RemoteLockStore`] and
 //! [`RemoteStateBackend`] implement the library's store traits over simulated
 //! TCP, so the code under test is the production `LockClient` and the
-//! production `FencedStore`.
+//! production `FencedStore`; with several store hosts, [`lock_store`] puts
+//! the production `QuorumStore` over one `RemoteLockStore` per host.
 //!
 //! Every request has a deadline. A request that gets no answer in time (lost
 //! or held message, partition, crashed store) maps to `Unavailable`: for a
@@ -10,13 +11,26 @@
 //! Connections are kept for reuse, one request at a time each. A connection
 //! whose request failed or timed out is dropped, never reused, so a late
 //! answer can never be taken for the answer to another request.
+//!
+//! A refused connection (turmoil refuses at once when the link is cut or
+//! the host is down) is answered at the request's deadline, as a dropped
+//! SYN would be: a caller that retries at once cannot spin in zero
+//! simulated time, opening connections until the host's ports run out
+//! (turmoil never frees the port of a connection that was not
+//! established).
 
+use crate::config::SimConfig;
 use crate::history::{Actor, Recorder, What};
-use crate::wire::{read_frame, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT};
+use crate::planted::PerStoreToken;
+use crate::scenario::StateBug;
+use crate::wire::{
+    read_frame, store_host, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT,
+};
 use async_trait::async_trait;
 use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersion};
 use statelock::state::backend::{ObjectVersion, PutFailure, PutIf, StateBackend};
 use statelock::state::StateError;
+use statelock::store::quorum::QuorumStore;
 use statelock::store::{Listing, LockStore, StoreError};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -33,10 +47,11 @@ impl fmt::Display for RpcError {
     }
 }
 
-/// One host's connection settings to the store host.
+/// One host's connection settings to one store host.
 #[derive(Debug, Clone)]
 pub struct Rpc {
     from: String,
+    to: String,
     actor: Actor,
     timeout: Duration,
     recorder: Recorder,
@@ -44,7 +59,8 @@ pub struct Rpc {
 }
 
 impl Rpc {
-    /// Requests from host `from` (recorded as `actor`) with this deadline.
+    /// Requests from host `from` (recorded as `actor`) to the (first)
+    /// store host with this deadline.
     pub fn new(
         from: impl Into<String>,
         actor: Actor,
@@ -53,11 +69,26 @@ impl Rpc {
     ) -> Self {
         Rpc {
             from: from.into(),
+            to: STORE_HOST.to_string(),
             actor,
             timeout,
             recorder,
             idle: Arc::default(),
         }
+    }
+
+    /// The same settings, to store host `i` (with its own connections).
+    pub fn to_store(&self, i: usize) -> Rpc {
+        Rpc {
+            to: store_host(i),
+            idle: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// The store host the requests go to.
+    pub fn host(&self) -> &str {
+        &self.to
     }
 
     fn take_idle(&self) -> Option<TcpStream> {
@@ -71,7 +102,8 @@ impl Rpc {
             .push(stream);
     }
 
-    /// Sends `request` on a fresh connection and waits for the answer.
+    /// Sends `request` on an idle connection (or a new one) and waits for
+    /// the answer.
     pub async fn call(&self, request: Request) -> Result<Response, RpcError> {
         let name = request.name();
         let envelope = Envelope {
@@ -79,10 +111,24 @@ impl Rpc {
             request,
         };
         let reused = self.take_idle();
-        let result = match tokio::time::timeout(self.timeout, exchange(reused, &envelope)).await {
+        let exchanged = exchange(&self.to, reused, &envelope);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let result = match tokio::time::timeout_at(deadline, exchanged).await {
             Ok(Ok((stream, response))) => {
                 self.put_idle(stream);
                 Ok(response)
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // turmoil refuses a connection at once, in zero simulated
+                // time, when the link is cut; a real partition drops the SYN
+                // and the caller hears nothing until its deadline. Waiting it
+                // out also bounds how fast a caller that retries at once can
+                // open connections (each refused one keeps its port).
+                tokio::time::sleep_until(deadline).await;
+                Err(RpcError(format!(
+                    "no answer within {}ms (connection refused: {e})",
+                    self.timeout.as_millis()
+                )))
             }
             Ok(Err(e)) => Err(RpcError(format!("connection error: {e}"))),
             Err(_) => Err(RpcError(format!(
@@ -91,10 +137,15 @@ impl Rpc {
             ))),
         };
         if let Err(e) = &result {
+            let request = if self.to == STORE_HOST {
+                name
+            } else {
+                format!("{name} to {}", self.to)
+            };
             self.recorder.record(
                 self.actor,
                 What::RpcFailed {
-                    request: name,
+                    request,
                     error: e.0.clone(),
                 },
             );
@@ -104,12 +155,13 @@ impl Rpc {
 }
 
 async fn exchange(
+    to: &str,
     reused: Option<TcpStream>,
     envelope: &Envelope,
 ) -> std::io::Result<(TcpStream, Response)> {
     let mut stream = match reused {
         Some(s) => s,
-        None => TcpStream::connect((STORE_HOST, STORE_PORT)).await?,
+        None => TcpStream::connect((to, STORE_PORT)).await?,
     };
     write_frame(&mut stream, envelope).await?;
     let response = read_frame(&mut stream).await?;
@@ -120,7 +172,7 @@ fn unexpected(r: Response) -> String {
     format!("unexpected answer from the store: {r:?}")
 }
 
-/// A [`LockStore`] on the store host.
+/// A [`LockStore`] on one store host.
 #[derive(Debug, Clone)]
 pub struct RemoteLockStore {
     rpc: Rpc,
@@ -203,7 +255,7 @@ impl LockStore for RemoteLockStore {
     }
 
     fn describe(&self) -> String {
-        format!("sim://{STORE_HOST}:{STORE_PORT}")
+        format!("sim://{}:{STORE_PORT}", self.rpc.to)
     }
 }
 
@@ -291,6 +343,29 @@ impl StateBackend for RemoteStateBackend {
     }
 
     fn describe(&self) -> String {
-        format!("sim://{STORE_HOST}:{STORE_PORT}/state")
+        format!("sim://{}:{STORE_PORT}/state", self.rpc.to)
     }
+}
+
+/// The lock store a client (or the operator) of a run of `cfg` uses through
+/// `rpc`: the store host itself, or with several store hosts a
+/// [`QuorumStore`] over one [`RemoteLockStore`] per store host (each
+/// wrapped in [`PerStoreToken`] with `--bug per-store-token`).
+pub fn lock_store(rpc: &Rpc, cfg: &SimConfig) -> Result<Arc<dyn LockStore>, StoreError> {
+    if !cfg.quorum() {
+        return Ok(Arc::new(RemoteLockStore::new(rpc.clone())));
+    }
+    let members: Vec<Arc<dyn LockStore>> = (0..cfg.stores)
+        .map(|i| {
+            let member: Arc<dyn LockStore> = Arc::new(RemoteLockStore::new(rpc.to_store(i)));
+            if cfg.bug == StateBug::PerStoreToken {
+                Arc::new(PerStoreToken(member))
+            } else {
+                member
+            }
+        })
+        .collect();
+    Ok(Arc::new(
+        QuorumStore::new(members)?.with_straggler_wait(cfg.timing.straggler_wait),
+    ))
 }

@@ -1,6 +1,7 @@
-//! One simulation run: build the world from a seed, step it while injecting
-//! faults until every client has done its ops (or the time limit), then audit
-//! the stores and run the checkers.
+//! One simulation run: build the world from a seed (one or several store
+//! hosts, the client hosts, the operator), step it while injecting faults
+//! until every client has done its ops (or the time limit), then audit every
+//! store host and run the checkers.
 
 use crate::config::SimConfig;
 use crate::context::{ClientCtx, Shared};
@@ -13,7 +14,7 @@ use crate::operator::{operator_main, OperatorCtx};
 use crate::rng::derive;
 use crate::scenario::{Fault, ProtocolVariant};
 use crate::server::{naive_locks, serve, view, Durable};
-use crate::wire::{client_host, OPERATOR_HOST, STORE_HOST};
+use crate::wire::{client_host, store_host, OPERATOR_HOST};
 use crate::workload::{client_main, EPOCH_MS};
 use statelock::protocol::LockKey;
 use std::sync::Arc;
@@ -26,7 +27,8 @@ pub struct Stats {
     pub ops: u64,
     /// Locks acquired by the workload.
     pub grants: u64,
-    /// Grants the store made by takeover.
+    /// Grants made by takeover (a quorum's takeover counts once, however
+    /// many members applied it).
     pub takeovers: u64,
     /// State writes accepted.
     pub writes_accepted: u64,
@@ -50,7 +52,7 @@ pub struct Stats {
     pub crashes: u64,
     /// Network faults.
     pub network_faults: u64,
-    /// Operator force-unlocks applied.
+    /// Operator force-unlocks applied (once per quorum op).
     pub forced: u64,
     /// Supervised commands started.
     pub commands: u64,
@@ -77,12 +79,25 @@ impl Stats {
             events: events.len() as u64,
             ..Stats::default()
         };
+        // The writes each member of a quorum applied for one op carry the
+        // same new record (same owner, token and version): count it once.
+        let mut writes = std::collections::BTreeSet::new();
         for e in events {
             match &e.what {
                 What::AcquireStart { .. } => s.ops += 1,
                 What::Acquired { .. } => s.grants += 1,
-                What::LockApplied { op, .. } if op.kind == LockOpKind::Takeover => s.takeovers += 1,
-                What::LockApplied { op, .. } if op.kind == LockOpKind::ForceUnlock => s.forced += 1,
+                What::LockApplied { op, .. }
+                    if matches!(op.kind, LockOpKind::Takeover | LockOpKind::ForceUnlock) =>
+                {
+                    let next = op.next.map(|n| (n.owner, n.token, n.rvn));
+                    if writes.insert((op.key.as_str(), op.kind == LockOpKind::Takeover, next)) {
+                        if op.kind == LockOpKind::Takeover {
+                            s.takeovers += 1;
+                        } else {
+                            s.forced += 1;
+                        }
+                    }
+                }
                 What::Saved { outcome, .. } => match outcome {
                     SaveOutcome::Accepted(_) => s.writes_accepted += 1,
                     SaveOutcome::Rejected(why) => {
@@ -221,7 +236,17 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
         .iter()
         .filter_map(|k| LockKey::new(k).ok())
         .collect();
-    let durable = Arc::new(Durable::for_keys(&state_keys));
+    // One durable store per store host; the state objects live on the first.
+    let durables: Vec<Arc<Durable>> = (0..cfg.stores)
+        .map(|i| {
+            let i = u8::try_from(i).unwrap_or(u8::MAX);
+            Arc::new(if i == 0 {
+                Durable::for_keys(0, &state_keys)
+            } else {
+                Durable::of_store(i)
+            })
+        })
+        .collect();
     let shared = Arc::new(Shared::new(cfg.clients));
     let t = cfg.timing;
     let mut sim = turmoil::Builder::new()
@@ -234,9 +259,9 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
         .repair_rate(0.5)
         .epoch(UNIX_EPOCH + Duration::from_millis(EPOCH_MS as u64))
         .build();
-    {
+    for (i, durable) in durables.iter().enumerate() {
         let (durable, rec) = (durable.clone(), rec.clone());
-        sim.host(STORE_HOST, move || serve(durable.clone(), rec.clone()));
+        sim.host(store_host(i), move || serve(durable.clone(), rec.clone()));
     }
     for i in 0..cfg.clients {
         let ctx = Arc::new(ClientCtx {
@@ -258,7 +283,7 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
         sim.host(OPERATOR_HOST, move || operator_main(ctx.clone()));
     }
 
-    let mut injector = Injector::new(&cfg, seed);
+    let mut injector = Injector::new(&cfg, seed, durables.clone());
     let mut failure = None;
     let mut finished = false;
     loop {
@@ -283,27 +308,30 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
     let end = sim.elapsed();
     drop(sim);
 
-    // Audit: the store's final records.
-    let naive = naive_locks(&durable);
-    for key in cfg.key_names() {
-        let record = match cfg.protocol {
-            ProtocolVariant::Statelock => LockKey::new(key.as_str())
-                .ok()
-                .and_then(|k| durable.locks.get_now(&k))
-                .map(|r| view(&r)),
-            ProtocolVariant::Naive => {
-                naive
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(_, l)| crate::history::RecordView {
-                        owner: u128::from(l.lock_id),
-                        token: l.generation,
-                        rvn: None,
-                        released: false,
-                    })
-            }
-        };
-        rec.record_at(end, Actor::Sim, What::FinalRecord { key, record });
+    // Audit: each store host's final records.
+    for durable in &durables {
+        let naive = naive_locks(durable);
+        for key in cfg.key_names() {
+            let record = match cfg.protocol {
+                ProtocolVariant::Statelock => LockKey::new(key.as_str())
+                    .ok()
+                    .and_then(|k| durable.locks().get_now(&k))
+                    .map(|r| view(&r)),
+                ProtocolVariant::Naive => {
+                    naive
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, l)| crate::history::RecordView {
+                            owner: u128::from(l.lock_id),
+                            token: l.generation,
+                            rvn: None,
+                            released: false,
+                        })
+                }
+            };
+            let store = durable.id;
+            rec.record_at(end, Actor::Sim, What::FinalRecord { store, key, record });
+        }
     }
     rec.record_at(end, Actor::Sim, What::End { finished });
 

@@ -1,6 +1,7 @@
 //! The vocabulary of a scenario: which lock protocol the clients run, how
-//! far their clocks may drift, which faults are on, which supervisor stops
-//! supervised commands and which planted bug (if any) is switched on. Plain
+//! far their clocks may drift, which faults are on (including the faults of
+//! one store host among several), which supervisor stops supervised
+//! commands and which planted bug (if any) is switched on. Plain
 //! values parsed from the command line, shared by the configuration, the
 //! fault injector and the hosts.
 //!
@@ -113,11 +114,24 @@ pub enum Fault {
     /// An operator force-unlocks locks left by crashed clients, against the
     /// record version it saw (statelock only).
     ForceUnlock,
+    /// With several store hosts: one store host is cut off from some of the
+    /// clients (both ways) for a while.
+    StorePartition,
+    /// With several store hosts: one store host's links get slow, beyond the
+    /// request timeout, for a while.
+    StoreSlow,
+    /// With several store hosts: one store host crashes and comes back with
+    /// no lock records (it lost acknowledged writes); the state objects on
+    /// store host 0 are kept. A member that loses acknowledged writes is
+    /// outside the quorum's fault model, so this fault is not part of `all`:
+    /// it shows the boundary (a lagging member and a wiped one can form a
+    /// majority that repeats a token) and is expected to produce violations.
+    StoreWipe,
 }
 
 impl Fault {
-    /// Every fault.
-    pub const ALL: [Fault; 12] = [
+    /// Every fault (`all` is every one but [`Fault::StoreWipe`]).
+    pub const ALL: [Fault; 15] = [
         Fault::Partition,
         Fault::OneWay,
         Fault::Latency,
@@ -130,6 +144,9 @@ impl Fault {
         Fault::Drift,
         Fault::WallStep,
         Fault::ForceUnlock,
+        Fault::StorePartition,
+        Fault::StoreSlow,
+        Fault::StoreWipe,
     ];
 
     /// The name used on the command line.
@@ -147,6 +164,9 @@ impl Fault {
             Fault::Drift => "drift",
             Fault::WallStep => "wall-step",
             Fault::ForceUnlock => "force-unlock",
+            Fault::StorePartition => "store-partition",
+            Fault::StoreSlow => "store-slow",
+            Fault::StoreWipe => "store-wipe",
         }
     }
 
@@ -160,14 +180,29 @@ impl Fault {
 pub struct FaultSet(u32);
 
 impl FaultSet {
-    /// Every fault.
+    /// Every fault within the fault model: all but [`Fault::StoreWipe`]
+    /// (lost acknowledged writes), which must be asked for by name.
     pub fn all() -> Self {
-        FaultSet(Fault::ALL.iter().fold(0, |acc, f| acc | f.bit()))
+        FaultSet(
+            Fault::ALL
+                .iter()
+                .filter(|f| **f != Fault::StoreWipe)
+                .fold(0, |acc, f| acc | f.bit()),
+        )
     }
     /// No fault.
     pub fn none() -> Self {
         FaultSet(0)
     }
+    /// True if `f` is a fault of one store host among several (it needs
+    /// `--stores 3` or more and is never injected with one store host).
+    pub fn is_member_fault(f: Fault) -> bool {
+        matches!(
+            f,
+            Fault::StorePartition | Fault::StoreSlow | Fault::StoreWipe
+        )
+    }
+
     /// True if `f` is on.
     pub fn has(self, f: Fault) -> bool {
         self.0 & f.bit() != 0
@@ -190,6 +225,9 @@ impl fmt::Display for FaultSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if *self == FaultSet::all() {
             return f.write_str("all");
+        }
+        if *self == FaultSet::all().with(Fault::StoreWipe) {
+            return f.write_str("all,store-wipe");
         }
         if *self == FaultSet::none() {
             return f.write_str("none");
@@ -266,9 +304,10 @@ impl FromStr for SupervisorVariant {
     }
 }
 
-/// A planted bug of the state side, for sweeps that must catch it. Both
-/// write the document through the backend themselves instead of through the
-/// production `FencedStore::save`.
+/// A planted bug, for sweeps that must catch it. The state bugs write the
+/// document through the backend themselves instead of through the
+/// production `FencedStore::save`; the quorum bug changes what each member
+/// of a quorum lock store is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateBug {
     /// No bug: the production seal and save.
@@ -280,6 +319,17 @@ pub enum StateBug {
     /// The holder seals, but a save checks only the version read, not the
     /// fence.
     UnfencedSave,
+    /// With several store hosts: each member of the quorum installs its own
+    /// next token (the grants sent to the members lose their `at_least`), so
+    /// two members can hand out the same token to different majorities.
+    PerStoreToken,
+}
+
+impl StateBug {
+    /// True for the bugs of the state side (a planted save).
+    pub fn is_state_bug(self) -> bool {
+        matches!(self, StateBug::NoSeal | StateBug::UnfencedSave)
+    }
 }
 
 impl fmt::Display for StateBug {
@@ -288,6 +338,7 @@ impl fmt::Display for StateBug {
             StateBug::None => "none",
             StateBug::NoSeal => "no-seal",
             StateBug::UnfencedSave => "unfenced-save",
+            StateBug::PerStoreToken => "per-store-token",
         })
     }
 }
@@ -299,8 +350,9 @@ impl FromStr for StateBug {
             "none" => Ok(StateBug::None),
             "no-seal" => Ok(StateBug::NoSeal),
             "unfenced-save" => Ok(StateBug::UnfencedSave),
+            "per-store-token" => Ok(StateBug::PerStoreToken),
             other => Err(format!(
-                "unknown bug {other:?}: use none, no-seal or unfenced-save"
+                "unknown bug {other:?}: use none, no-seal, unfenced-save or per-store-token"
             )),
         }
     }
@@ -312,7 +364,12 @@ mod tests {
 
     #[test]
     fn state_bugs_parse_and_print() {
-        for b in [StateBug::None, StateBug::NoSeal, StateBug::UnfencedSave] {
+        for b in [
+            StateBug::None,
+            StateBug::NoSeal,
+            StateBug::UnfencedSave,
+            StateBug::PerStoreToken,
+        ] {
             assert_eq!(b.to_string().parse::<StateBug>(), Ok(b));
         }
         assert!("no_seal".parse::<StateBug>().is_err());
@@ -328,6 +385,12 @@ mod tests {
         let s: FaultSet = "all,-pause".parse().unwrap();
         assert!(!s.has(Fault::Pause) && s.has(Fault::Drift));
         assert!("partitoin".parse::<FaultSet>().is_err());
+        // Lost acknowledged writes are outside the fault model: by name only.
+        assert!(!FaultSet::all().has(Fault::StoreWipe));
+        let s: FaultSet = "all,store-wipe".parse().unwrap();
+        assert!(s.has(Fault::StoreWipe) && s.has(Fault::StoreCrash));
+        assert_eq!(s.to_string(), "all,store-wipe");
+        assert_eq!(s.to_string().parse::<FaultSet>(), Ok(s));
         for f in Fault::ALL {
             assert_eq!(
                 f.name().parse::<FaultSet>().unwrap(),

@@ -1,14 +1,18 @@
-//! The store host: serves the reference [`MemoryStore`] for locks and a
+//! A store host: serves the reference [`MemoryStore`] for locks and a
 //! [`MemoryBackend`] for state objects (and the naive variant's tables) over
-//! simulated TCP. The clients run the production `FencedStore` over that
-//! backend, so the store host decides nothing about fences: it only applies
+//! simulated TCP. With several store hosts (a quorum), each serves its own
+//! lock records; the clients send state requests to the first only.
+//!
+//! The clients run the production `FencedStore` over that backend, so the
+//! store host decides nothing about fences: it only applies
 //! conditional puts, and records what each accepted put of a key's
 //! `state.json` did (a seal or a save, read from the documents' stamps) for
 //! the checkers.
 //!
 //! The data lives in [`Durable`], created outside the host's software, so it
 //! survives a crash and restart of the host — like DynamoDB's — while
-//! connections and requests in flight are lost. Each request is applied
+//! connections and requests in flight are lost (the `store-wipe` fault
+//! alone replaces the lock records by an empty store). Each request is applied
 //! synchronously inside one poll of the single-threaded host, so every
 //! conditional write is atomic. The store records what it applied, with the
 //! record before and after, for the server-side checkers.
@@ -39,11 +43,14 @@ pub struct NaiveTables {
     next_version: u64,
 }
 
-/// The store's durable data: survives host crashes.
-#[derive(Debug, Default)]
+/// A store host's durable data: survives host crashes (its lock records
+/// are lost only by [`Durable::wipe_locks`]).
+#[derive(Debug)]
 pub struct Durable {
-    /// Lock records.
-    pub locks: MemoryStore,
+    /// The store host this data belongs to (the actor of its events).
+    pub id: Actor,
+    /// Lock records (replaced by an empty store when wiped).
+    locks: Mutex<Arc<MemoryStore>>,
     /// State objects (documents, history snapshots).
     pub states: MemoryBackend,
     /// The `state.json` object of each key the run uses → the key.
@@ -52,21 +59,50 @@ pub struct Durable {
     pub naive: Mutex<NaiveTables>,
 }
 
+impl Default for Durable {
+    fn default() -> Self {
+        Durable::new()
+    }
+}
+
 impl Durable {
-    /// Empty stores.
+    /// Empty stores of the first store host.
     pub fn new() -> Self {
-        Durable::default()
+        Durable::of_store(0)
     }
 
-    /// Empty stores for a run on `keys` (their state writes are recorded).
-    pub fn for_keys(keys: &[LockKey]) -> Self {
+    /// Empty stores of store host `i`.
+    pub fn of_store(i: u8) -> Self {
+        Durable {
+            id: Actor::Store(i),
+            locks: Mutex::default(),
+            states: MemoryBackend::default(),
+            state_keys: BTreeMap::new(),
+            naive: Mutex::default(),
+        }
+    }
+
+    /// Empty stores of store host `i` for a run on `keys` (their state
+    /// writes are recorded).
+    pub fn for_keys(i: u8, keys: &[LockKey]) -> Self {
         Durable {
             state_keys: keys
                 .iter()
                 .map(|k| (StatePaths::of(k).state(), k.to_string()))
                 .collect(),
-            ..Durable::default()
+            ..Durable::of_store(i)
         }
+    }
+
+    /// The lock records.
+    pub fn locks(&self) -> Arc<MemoryStore> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loses every lock record and the token floor: the host comes back
+    /// empty (acknowledged writes are gone). The state objects are kept.
+    pub fn wipe_locks(&self) {
+        *self.locks.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(MemoryStore::new());
     }
 
     fn naive(&self) -> std::sync::MutexGuard<'_, NaiveTables> {
@@ -77,7 +113,7 @@ impl Durable {
 /// The host's software: accept connections and answer their requests, one
 /// at a time per connection.
 pub async fn serve(durable: Arc<Durable>, recorder: Recorder) -> turmoil::Result {
-    recorder.record(Actor::Store, What::StoreStarted);
+    recorder.record(durable.id, What::StoreStarted);
     let listener = TcpListener::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), STORE_PORT)).await?;
     loop {
         let (stream, _) = listener.accept().await?;
@@ -168,17 +204,16 @@ fn stamp_of(bytes: &[u8]) -> Option<(StateDocument, statelock::state::Stamp)> {
     Some((doc, stamp))
 }
 
-/// Records what a put of `key`'s `state.json` did: a seal (the stamp's
-/// serial is unchanged: only the fence moved), a save, or a rejection.
-fn record_state_put(
-    recorder: &Recorder,
+/// What a put of `key`'s `state.json` did: a seal (the stamp's serial is
+/// unchanged: only the fence moved), a save, or a rejection.
+fn state_put_event(
     from: Actor,
     key: &str,
     prev: Option<&(Vec<u8>, ObjectVersion)>,
     body: &[u8],
     if_match: Option<&String>,
     result: &Result<ObjectVersion, PutFailure>,
-) {
+) -> What {
     let written = stamp_of(body);
     let token = written.as_ref().map_or(0, |(_, s)| s.fence.0);
     let version = match result {
@@ -193,16 +228,12 @@ fn record_state_put(
                 ),
                 PutFailure::Error(e) => e.to_string(),
             };
-            recorder.record(
-                Actor::Store,
-                What::StateRejected {
-                    from,
-                    key: key.to_string(),
-                    token,
-                    reason,
-                },
-            );
-            return;
+            return What::StateRejected {
+                from,
+                key: key.to_string(),
+                token,
+                reason,
+            };
         }
     };
     let prev_serial = prev
@@ -210,21 +241,17 @@ fn record_state_put(
         .map_or(0, |(_, s)| s.serial);
     let expected = if_match.cloned();
     let Some((doc, stamp)) = written else {
-        recorder.record(
-            Actor::Store,
-            What::StateAccepted {
-                from,
-                key: key.to_string(),
-                token,
-                expected,
-                version,
-                body: "a document without a stamp".into(),
-                counter: None,
-            },
-        );
-        return;
+        return What::StateAccepted {
+            from,
+            key: key.to_string(),
+            token,
+            expected,
+            version,
+            body: "a document without a stamp".into(),
+            counter: None,
+        };
     };
-    let what = if stamp.serial == prev_serial {
+    if stamp.serial == prev_serial {
         What::StateSealed {
             from,
             key: key.to_string(),
@@ -247,8 +274,7 @@ fn record_state_put(
                 .unwrap_or_else(|| "?".into()),
             counter: doc.outputs.get("counter").and_then(|v| v.as_u64()),
         }
-    };
-    recorder.record(Actor::Store, what);
+    }
 }
 
 /// Applies one request atomically and records what it changed. The state
@@ -258,12 +284,12 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
     let from = actor_of(&envelope.from);
     match envelope.request {
         Request::Apply(op) => {
-            let prev = durable.locks.get_now(&op.key);
+            let prev = durable.locks().get_now(&op.key);
             let (kind, owner, expected_rvn) = describe_op(&op);
-            match durable.locks.apply_now(&op) {
+            match durable.locks().apply_now(&op) {
                 Ok(record) => {
                     recorder.record(
-                        Actor::Store,
+                        durable.id,
                         What::LockApplied {
                             from,
                             op: AppliedOp {
@@ -280,7 +306,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
                 }
                 Err(StoreError::Conflict { current }) => {
                     recorder.record(
-                        Actor::Store,
+                        durable.id,
                         What::LockRejected {
                             from,
                             key: op.key.to_string(),
@@ -293,10 +319,10 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
                 Err(other) => Response::Error(other.to_string()),
             }
         }
-        Request::Get(key) => Response::Record(durable.locks.get_now(&key)),
-        Request::List => Response::Records(durable.locks.list_now()),
-        Request::Floor => Response::Floor(durable.locks.token_floor_now()),
-        Request::Purge { key, observed } => match durable.locks.purge_now(&key, observed) {
+        Request::Get(key) => Response::Record(durable.locks().get_now(&key)),
+        Request::List => Response::Records(durable.locks().list_now()),
+        Request::Floor => Response::Floor(durable.locks().token_floor_now()),
+        Request::Purge { key, observed } => match durable.locks().purge_now(&key, observed) {
             Ok(record) => Response::Purged(record),
             Err(StoreError::Conflict { current }) => Response::Conflict(current.map(|r| *r)),
             Err(e) => Response::Error(e.to_string()),
@@ -317,15 +343,9 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
             let prev = durable.states.get(&path).await.ok().flatten();
             let result = durable.states.put(&path, &body, condition).await;
             if let Some(key) = durable.state_keys.get(&path) {
-                record_state_put(
-                    recorder,
-                    from,
-                    key,
-                    prev.as_ref(),
-                    &body,
-                    if_match.as_ref(),
-                    &result,
-                );
+                let what =
+                    state_put_event(from, key, prev.as_ref(), &body, if_match.as_ref(), &result);
+                recorder.record(durable.id, what);
             }
             match result {
                 Ok(v) => Response::Put(v.0),
@@ -355,7 +375,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
             };
             if !free {
                 recorder.record(
-                    Actor::Store,
+                    durable.id,
                     What::LockRejected {
                         from,
                         key,
@@ -385,7 +405,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
                 LockOpKind::Acquire
             };
             recorder.record(
-                Actor::Store,
+                durable.id,
                 What::LockApplied {
                     from,
                     op: AppliedOp {
@@ -419,7 +439,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
                     };
                     t.locks.insert(key.clone(), next);
                     recorder.record(
-                        Actor::Store,
+                        durable.id,
                         What::LockApplied {
                             from,
                             op: AppliedOp {
@@ -439,7 +459,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
                 }
                 _ => {
                     recorder.record(
-                        Actor::Store,
+                        durable.id,
                         What::LockRejected {
                             from,
                             key,
@@ -461,7 +481,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
                 Some(l) if l.lock_id == lock_id => {
                     t.locks.remove(&key);
                     recorder.record(
-                        Actor::Store,
+                        durable.id,
                         What::LockApplied {
                             from,
                             op: AppliedOp {
@@ -481,7 +501,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
                 }
                 _ => {
                     recorder.record(
-                        Actor::Store,
+                        durable.id,
                         What::LockRejected {
                             from,
                             key,
@@ -511,7 +531,7 @@ pub async fn handle(durable: &Durable, recorder: &Recorder, envelope: Envelope) 
             t.states
                 .insert(key.clone(), (version.clone(), body.clone()));
             recorder.record(
-                Actor::Store,
+                durable.id,
                 What::StateAccepted {
                     from,
                     key,

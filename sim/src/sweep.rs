@@ -265,7 +265,9 @@ pub fn sweep(opts: &SweepOptions) -> SweepSummary {
 /// `MutualExclusion` and `SupervisedExclusion` when clocks drift beyond ρ
 /// (`--drift beyond`, or `--clock-drift-ppm` above `--rho-ppm`: the
 /// protocol's assumption is broken by design); `SupervisedExclusion` with the
-/// planted supervisor bug; all for naive, which guarantees nothing.
+/// planted supervisor bug; those that rest on unique tokens with the planted
+/// quorum bug or `store-wipe` (lost acknowledged writes); all for naive,
+/// which guarantees nothing.
 pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
     if cfg.protocol == ProtocolVariant::Naive {
         return Invariant::ALL.to_vec();
@@ -279,8 +281,23 @@ pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
     {
         allowed.push(Invariant::SupervisedExclusion);
     }
+    // Tokens that are not one above every earlier grant defeat exclusion
+    // and fencing alike: a planted quorum bug, or a store host that lost
+    // acknowledged writes (outside the quorum's fault model).
+    let token_breaks = [
+        Invariant::MutualExclusion,
+        Invariant::TokenMonotonic,
+        Invariant::FencingMonotonic,
+        Invariant::NoLostUpdate,
+        Invariant::SealFencesStaleWriters,
+        Invariant::SupervisedExclusion,
+    ];
+    if cfg.bug == StateBug::PerStoreToken || cfg.lost_writes() {
+        allowed.retain(|inv| !token_breaks.contains(inv));
+        allowed.extend(token_breaks);
+    }
     match cfg.bug {
-        StateBug::None => {}
+        StateBug::None | StateBug::PerStoreToken => {}
         StateBug::NoSeal => allowed.push(Invariant::SealFencesStaleWriters),
         StateBug::UnfencedSave => allowed.extend([
             Invariant::SealFencesStaleWriters,
@@ -298,8 +315,12 @@ fn allowed_because(cfg: &SimConfig, inv: Invariant) -> Option<&'static str> {
     let state_bug = matches!(
         inv,
         Invariant::SealFencesStaleWriters | Invariant::FencingMonotonic
-    ) && cfg.bug != StateBug::None;
-    if state_bug {
+    ) && cfg.bug.is_state_bug();
+    if cfg.bug == StateBug::PerStoreToken {
+        Some("planted quorum bug")
+    } else if cfg.lost_writes() {
+        Some("a store host lost acknowledged writes")
+    } else if state_bug {
         Some("planted state bug")
     } else if cfg.clocks_beyond_rho() {
         Some("clocks drift beyond rho")

@@ -8,8 +8,18 @@ use statelock::protocol::{FencingToken, LockKey, LockOp, LockRecord, RecordVersi
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The store host's name in the simulated network.
+/// The (first) store host's name in the simulated network.
 pub const STORE_HOST: &str = "store";
+
+/// The name of store host `i`: `store` for the first (it also serves the
+/// state objects), then `store1`, `store2`, ...
+pub fn store_host(i: usize) -> String {
+    if i == 0 {
+        STORE_HOST.to_string()
+    } else {
+        format!("{STORE_HOST}{i}")
+    }
+}
 /// The port it listens on.
 pub const STORE_PORT: u16 = 7000;
 /// The host name of client `i`.

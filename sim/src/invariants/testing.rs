@@ -34,7 +34,7 @@ pub fn applied(
 ) -> Event {
     ev(
         ms,
-        Actor::Store,
+        Actor::Store(0),
         What::LockApplied {
             from,
             op: AppliedOp {
@@ -52,7 +52,7 @@ pub fn applied(
 pub fn accepted(ms: u64, from: Actor, token: u64, expected: Option<&str>, version: &str) -> Event {
     ev(
         ms,
-        Actor::Store,
+        Actor::Store(0),
         What::StateAccepted {
             from,
             key: "k".into(),
@@ -75,7 +75,7 @@ pub fn saved(
 ) -> Event {
     ev(
         ms,
-        Actor::Store,
+        Actor::Store(0),
         What::StateAccepted {
             from,
             key: "k".into(),
@@ -91,7 +91,7 @@ pub fn saved(
 pub fn sealed(ms: u64, from: Actor, token: u64, expected: Option<&str>, version: &str) -> Event {
     ev(
         ms,
-        Actor::Store,
+        Actor::Store(0),
         What::StateSealed {
             from,
             key: "k".into(),

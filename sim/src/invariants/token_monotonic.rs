@@ -1,12 +1,15 @@
 //! `TokenMonotonic`: the tokens granted for a key strictly increase.
 //!
 //! Audited from both sides:
-//! - the store: every grant it applied has a token above every earlier grant
-//!   of the key, no other write changes the token, each write starts from the
-//!   record the previous write left, and the final record is the last write's;
+//! - each store host: every grant it applied has a token above every earlier
+//!   grant of the key, no other write changes the token, each write starts
+//!   from the record the previous write left, and the final record is the
+//!   last write's (with several store hosts, each is audited on its own, and
+//!   one that lost its records starts afresh);
 //! - the clients: no token is handed to two acquires, every token a client
-//!   was given is a grant the store made to that very lease, and one client's
-//!   successive tokens for a key increase.
+//!   was given is a grant a store made to that very lease, and one client's
+//!   successive tokens for a key increase. With a quorum this is the check
+//!   that matters: the members agree on each grant's token.
 
 use super::verdict::{Invariant, Violation, MAX_PER_CHECK};
 use crate::history::{Actor, Event, RecordView, What};
@@ -21,21 +24,32 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
         }
     };
 
-    // Store side.
-    let mut last: BTreeMap<&str, (Option<RecordView>, usize)> = BTreeMap::new();
-    let mut max_granted: BTreeMap<&str, u64> = BTreeMap::new();
-    // (key, token) -> (owner, event) of the store's grants.
-    let mut grants: BTreeMap<(&str, u64), (u128, usize)> = BTreeMap::new();
+    // Store side, per store host (each member of a quorum is a store of
+    // its own; a member that lost its records starts afresh).
+    let mut last: BTreeMap<(Actor, &str), (Option<RecordView>, usize)> = BTreeMap::new();
+    let mut max_granted: BTreeMap<(Actor, &str), u64> = BTreeMap::new();
+    // (store, key, token) -> event of the store's grants.
+    let mut granted: BTreeMap<(Actor, &str, u64), usize> = BTreeMap::new();
+    // (key, token) -> the leases some store granted it to, with the event.
+    let mut grants: BTreeMap<(&str, u64), Vec<(u128, usize)>> = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
-        let What::LockApplied { from, op } = &e.what else {
-            continue;
+        let (from, op) = match &e.what {
+            What::LockApplied { from, op } => (from, op),
+            What::Wiped(store) => {
+                last.retain(|(s, _), _| s != store);
+                max_granted.retain(|(s, _), _| s != store);
+                granted.retain(|(s, _, _), _| s != store);
+                continue;
+            }
+            _ => continue,
         };
+        let store = e.actor;
         let key = op.key.as_str();
-        if let Some((before, j)) = last.get(key) {
+        if let Some((before, j)) = last.get(&(store, key)) {
             if *before != op.prev {
                 push(
                     &mut out,
-                    format!("the store wrote {key} from a record ({:?}) that is not the one the previous write left ({:?})", op.prev, before),
+                    format!("{store} wrote {key} from a record ({:?}) that is not the one the previous write left ({:?})", op.prev, before),
                     vec![*j, i],
                     vec![*from],
                 );
@@ -43,28 +57,32 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
         }
         match (&op.next, op.kind.is_grant()) {
             (Some(next), true) => {
-                let floor = max_granted.get(key).copied().unwrap_or(0);
+                let floor = max_granted.get(&(store, key)).copied().unwrap_or(0);
                 let prev_token = op.prev.map(|p| p.token).unwrap_or(0);
                 if next.token <= floor || next.token <= prev_token {
                     push(
                         &mut out,
                         format!(
-                            "the store granted {key} with token {} after granting token {floor} (record before: token {prev_token})",
+                            "{store} granted {key} with token {} after granting token {floor} (record before: token {prev_token})",
                             next.token
                         ),
                         vec![i],
                         vec![*from],
                     );
                 }
-                max_granted.insert(key, floor.max(next.token));
-                if let Some((_, j)) = grants.insert((key, next.token), (next.owner, i)) {
+                max_granted.insert((store, key), floor.max(next.token));
+                if let Some(j) = granted.insert((store, key, next.token), i) {
                     push(
                         &mut out,
-                        format!("the store granted token {} of {key} twice", next.token),
+                        format!("{store} granted token {} of {key} twice", next.token),
                         vec![j, i],
                         vec![*from],
                     );
                 }
+                grants
+                    .entry((key, next.token))
+                    .or_default()
+                    .push((next.owner, i));
             }
             (Some(next), false) => {
                 if let Some(prev) = &op.prev {
@@ -72,7 +90,7 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
                         push(
                             &mut out,
                             format!(
-                                "a {} of {key} changed its token from {} to {}",
+                                "a {} of {key} on {store} changed its token from {} to {}",
                                 op.kind, prev.token, next.token
                             ),
                             vec![i],
@@ -83,17 +101,17 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
             }
             (None, _) => {}
         }
-        last.insert(key, (op.next, i));
+        last.insert((store, key), (op.next, i));
     }
     for (i, e) in events.iter().enumerate() {
-        let What::FinalRecord { key, record } = &e.what else {
+        let What::FinalRecord { store, key, record } = &e.what else {
             continue;
         };
-        let logged = last.get(key.as_str()).and_then(|(r, _)| *r);
+        let logged = last.get(&(*store, key.as_str())).and_then(|(r, _)| *r);
         if logged != *record {
             push(
                 &mut out,
-                format!("the final record of {key} ({record:?}) is not what the last applied write left ({logged:?})"),
+                format!("the final record of {key} on {store} ({record:?}) is not what the last applied write left ({logged:?})"),
                 vec![i],
                 vec![],
             );
@@ -123,10 +141,10 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
             );
         }
         match grants.get(&(key, *token)) {
-            Some((granted_to, j)) if granted_to != owner => push(
+            Some(to) if !to.iter().any(|(granted_to, _)| granted_to == owner) => push(
                 &mut out,
                 format!("{} was given token {token} of {key}, but the store granted it to another lease", e.actor),
-                vec![*j, i],
+                to.iter().map(|(_, j)| *j).chain([i]).collect(),
                 vec![e.actor],
             ),
             None => push(
@@ -208,6 +226,7 @@ mod tests {
                 9,
                 Actor::Sim,
                 What::FinalRecord {
+                    store: Actor::Store(0),
                     key: "k".into(),
                     record: Some(rec(2, 2, 12, false)),
                 },
@@ -238,6 +257,7 @@ mod tests {
             9,
             Actor::Sim,
             What::FinalRecord {
+                store: Actor::Store(0),
                 key: "k".into(),
                 record: Some(rec(2, 1, 12, false)),
             },
@@ -272,6 +292,7 @@ mod tests {
             9,
             Actor::Sim,
             What::FinalRecord {
+                store: Actor::Store(0),
                 key: "k".into(),
                 record: Some(rec(2, 5, 12, false)),
             },

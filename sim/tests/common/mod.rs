@@ -1,4 +1,6 @@
-//! Helpers shared by the simulator's integration tests.
+//! Helpers shared by the simulator's integration tests (each test file uses
+//! some of them).
+#![allow(dead_code)]
 
 use statelock_sim::sweep::{sweep, SweepOptions, SweepSummary};
 use statelock_sim::SimConfig;
