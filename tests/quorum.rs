@@ -609,7 +609,11 @@ fn contenders_ride_out_a_killed_member_and_the_next_grants_repair_it() {
     }
     let first_after_up = lines[up + 1..]
         .iter()
-        .filter_map(|l| l.split_whitespace().nth(1).and_then(|t| t.parse::<u64>().ok()))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|t| t.parse::<u64>().ok())
+        })
         .min()
         .unwrap_or(u64::MAX);
     let on_s3 = &records[2];

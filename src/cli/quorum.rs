@@ -378,7 +378,7 @@ mod tests {
         }
     }
 
-    const V: u128 = 0xabcdef01_0000_0000_0000_0000_0000_0000;
+    const V: u128 = 0xabcd_ef01_0000_0000_0000_0000_0000_0000;
 
     #[test]
     fn a_member_that_fell_behind_is_shown_differing() {

@@ -172,12 +172,13 @@ impl LockGuard {
                 Some(r) => outcome_of(r)?,
                 None => Outcome::Unknown,
             };
-            let mut cell = self.shared.cell.lock();
-            if cell.finish_heartbeat(clock.now(), Some(outcome)) == AfterHeartbeat::SignalLost {
-                signal_lost(&self.shared, &cell);
-            }
-            let token = cell.lease.token();
-            drop(cell);
+            let token = {
+                let mut cell = self.shared.cell.lock();
+                if cell.finish_heartbeat(clock.now(), Some(outcome)) == AfterHeartbeat::SignalLost {
+                    signal_lost(&self.shared, &cell);
+                }
+                cell.lease.token()
+            };
             if token >= wanted {
                 tracing::warn!(
                     target: observe::AUDIT_TARGET,
@@ -191,6 +192,12 @@ impl LockGuard {
                 );
                 return Ok(token);
             }
+            // Not raised yet (the answer was lost or the store failed): the
+            // same op is resent after the heartbeat's retry pause, never at
+            // once, so a store that fails fast is not hammered.
+            clock
+                .sleep(inner.protocol.heartbeat_retry(self.shared.granted.lease()))
+                .await;
         }
     }
 
