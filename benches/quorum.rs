@@ -10,6 +10,15 @@
 //! per-round ratios quorum / second-fastest member, and the same for one
 //! read (`get`) to show what the quorum's read round costs.
 //!
+//! All three tables live on one DynamoDB Local, so a quorum round asks that
+//! one server for three times the work of a member alone. Each round
+//! therefore also runs the three members' clients *at once* (each on its
+//! own key, concurrently on the bench's thread) and notes when the second
+//! and the third finished: the slowest member of the fastest majority, and
+//! the slowest member, under the same load a quorum round puts on the
+//! server. The ratio of the quorum to those is the cost of the quorum
+//! protocol itself.
+//!
 //! Needs DynamoDB Local: `eval "$(scripts/services.sh start)"`, then
 //! `cargo bench --bench quorum`. It creates its three tables and leaves them.
 
@@ -96,6 +105,27 @@ fn second_fastest(mut t: [f64; 3]) -> f64 {
     t[1]
 }
 
+/// Runs `op` for the three members at once and returns, in seconds from the
+/// common start, when the second and the third of them finished.
+async fn at_once<F, Fut>(op: F) -> (f64, f64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    let timed = |i: usize| {
+        let fut = op(i);
+        async move {
+            fut.await;
+            start.elapsed().as_secs_f64()
+        }
+    };
+    let (a, b, c) = tokio::join!(timed(0), timed(1), timed(2));
+    let mut t = [a, b, c];
+    t.sort_by(f64::total_cmp);
+    (t[1], t[2])
+}
+
 fn quorum(c: &mut Criterion) {
     let endpoint = endpoint();
     // One thread, like benches/dynamodb.rs: the quorum's member requests run
@@ -168,12 +198,24 @@ fn quorum(c: &mut Criterion) {
     let mut quorum_reads = Vec::with_capacity(PAIRED_ROUNDS);
     let mut single_reads: [Vec<f64>; 3] = Default::default();
     let mut read_ratios = Vec::with_capacity(PAIRED_ROUNDS);
+    // The three members at once: (majority finished, all finished).
+    let mut together: (Vec<f64>, Vec<f64>) = Default::default();
+    let mut together_ratios: (Vec<f64>, Vec<f64>) = Default::default();
+    let mut together_reads: (Vec<f64>, Vec<f64>) = Default::default();
+    let mut together_read_ratios: (Vec<f64>, Vec<f64>) = Default::default();
     rt.block_on(async {
         for round in 0..PAIRED_ROUNDS {
             let mut t = [0f64; 4];
             let mut r = [0f64; 4];
-            for i in 0..4 {
-                let which = (round + i) % 4;
+            let mut both = (0f64, 0f64);
+            let mut both_reads = (0f64, 0f64);
+            for i in 0..5 {
+                let which = (round + i) % 5;
+                if which == 4 {
+                    both = at_once(|m| acquire_release(&singles[m], &single_keys[m])).await;
+                    both_reads = at_once(|m| read(&members[m], &single_keys[m])).await;
+                    continue;
+                }
                 let start = Instant::now();
                 match which {
                     3 => acquire_release(&quorum_client, &quorum_key).await,
@@ -187,6 +229,14 @@ fn quorum(c: &mut Criterion) {
                 }
                 r[which] = start.elapsed().as_secs_f64();
             }
+            together.0.push(both.0);
+            together.1.push(both.1);
+            together_ratios.0.push(t[3] / both.0);
+            together_ratios.1.push(t[3] / both.1);
+            together_reads.0.push(both_reads.0);
+            together_reads.1.push(both_reads.1);
+            together_read_ratios.0.push(r[3] / both_reads.0);
+            together_read_ratios.1.push(r[3] / both_reads.1);
             let second = second_fastest([t[0], t[1], t[2]]);
             quorum_times.push(t[3]);
             second_times.push(second);
@@ -221,6 +271,15 @@ fn quorum(c: &mut Criterion) {
         quantile(&mut ratios, 0.5),
         quantile(&mut ratios, 0.99)
     );
+    println!("  3 members at once, majority: {}", ms(&mut together.0));
+    println!("  3 members at once, all:      {}", ms(&mut together.1));
+    println!(
+        "  ratio quorum / members at once, per round: majority median {:.3} p99 {:.3}, all median {:.3} p99 {:.3}",
+        quantile(&mut together_ratios.0, 0.5),
+        quantile(&mut together_ratios.0, 0.99),
+        quantile(&mut together_ratios.1, 0.5),
+        quantile(&mut together_ratios.1, 0.99)
+    );
     println!("quorum/paired, one read (get) of the same key:");
     println!("  quorum of 3:                 {}", ms(&mut quorum_reads));
     for (m, times) in single_reads.iter_mut().enumerate() {
@@ -233,6 +292,19 @@ fn quorum(c: &mut Criterion) {
     println!(
         "  ratio quorum / 2nd fastest member, per round: median {:.3}",
         quantile(&mut read_ratios, 0.5)
+    );
+    println!(
+        "  3 members at once, majority: {}",
+        ms(&mut together_reads.0)
+    );
+    println!(
+        "  3 members at once, all:      {}",
+        ms(&mut together_reads.1)
+    );
+    println!(
+        "  ratio quorum / members at once, per round: majority median {:.3}, all median {:.3}",
+        quantile(&mut together_read_ratios.0, 0.5),
+        quantile(&mut together_read_ratios.1, 0.5)
     );
 }
 
