@@ -319,15 +319,18 @@ pub fn member_ops(view: &View, op: &LockOp) -> Vec<Option<LockOp>> {
                         // A held member is taken over when the waiter timed
                         // it (it is the agreed version, or part of the split
                         // view whose digest was timed), or when it is stale:
-                        // held at another version with a token no larger
+                        // held at another version with a token *smaller*
                         // than the agreed record's, it belongs to an earlier
-                        // grant or to a grant that can no longer reach a
-                        // majority (the agreed members moved on from the
-                        // records it was conditioned on).
+                        // grant, whose holder lost its majority to the
+                        // agreed grant. A member with the agreed token at
+                        // another version is left alone: it may hold the
+                        // agreed holder's own later write (a heartbeat this
+                        // view read on one member and not yet on the
+                        // others), which must not be taken over untimed.
                         MemberRead::Record(r)
                             if (takeover && (split || agreed == Some(r.rvn)))
                                 || (agreed != Some(r.rvn)
-                                    && agreed_token.is_some_and(|t| r.token <= t)) =>
+                                    && agreed_token.is_some_and(|t| r.token < t)) =>
                         {
                             OpKind::Takeover {
                                 observed: r.rvn,

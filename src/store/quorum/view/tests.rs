@@ -183,7 +183,40 @@ fn a_stale_held_member_is_repaired_by_the_next_grant() {
         r(released.clone()),
         r(same_token),
     ]);
-    assert!(member_ops(&v, &op)[2].is_some());
+    assert_eq!(
+        member_ops(&v, &op)[2],
+        None,
+        "a held member with the agreed token is not stale"
+    );
+}
+
+/// A regression found by TLC (specs/traces/quorum-stale-heartbeat.txt): the
+/// waiter timed the holder's grant (version 1); the holder's heartbeat
+/// (version 2, same token) reached one member after the waiter read the
+/// others, so the view still agrees on version 1. Taking over the member
+/// at version 2 as "stale" (token no larger than the agreed one) would
+/// let the takeover land on it and on the member the heartbeat has not
+/// reached yet: a majority, while the holder's renewed lease runs. That
+/// member must get nothing; the takeover then reaches a majority only if
+/// the heartbeat did not.
+#[test]
+fn a_takeover_spares_the_holders_later_write_on_one_member() {
+    let timed = rec(1, 1, 1, false);
+    let heartbeat = rec(1, 1, 2, false);
+    let v = view(vec![
+        r(heartbeat.clone()),
+        r(timed.clone()),
+        r(timed.clone()),
+    ]);
+    assert_eq!(v.seen(), Some(Seen::Agreed(timed.clone())));
+    let ops = member_ops(&v, &takeover(&timed));
+    assert_eq!(ops[0], None, "the holder's heartbeat is not stale");
+    for op in &ops[1..] {
+        assert!(matches!(
+            op.as_ref().unwrap().kind,
+            OpKind::Takeover { observed, .. } if observed == timed.rvn
+        ));
+    }
 }
 
 #[test]
