@@ -78,11 +78,15 @@ CONSTANTS
     MaxStale,        \* bound on the answers of a round read before they changed
     TrackTokens,     \* FALSE: no tokens, grant history or state register
     OneShot,         \* TRUE: a client wants the lock until it has held it once
-    FaultsStop       \* TRUE: the liveness model (members stop, loss, crashes,
+    FaultsStop,      \* TRUE: the liveness model (members stop, loss, crashes,
                      \*       then faults stop with at most one member down)
+    FaultKinds,      \* the liveness model's faults, a subset of
+                     \* {"stop", "lose", "crash", "giveup"}
+    LiveBound        \* liveness model: ticks within which every client acquires
 
 ASSUME Variant \in {"quorum", "perstore"}
 ASSUME StaleRule \in {"atMost", "below"}
+ASSUME FaultKinds \subseteq {"stop", "lose", "crash", "giveup"}
 ASSUME Cardinality(Stores) = 3
 ASSUME RhoDen > 0 /\ RhoNum \in 0..(RhoDen - 1)
 ASSUME (Lease * RhoNum) % RhoDen = 0
@@ -187,9 +191,10 @@ VARIABLES
     grants,   \* history: each grant applied by some member, in that order
     reg,      \* the state register: [ver, fence]
     snet,     \* state seals and writes on their way
-    swrites   \* history: every accepted state write
+    swrites,  \* history: every accepted state write
+    elapsed   \* liveness model: ticks since faults stopped (capped at LiveBound)
 
-vars == <<rec, cl, ops, down, faults, grants, reg, snet, swrites>>
+vars == <<rec, cl, ops, down, faults, grants, reg, snet, swrites, elapsed>>
 
 (* A client's local state.                                                *)
 (*   phase   wait: reading views, timing a held quorum version; acq: its  *)
@@ -336,6 +341,7 @@ Init ==
     /\ reg = [ver |-> InitVersion, fence |-> 0]
     /\ snet = {}
     /\ swrites = <<>>
+    /\ elapsed = 0
 
 -----------------------------------------------------------------------------
 (* Reading.  A client in "wait" reads the members in rounds; each answer  *)
@@ -368,7 +374,7 @@ SendGrant(c, v, w, a) ==
                                 !.opAge = 0, !.backoff = ~faults,
                                 !.qv = NoQV, !.obsT = 0]]
        IN Commit(ops \cup {o}, grants, rec, next)
-    /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 (* With answers from a majority the client builds the quorum record.  Not *)
 (* held (absent, released): it sends a grant at once.  Held: it times the  *)
@@ -397,7 +403,7 @@ Decide(c) ==
                           [cl EXCEPT ![c] =
                              [@ EXCEPT !.seen = NoneSeen, !.qv = q,
                                        !.obsT = IF q = s.qv THEN @ ELSE 0]])
-                /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+                /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 (* The grant's answers.  A majority applied it: the client holds, its     *)
 (* lease running from the first application, and seals the state store;   *)
@@ -435,18 +441,18 @@ ReceiveGrant(c) ==
                  IN /\ Commit(IF o.ok # {} THEN ops \cup {release} ELSE ops,
                               grants, rec, next)
                     /\ UNCHANGED snet
-    /\ UNCHANGED <<rec, down, faults, reg, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, swrites>>
 
 (* While faults last, a client may stop waiting for its grant's answers   *)
 (* at any moment (its next attempt is a new grant); the grant may still    *)
 (* land.                                                                  *)
 GiveUp(c) ==
-    /\ FaultsStop /\ faults
+    /\ FaultsStop /\ faults /\ "giveup" \in FaultKinds
     /\ cl[c].phase = "acq"
     /\ LET next == [cl EXCEPT ![c] = [@ EXCEPT !.phase = "wait", !.op = 0,
                                                !.opAge = 0]]
        IN Commit(ops, grants, rec, next)
-    /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 (* Heartbeat every lease/3 by the holder's clock, and release: the holder's *)
 (* write, conditioned on the version it last wrote (with a majority), sent *)
@@ -468,7 +474,7 @@ Heartbeat(c) ==
                                                !.beats = @ + 1,
                                                !.backoff = ~faults]]
        IN Commit(ops \cup {o}, grants, rec, next)
-    /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 (* The heartbeat's answers: a majority applied it (and the client's clock *)
 (* says it is still in time): the lease now runs from it, and it is the    *)
@@ -490,7 +496,7 @@ ReceiveBeat(c) ==
                            ELSE AfterHold(s)])
            \/ /\ Hopeless(o)
               /\ Commit(ops, grants, rec, [cl EXCEPT ![c] = AfterHold(s)])
-    /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 Release(c) ==
     /\ cl[c].phase = "hold"
@@ -499,7 +505,7 @@ Release(c) ==
     /\ NetworkHasRoom
     /\ Commit(ops \cup {HolderOp(c, "rel")}, grants, rec,
               [cl EXCEPT ![c] = [AfterHold(@) EXCEPT !.backoff = ~faults]])
-    /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 -----------------------------------------------------------------------------
 (* The members.  A write lands if the member is at the version it names;   *)
@@ -536,8 +542,9 @@ Deliver(o, D) ==
                             !.landed = @ \/ app # {},
                             !.hist = IF granted THEN "done" ELSE @]
             \* a grant that can no longer reach a majority still lands, and
-            \* counts towards MaxGrants, but is never granted
-            g1 == IF first
+            \* counts towards MaxGrants, but is never granted; without
+            \* tokens there is no history (it would grow without bound)
+            g1 == IF first /\ TrackTokens
                   THEN Append(grants, [tok |-> t,
                                        id |-> IF o.hist = "done" THEN -1 ELSE o.ver])
                   ELSE grants
@@ -566,7 +573,7 @@ StoreLock(o) ==
     /\ IF faults
        THEN \E s \in o.pend \ down : Deliver(o, {s})
        ELSE o.pend # {} /\ Deliver(o, o.pend)
-    /\ UNCHANGED <<down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, down, faults, reg, snet, swrites>>
 
 -----------------------------------------------------------------------------
 (* The state store (StateLock.tla, "The state store"): the holder seals    *)
@@ -584,8 +591,8 @@ WriteState(c) ==
        ELSE /\ reg.fence = cl[c].tok
             /\ snet' = snet \cup {[kind |-> "write", from |-> c,
                                     tok |-> cl[c].tok, ifMatch |-> reg.ver]}
-            /\ UNCHANGED <<cl, ops, grants>>
-    /\ UNCHANGED <<rec, down, faults, reg, swrites>>
+            /\ UNCHANGED <<elapsed, cl, ops, grants>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, swrites>>
 
 Accepts(m, r) ==
     IF m.kind = "seal" THEN m.tok > r.fence
@@ -608,8 +615,8 @@ StoreState(m) ==
             /\ snet' = IF Len(swrites) + 1 = MaxStateWrites THEN {}
                        ELSE {x \in snet \ {m} : Accepts(x, r)}
        ELSE /\ snet' = snet \ {m}
-            /\ UNCHANGED <<reg, swrites>>
-    /\ UNCHANGED <<rec, cl, ops, down, faults, grants>>
+            /\ UNCHANGED <<elapsed, reg, swrites>>
+    /\ UNCHANGED <<elapsed, rec, cl, ops, down, faults, grants>>
 
 -----------------------------------------------------------------------------
 (* Faults of the liveness model.  In the safety models they are already   *)
@@ -620,31 +627,31 @@ StoreState(m) ==
 (* A member stops (answers nothing, applies nothing) and comes back with  *)
 (* its old record; at most one is stopped at a time.                      *)
 StopMember(s) ==
-    /\ FaultsStop /\ faults
+    /\ FaultsStop /\ faults /\ "stop" \in FaultKinds
     /\ down = {}
     /\ down' = {s}
-    /\ UNCHANGED <<rec, cl, ops, faults, grants, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, cl, ops, faults, grants, reg, snet, swrites>>
 
 RestartMember ==
     /\ FaultsStop /\ faults
     /\ down # {}
     /\ down' = {}
-    /\ UNCHANGED <<rec, cl, ops, faults, grants, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, cl, ops, faults, grants, reg, snet, swrites>>
 
 (* A write to one member is lost (its outcome stays unknown). *)
 Lose ==
-    /\ FaultsStop /\ faults
+    /\ FaultsStop /\ faults /\ "lose" \in FaultKinds
     /\ \E o \in ops, s \in Stores :
         /\ s \in o.pend
         /\ Commit((ops \ {o}) \cup {[o EXCEPT !.pend = @ \ {s}]}, grants, rec, cl)
-    /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 (* A holder crashes: no more steps; its writes stay on their way. *)
 Crash(c) ==
-    /\ FaultsStop /\ faults
+    /\ FaultsStop /\ faults /\ "crash" \in FaultKinds
     /\ cl[c].phase = "hold"
     /\ Commit(ops, grants, rec, [cl EXCEPT ![c] = [Idle EXCEPT !.phase = "crashed"]])
-    /\ UNCHANGED <<rec, down, faults, reg, snet, swrites>>
+    /\ UNCHANGED <<elapsed, rec, down, faults, reg, snet, swrites>>
 
 (* From some point on there are no more faults except at most one stopped *)
 (* member (for good): no loss (writes to the stopped member are lost),    *)
@@ -653,6 +660,7 @@ StopFaults ==
     /\ FaultsStop
     /\ faults
     /\ faults' = FALSE
+    /\ elapsed' = 0
     /\ LET settled == Settle(ops, rec, cl, down) IN
        /\ ops' = settled
        /\ grants' = SettleGrants(grants, settled)
@@ -665,6 +673,16 @@ StopFaults ==
 (* the operation whose answers it awaits (once a member applied it), a     *)
 (* waiter's t_obs timer.  A holder whose clock says the lease is over has *)
 (* lost it.                                                                *)
+(* Liveness model, once faults have stopped: clients act without delay    *)
+(* (time advances only when no client can take a step that changes the    *)
+(* state: read and decide, act on answers), which is what makes a bound   *)
+(* on the ticks to acquisition meaningful.                                  *)
+ClientProgress(c) ==
+    \/ Decide(c) \/ ReceiveGrant(c) \/ ReceiveBeat(c)
+
+Urgent ==
+    FaultsStop /\ ~faults => \A c \in Clients : ~ENABLED <<ClientProgress(c)>>_vars
+
 Started(c) == \E o \in ops : o.ver = cl[c].op /\ o.from = c /\ o.ok # {}
 
 AgeMoves(c) ==
@@ -691,6 +709,9 @@ TickMoves(c) ==
 
 Tick ==
     /\ faults \/ ((\A o \in ops : o.pend = {}) /\ snet = {})
+    /\ Urgent
+    /\ elapsed' = IF FaultsStop /\ ~faults THEN Min(elapsed + 1, LiveBound)
+                  ELSE elapsed
     /\ LET M == [c \in Clients |-> TickMoves(c)] IN
        \E pick \in [Clients -> 1..4] :
           /\ \A c \in Clients : pick[c] <= Len(M[c])
@@ -716,20 +737,46 @@ Spec == Init /\ [][Next]_vars
 
 (* Fairness for the liveness model: real time advances; faults stop; the  *)
 (* members apply every write; clients take their steps (read, decide, act *)
-(* on answers); a holder does not hold for ever (if it can release again  *)
-(* and again, it does).                                                    *)
-ClientProgress(c) ==
-    \/ Decide(c) \/ ReceiveGrant(c) \/ ReceiveBeat(c)
-
+(* on answers).  A holder does not hold for ever without it: it sends at  *)
+(* most MaxBeats heartbeats per hold, so its clock ends the lease.        *)
 Fairness ==
     /\ WF_vars(Tick)
     /\ WF_vars(StopFaults)
     /\ WF_vars(\E o \in ops : StoreLock(o))
-    /\ \A c \in Clients :
-        /\ WF_vars(ClientProgress(c))
-        /\ SF_vars(Release(c))
+    /\ \A c \in Clients : WF_vars(ClientProgress(c))
 
 LiveSpec == Spec /\ Fairness
+
+(* Liveness from the moment faults stop.  Checking LiveSpec through a     *)
+(* whole fault phase is far beyond TLC's reach without symmetry, so the   *)
+(* liveness model starts where faults have just stopped, from every state *)
+(* of a family that covers what a fault phase can leave behind: each      *)
+(* member absent or holding one of up to three writes (held or released, *)
+(* the same write on every member it landed on), at most one member down  *)
+(* for good, each client waiting or crashed (a crashed holder's records   *)
+(* stay held), at least one client waiting.  Writes still on their way    *)
+(* when faults stop are left out: each would only land (a record of the   *)
+(* family) or be lost.  Owners do not matter to a waiting client.         *)
+LiveRecs ==
+    {Absent} \cup
+    {[ver |-> v, owner |-> NoOne, tok |-> 0, rel |-> r] :
+        v \in 1..3, r \in BOOLEAN}
+
+LiveInit ==
+    /\ rec \in [Stores -> LiveRecs]
+    /\ \A x, y \in Stores : rec[x].ver = rec[y].ver => rec[x] = rec[y]
+    /\ cl \in [Clients -> {Idle, [Idle EXCEPT !.phase = "crashed"]}]
+    /\ \E c \in Clients : cl[c].phase = "wait"
+    /\ ops = {}
+    /\ down \in {{}} \cup {{x} : x \in Stores}
+    /\ faults = FALSE
+    /\ grants = <<>>
+    /\ reg = [ver |-> InitVersion, fence |-> 0]
+    /\ snet = {}
+    /\ swrites = <<>>
+    /\ elapsed = 0
+
+LiveAfterFaults == LiveInit /\ [][Next]_vars /\ Fairness
 
 -----------------------------------------------------------------------------
 (* The properties of PROTOCOL.md, with the names of StateLock.tla *)
@@ -777,6 +824,13 @@ Waiting(c) == cl[c].phase \in {"wait", "acq"}
 QuorumEventualAcquire ==
     \A c \in Clients : Waiting(c) ~> (Believes(c) \/ cl[c].phase = "crashed")
 
+(* The same, as a bound TLC can check with symmetry, in the liveness model *)
+(* (one acquisition per client, clients that act without delay once        *)
+(* faults have stopped): LiveBound ticks after faults stopped no client is *)
+(* waiting any more: each has held the lock, or holds it, or crashed.      *)
+QuorumAcquiresInTime ==
+    elapsed = LiveBound => \A c \in Clients : ~Waiting(c)
+
 -----------------------------------------------------------------------------
 (* More checks *)
 
@@ -807,8 +861,9 @@ BelieverHoldsMajority ==
 (* model is not vacuous: a client comes to hold by a takeover timed on an *)
 (* agreed version, and on a split view's digest; a heartbeat renews a     *)
 (* lease; a client releases the members that applied a grant that lost;   *)
-(* a grant repairs a member that had fallen behind (its token was below   *)
-(* another member's); a grant lands on a stale member (NoStaleRepair).    *)
+(* a grant repairs a member that had fallen behind (it missed a grant:    *)
+(* its token jumps by more than one); a grant lands on a stale member      *)
+(* (NoStaleRepair).                                                        *)
 HoldsBy(c, kind) ==
     /\ cl[c].phase = "acq" /\ cl'[c].phase = "hold"
     /\ \E o \in ops : o.ver = cl[c].op /\ o.tk = kind
@@ -826,8 +881,10 @@ NoConflictRelease ==
 (* version, token no larger than the agreed record's).                   *)
 NoStaleRepair ==
     [][\A o \in ops : \A x \in o.stale \cap o.pend : rec'[x].ver # o.ver]_vars
+
+(* A grant lands on a member that missed an earlier grant (one that came  *)
+(* back, or was left out of a view): its token jumps by more than one.    *)
 NoRepair ==
     [][\A s \in Stores :
-         (rec'[s].ver # rec[s].ver /\ ~rec'[s].rel /\ rec'[s].owner # rec[s].owner)
-            => \A t \in Stores : rec[t].tok <= rec[s].tok]_vars
+         rec'[s].tok # rec[s].tok => rec'[s].tok <= rec[s].tok + 1]_vars
 =============================================================================
