@@ -170,7 +170,7 @@ run q-sanity-conflict "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoConflictRele
 run q-sanity-repair "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoRepair' q-sanity-repair)" \
     "Action property NoRepair is violated" $Q
 
-# 8. The stale-member rule as built ("atMost": a token no larger than the
+# 8. The earlier stale-member rule ("atMost": a token no larger than the
 #    agreed record's) takes over the holder's own heartbeat when the waiter
 #    read one member before the heartbeat reached it: mutual exclusion is
 #    lost (specs/traces/quorum-stale-heartbeat.txt).
