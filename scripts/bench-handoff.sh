@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cross-process lone-waiter hand-off: one `statelock exec` holds KEY for
 # HOLD seconds and releases; one other `statelock exec` process waits for
-# KEY. Prints, per round and as p50/p90/max, the time from the holder's
+# KEY. Prints p50 / p90 / max over the rounds of the time from the holder's
 # `lock.released` audit event to the waiter's `lock.acquired` event (both
 # written after the store answered, on this machine's wall clock).
 #
