@@ -667,6 +667,7 @@ async fn a_key_whose_tokens_are_used_up_fails_at_once() {
         acquired_at: WallTime(0),
         heartbeat_at: WallTime(0),
         forced_by: None,
+        queue: Vec::new(),
     });
     let c = client(&store, 1, 1.0);
     let started = Instant::now();

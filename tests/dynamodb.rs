@@ -387,6 +387,7 @@ async fn lost_responses_are_recognised_by_the_client() {
             lease_ms: 20_000,
             holder: HolderInfo::named("resender"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     };
     let landed = inner.apply(&op).await.expect("first send");
@@ -567,6 +568,7 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
                 lease_ms: 1000,
                 holder: HolderInfo::named("y"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
             OpKind::Takeover {
                 observed: rvn,
@@ -575,6 +577,7 @@ async fn damaged_items_are_corrupt_and_never_overwritten() {
                 lease_ms: 1000,
                 holder: HolderInfo::named("y"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
             OpKind::ForceUnlock {
                 observed: rvn,
@@ -970,6 +973,7 @@ async fn sdk_resends_reads_but_never_writes() {
             lease_ms: 1000,
             holder: HolderInfo::named("x"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     };
     let written = store.apply(&acquire).await;
@@ -993,6 +997,7 @@ async fn sdk_resends_reads_but_never_writes() {
             lease_ms: 1000,
             holder: HolderInfo::named("x"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
         ..acquire.clone()
     };
@@ -1054,6 +1059,7 @@ async fn store_errors_are_one_line_and_classified() {
             lease_ms: 20_000,
             holder: HolderInfo::named("errors"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     };
     // A client that would wait ten minutes for a lock it could get.
@@ -1320,6 +1326,7 @@ async fn silent_endpoint_times_out_in_one_line() {
                 lease_ms: 20_000,
                 holder: HolderInfo::named("silent"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
         })
         .await;

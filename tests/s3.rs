@@ -105,6 +105,7 @@ fn acquire(key: &LockKey, from: GrantFrom) -> LockOp {
             lease_ms: 20_000,
             holder: HolderInfo::named("tester"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     )
 }
@@ -1323,6 +1324,7 @@ mod terraform {
                     lease_ms: 20_000,
                     holder: HolderInfo::named("me@here"),
                     at_least: FencingToken::NONE,
+                    dequeue: Default::default(),
                 },
             )
         };

@@ -427,6 +427,7 @@ async fn heartbeat_and_release_recognise_the_lock_by_its_id() {
             lease_ms: 20_000,
             holder: HolderInfo::named("me@here"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         }))
         .await
         .expect("acquire");

@@ -353,6 +353,7 @@ mod tests {
             acquired_at: WallTime(1_705_329_600_000),
             heartbeat_at: WallTime(1_705_329_630_000),
             forced_by: None,
+            queue: Vec::new(),
         }
     }
 

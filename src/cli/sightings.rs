@@ -215,6 +215,7 @@ mod tests {
                 acquired_at: WallTime(0),
                 heartbeat_at: WallTime(i64::MAX / 2),
                 forced_by: None,
+                queue: Vec::new(),
             },
             held,
             liveness: if held {

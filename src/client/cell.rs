@@ -120,6 +120,7 @@ mod loom_tests {
                 lease_ms: 3000,
                 holder: HolderInfo::named("me"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
         };
         let record = store.apply_now(&op).unwrap();
@@ -235,6 +236,7 @@ mod loom_tests {
                                 lease_ms: 1000,
                                 holder: HolderInfo::named("t"),
                                 at_least: FencingToken::NONE,
+                                dequeue: Default::default(),
                             },
                         };
                         if store.apply_now(&op).is_ok() {

@@ -464,7 +464,9 @@ impl LockClient {
                 opts.holder.clone(),
                 inner.protocol,
                 opts.backoff,
-            )?;
+            )?
+            // A try gives up at once: registering would only cost writes.
+            .with_queue(inner.store.queues() && opts.wait != Some(Duration::ZERO));
             let latest = news.as_mut().and_then(|n| n.borrow_and_update().clone());
             if let Some(hint) = latest.or_else(|| inner.hint(key)) {
                 waiter = waiter.with_hint(Seen::Record(hint));
@@ -860,9 +862,64 @@ impl LockClient {
         }
     }
 
+    /// Unregisters a waiter that gives up from the key's hand-off queue
+    /// (best effort, bounded by [`ABANDON_BUDGET`]): an entry left behind
+    /// would hold up the key for a lease when its turn came.
+    async fn leave_queue(&self, waiter: &Waiter) {
+        let inner = &self.inner;
+        let enqueue_unresolved = waiter
+            .unresolved()
+            .is_some_and(|op| op.kind.is_queue_write());
+        let mut leave = waiter.leave_op(inner.rng.rvn(), inner.clock.wall());
+        if leave.is_none() && !enqueue_unresolved {
+            return;
+        }
+        let until = inner.clock.now_waiter() + ABANDON_BUDGET;
+        for _ in 0..3 {
+            let op = match leave.take() {
+                Some(op) => op,
+                // Where it is now (an enqueue whose answer was lost, or a
+                // place that moved).
+                None => match self
+                    .bounded(inner.store.get(waiter.key()), Some(until), None)
+                    .await
+                {
+                    Bounded::Done(Ok(Some(record))) => {
+                        match waiter.leave_op_from(&record, inner.rng.rvn(), inner.clock.wall()) {
+                            Some(op) => op,
+                            None => return,
+                        }
+                    }
+                    _ => return,
+                },
+            };
+            match self
+                .bounded(inner.store.apply(&op), Some(until), None)
+                .await
+            {
+                Bounded::Done(Ok(_)) => return,
+                Bounded::Done(Err(StoreError::Conflict {
+                    current: Some(current),
+                })) => {
+                    if op.is_own_write(&current) {
+                        return;
+                    }
+                    leave = waiter.leave_op_from(&current, inner.rng.rvn(), inner.clock.wall());
+                    if leave.is_none() {
+                        return;
+                    }
+                }
+                Bounded::Done(Err(StoreError::Unavailable(_))) => {}
+                _ => return,
+            }
+        }
+    }
+
     /// If a grant we sent may have landed unheard, release it (best effort,
-    /// bounded by [`ABANDON_BUDGET`]) and remember it, in case it lands later.
+    /// bounded by [`ABANDON_BUDGET`]) and remember it, in case it lands later;
+    /// and leave the hand-off queue.
     async fn abandon(&self, waiter: &Waiter) {
+        self.leave_queue(waiter).await;
         let Some(op) = waiter.unresolved() else {
             return;
         };

@@ -198,6 +198,7 @@ mod tests {
             acquired_at: WallTime(0),
             heartbeat_at: WallTime(0),
             forced_by: None,
+            queue: Vec::new(),
         }
     }
 

@@ -366,6 +366,7 @@ mod tests {
             acquired_at: WallTime(0),
             heartbeat_at: WallTime(0),
             forced_by: None,
+            queue: Vec::new(),
         }
     }
     fn lease() -> Lease {

@@ -18,7 +18,7 @@ mod waiter;
 pub use config::ProtocolConfig;
 pub use key::{InvalidKey, LockKey, MAX_KEY_BYTES};
 pub use lease::{HeartbeatEvent, Lease, LeaseState, LostReason, ReleaseStep};
-pub use op::{GrantFrom, LockOp, OpKind, Outcome, Rejected};
+pub use op::{Dequeue, GrantFrom, LockOp, OpKind, Outcome, Rejected};
 pub use record::{
     FencingToken, HolderInfo, InvalidRecordVersion, LeaseId, LockRecord, RecordVersion,
 };

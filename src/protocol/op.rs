@@ -78,6 +78,60 @@ impl GrantFrom {
     }
 }
 
+/// What a grant does to the record's queue (see PROTOCOL.md, "Hand-off
+/// queue"), as the acquirer read it. Each named entry is a condition (the
+/// queue has it at that place) and is removed by the grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Dequeue {
+    /// The grantee's own place in the queue, if it is registered. An acquire
+    /// of a released record must name place 0 — unless the queue is empty or
+    /// it skips the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub me_at: Option<u32>,
+    /// The head a takeover of a released record skips: the waiter the record
+    /// was reserved for, which did not take it within a whole skip wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<LeaseId>,
+}
+
+impl Dequeue {
+    /// True when the grant leaves the queue as it is.
+    pub fn is_none(&self) -> bool {
+        self.me_at.is_none() && self.skip.is_none()
+    }
+
+    /// True if `queue` is as the grant read it: the grantee at `me_at` (or
+    /// not registered at all), the skipped head first; and an acquire of a
+    /// released record (`acquire`) takes its turn: the queue is empty or the
+    /// grantee is its head.
+    fn holds(&self, queue: &[LeaseId], owner: LeaseId, acquire: bool) -> bool {
+        let at = |i: u32, who: LeaseId| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| queue.get(i))
+                .is_some_and(|w| *w == who)
+        };
+        let me = match self.me_at {
+            Some(i) => at(i, owner),
+            None => !queue.contains(&owner),
+        };
+        let skip = self.skip.is_none_or(|h| h != owner && at(0, h));
+        let turn = !acquire || queue.is_empty() || self.me_at == Some(0);
+        me && skip && turn
+    }
+
+    /// `queue` without the entries this grant removes (its condition held).
+    fn apply(&self, queue: &[LeaseId]) -> Vec<LeaseId> {
+        let mine = self.me_at.and_then(|i| usize::try_from(i).ok());
+        queue
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != mine && !(*i == 0 && self.skip.is_some()))
+            .map(|(_, w)| *w)
+            .collect()
+    }
+}
+
 /// The operation and its condition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -98,6 +152,9 @@ pub enum OpKind {
         /// [`FencingToken::NONE`] otherwise.
         #[serde(default, skip_serializing_if = "FencingToken::is_none")]
         at_least: FencingToken,
+        /// What the grant does to the queue.
+        #[serde(default, skip_serializing_if = "Dequeue::is_none")]
+        dequeue: Dequeue,
     },
     /// Grant a held key whose version the waiter has seen unchanged for a
     /// whole takeover wait: the record is still at that version.
@@ -115,6 +172,9 @@ pub enum OpKind {
         /// The least token to install (as for an acquire).
         #[serde(default, skip_serializing_if = "FencingToken::is_none")]
         at_least: FencingToken,
+        /// What the grant does to the queue.
+        #[serde(default, skip_serializing_if = "Dequeue::is_none")]
+        dequeue: Dequeue,
     },
     /// Renew: only the current owner at its current version.
     Heartbeat {
@@ -149,6 +209,21 @@ pub enum OpKind {
         /// Who forces it (audit).
         by: String,
     },
+    /// Register a waiter at the end of the record's queue: the record
+    /// exists, the waiter is not registered and the queue has room. Changes
+    /// nothing else, not even the version.
+    Enqueue {
+        /// The lease id the waiter will hold as.
+        waiter: LeaseId,
+    },
+    /// Unregister a waiter that gives up: the queue has it at place `at`.
+    /// Changes nothing else, not even the version.
+    Leave {
+        /// The waiter.
+        waiter: LeaseId,
+        /// Its place in the queue, as last read.
+        at: u32,
+    },
 }
 
 impl OpKind {
@@ -161,7 +236,15 @@ impl OpKind {
             OpKind::Rebase { .. } => "rebase",
             OpKind::Release { .. } => "release",
             OpKind::ForceUnlock { .. } => "force_unlock",
+            OpKind::Enqueue { .. } => "enqueue",
+            OpKind::Leave { .. } => "leave",
         }
+    }
+
+    /// True for the queue's own writes (enqueue, leave): they keep the
+    /// record's version, token, owner and state.
+    pub fn is_queue_write(&self) -> bool {
+        matches!(self, OpKind::Enqueue { .. } | OpKind::Leave { .. })
     }
 }
 
@@ -179,15 +262,42 @@ impl LockOp {
     /// True if this op's condition holds on `current` (`None` = no record).
     pub fn condition_holds(&self, current: Option<&LockRecord>) -> bool {
         match (&self.kind, current) {
-            (OpKind::Acquire { from, .. }, _) => {
-                from.matches(current) && current.is_none_or(|r| r.released)
+            (
+                OpKind::Acquire {
+                    from,
+                    owner,
+                    dequeue,
+                    ..
+                },
+                _,
+            ) => {
+                from.matches(current)
+                    && current.is_none_or(|r| r.released)
+                    && dequeue.holds(current.map_or(&[][..], |r| &r.queue), *owner, true)
             }
             (
                 OpKind::Takeover {
-                    observed, token, ..
+                    observed,
+                    token,
+                    owner,
+                    dequeue,
+                    ..
                 },
                 Some(r),
-            ) => r.rvn == *observed && r.token == *token,
+            ) => {
+                r.rvn == *observed
+                    && r.token == *token
+                    && dequeue.holds(&r.queue, *owner, false)
+                    // Only a released record is reserved for a head.
+                    && (dequeue.skip.is_none() || r.released)
+            }
+            (OpKind::Enqueue { waiter }, Some(r)) => {
+                !r.queue.contains(waiter) && r.queue.len() < LockRecord::MAX_QUEUE
+            }
+            (OpKind::Leave { waiter, at }, Some(r)) => usize::try_from(*at)
+                .ok()
+                .and_then(|i| r.queue.get(i))
+                .is_some_and(|w| w == waiter),
             (OpKind::Heartbeat { owner, current: v }, Some(r))
             | (OpKind::Release { owner, current: v }, Some(r)) => {
                 !r.released && r.owner == *owner && r.rvn == *v
@@ -234,17 +344,20 @@ impl LockOp {
                     owner,
                     lease_ms,
                     holder,
+                    dequeue,
                     ..
                 }
                 | OpKind::Takeover {
                     owner,
                     lease_ms,
                     holder,
+                    dequeue,
                     ..
                 },
                 _,
             ) => {
                 let token = self.granted_token().ok_or(Rejected::TokensExhausted)?;
+                let queue = current.map_or_else(Vec::new, |r| dequeue.apply(&r.queue));
                 Ok(LockRecord {
                     key: self.key.clone(),
                     owner: *owner,
@@ -256,6 +369,7 @@ impl LockOp {
                     acquired_at: self.at,
                     heartbeat_at: self.at,
                     forced_by: None,
+                    queue,
                 })
             }
             (OpKind::Heartbeat { .. }, Some(r)) => Ok(LockRecord {
@@ -282,13 +396,36 @@ impl LockOp {
                 forced_by: Some(by.clone()),
                 ..r.clone()
             }),
+            (OpKind::Enqueue { waiter }, Some(r)) => {
+                let mut next = r.clone();
+                next.queue.push(*waiter);
+                Ok(next)
+            }
+            (OpKind::Leave { at, .. }, Some(r)) => {
+                let mut next = r.clone();
+                if let Ok(i) = usize::try_from(*at) {
+                    if i < next.queue.len() {
+                        next.queue.remove(i);
+                    }
+                }
+                Ok(next)
+            }
             (_, None) => Err(Rejected::ConditionFailed),
         }
     }
 
     /// True if `current` is this very write (its response was lost, but it landed).
+    /// For the queue's writes, which keep the version: the waiter is
+    /// registered (enqueue) or not (leave).
     pub fn is_own_write(&self, current: &LockRecord) -> bool {
-        current.rvn == self.new_rvn && current.key == self.key
+        if current.key != self.key {
+            return false;
+        }
+        match &self.kind {
+            OpKind::Enqueue { waiter } => current.queue.contains(waiter),
+            OpKind::Leave { waiter, .. } => !current.queue.contains(waiter),
+            _ => current.rvn == self.new_rvn,
+        }
     }
 
     /// True for operations that grant a lease (acquire, takeover).
@@ -340,6 +477,7 @@ mod tests {
             acquired_at: WallTime(0),
             heartbeat_at: WallTime(0),
             forced_by: None,
+            queue: Vec::new(),
         }
     }
 
@@ -359,6 +497,7 @@ mod tests {
             lease_ms: 1000,
             holder: HolderInfo::named("me"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         }
     }
 
@@ -387,6 +526,7 @@ mod tests {
             lease_ms: 1000,
             holder: HolderInfo::named("me"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         };
         let hb = |v| OpKind::Heartbeat {
             owner: me,
@@ -625,5 +765,138 @@ mod tests {
             Outcome::Conflict(Some(someone_else))
         );
         assert_eq!(Outcome::Unknown.resolve(&acquire), Outcome::Unknown);
+    }
+
+    fn queued(mut r: LockRecord, queue: &[u128]) -> LockRecord {
+        r.queue = queue
+            .iter()
+            .map(|w| LeaseId(uuid::Uuid::from_u128(*w)))
+            .collect();
+        r
+    }
+
+    fn id(n: u128) -> LeaseId {
+        LeaseId(uuid::Uuid::from_u128(n))
+    }
+
+    fn ids(r: &LockRecord) -> Vec<u128> {
+        r.queue.iter().map(|w| w.0.as_u128()).collect()
+    }
+
+    #[test]
+    fn the_queue_writes_keep_the_lease_and_recognise_themselves() {
+        let held = queued(rec(id(1), 4, 7, false), &[2]);
+        let enqueue = op(OpKind::Enqueue { waiter: id(3) }, 99);
+        let after = enqueue.apply(Some(&held)).unwrap();
+        assert_eq!(ids(&after), vec![2, 3]);
+        assert_eq!(
+            (after.rvn, after.token, after.owner, after.released),
+            (held.rvn, held.token, held.owner, held.released),
+            "an enqueue changes nothing but the queue"
+        );
+        assert!(enqueue.is_own_write(&after) && !enqueue.is_own_write(&held));
+        assert_eq!(enqueue.apply(Some(&after)), Err(Rejected::ConditionFailed));
+        assert_eq!(enqueue.apply(None), Err(Rejected::ConditionFailed));
+        let full: Vec<u128> = (10..10 + LockRecord::MAX_QUEUE as u128).collect();
+        assert!(enqueue.apply(Some(&queued(held.clone(), &full))).is_err());
+
+        let leave = |at| op(OpKind::Leave { waiter: id(3), at }, 98);
+        assert!(leave(0).apply(Some(&after)).is_err(), "not at that place");
+        let left = leave(1).apply(Some(&after)).unwrap();
+        assert_eq!(ids(&left), vec![2]);
+        assert_eq!(left.rvn, held.rvn);
+        assert!(leave(1).is_own_write(&left));
+    }
+
+    #[test]
+    fn a_released_record_goes_to_the_queues_head_only() {
+        let released = queued(rec(id(1), 4, 7, true), &[2, 3]);
+        let acquire = |who: u128, me_at: Option<u32>| {
+            op(
+                OpKind::Acquire {
+                    from: version(7, 4),
+                    owner: id(who),
+                    lease_ms: 1000,
+                    holder: HolderInfo::named("w"),
+                    at_least: FencingToken::NONE,
+                    dequeue: Dequeue { me_at, skip: None },
+                },
+                50,
+            )
+        };
+        // The head takes it, and leaves the queue.
+        let granted = acquire(2, Some(0)).apply(Some(&released)).unwrap();
+        assert_eq!((granted.owner, ids(&granted)), (id(2), vec![3]));
+        // Nobody else may: not the second, not the releaser, not a newcomer.
+        for (who, me_at) in [(3, Some(1)), (3, None), (1, None), (9, None), (2, None)] {
+            assert_eq!(
+                acquire(who, me_at).apply(Some(&released)),
+                Err(Rejected::ConditionFailed),
+                "{who} at {me_at:?}"
+            );
+        }
+        // An empty queue is anyone's.
+        assert!(acquire(9, None)
+            .apply(Some(&rec(id(1), 4, 7, true)))
+            .is_ok());
+    }
+
+    #[test]
+    fn takeovers_dequeue_the_grantee_and_skip_only_a_released_head() {
+        let takeover = |who: u128, me_at: Option<u32>, skip: Option<u128>| {
+            op(
+                OpKind::Takeover {
+                    observed: RecordVersion(7),
+                    token: FencingToken(4),
+                    owner: id(who),
+                    lease_ms: 1000,
+                    holder: HolderInfo::named("w"),
+                    at_least: FencingToken::NONE,
+                    dequeue: Dequeue {
+                        me_at,
+                        skip: skip.map(id),
+                    },
+                },
+                60,
+            )
+        };
+        let held = queued(rec(id(1), 4, 7, false), &[2, 3, 4]);
+        let t = takeover(3, Some(1), None).apply(Some(&held)).unwrap();
+        assert_eq!(
+            (t.owner, t.token, ids(&t)),
+            (id(3), FencingToken(5), vec![2, 4])
+        );
+        assert!(
+            takeover(3, Some(2), None).apply(Some(&held)).is_err(),
+            "wrong place"
+        );
+        assert!(
+            takeover(3, None, None).apply(Some(&held)).is_err(),
+            "registered, unnamed"
+        );
+        assert!(
+            takeover(3, Some(1), Some(2)).apply(Some(&held)).is_err(),
+            "held: no skip"
+        );
+
+        let released = queued(rec(id(1), 4, 7, true), &[2, 3, 4]);
+        let s = takeover(4, Some(2), Some(2))
+            .apply(Some(&released))
+            .unwrap();
+        assert_eq!((s.owner, ids(&s)), (id(4), vec![3]));
+        let s = takeover(9, None, Some(2)).apply(Some(&released)).unwrap();
+        assert_eq!(ids(&s), vec![3, 4]);
+        assert!(
+            takeover(4, Some(2), Some(3))
+                .apply(Some(&released))
+                .is_err(),
+            "not the head"
+        );
+        assert!(
+            takeover(2, Some(0), Some(2))
+                .apply(Some(&released))
+                .is_err(),
+            "skips itself"
+        );
     }
 }

@@ -176,6 +176,11 @@ pub struct LockRecord {
     /// Who forced the last release, if it was forced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forced_by: Option<String>,
+    /// The waiters registered for the key, in arrival order (the lease ids
+    /// they will hold as): a released record is granted to the first (see
+    /// PROTOCOL.md, "Hand-off queue"). At most [`Self::MAX_QUEUE`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue: Vec<LeaseId>,
 }
 
 impl LockRecord {
@@ -202,5 +207,19 @@ impl LockRecord {
     /// True while some lease holds the lock (as far as the record says).
     pub fn is_held(&self) -> bool {
         !self.released
+    }
+
+    /// The most waiters a record's queue registers; later waiters poll
+    /// unregistered until a place frees.
+    pub const MAX_QUEUE: usize = 32;
+
+    /// Where `waiter` is in the queue, if it is registered.
+    pub fn queue_position(&self, waiter: LeaseId) -> Option<usize> {
+        self.queue.iter().position(|w| *w == waiter)
+    }
+
+    /// The waiter a released record is reserved for: the first in the queue.
+    pub fn queue_head(&self) -> Option<LeaseId> {
+        self.queue.first().copied()
     }
 }

@@ -8,6 +8,15 @@
 //! wait. Every grant names the version it replaces ([`GrantFrom`]), so it can
 //! land only on that version.
 //!
+//! With the hand-off queue ([`Waiter::with_queue`]), a waiter that finds the
+//! key taken registers at the end of the record's queue (one conditional
+//! write that keeps the record's version), and a released record is granted
+//! to the queue's head. The others treat a released record reserved for
+//! another head like a held one: they time it, and skip the head only after
+//! it has left the same released version untaken for a whole lease. The
+//! queue decides only who may write first; every grant is still the
+//! conditional write that names the version it replaces.
+//!
 //! Call order: [`Waiter::poll`] says what to do — read the record (feed it to
 //! [`Waiter::handle_read`], or a failed read to [`Waiter::handle_read_error`]),
 //! send an op (feed its answer to [`Waiter::handle_outcome`]), or sleep until a
@@ -17,8 +26,8 @@
 //! [`crate::clock::Clock`].
 
 use super::{
-    FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, MonoTime, OpKind,
-    Outcome, ProtocolConfig, ProtocolError, RecordVersion, WallTime,
+    Dequeue, FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, MonoTime,
+    OpKind, Outcome, ProtocolConfig, ProtocolError, RecordVersion, WallTime,
 };
 use std::time::Duration;
 
@@ -147,6 +156,16 @@ struct Pending {
     first_sent: MonoTime,
 }
 
+/// A released record reserved for a queue head other than this waiter, as
+/// first seen (waiter's clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reservation {
+    rvn: RecordVersion,
+    head: LeaseId,
+    /// When the head may be skipped if the record stays so.
+    skip_at: MonoTime,
+}
+
 /// Grants whose condition failed on a free record in a row before the waiter
 /// pauses for a poll interval (it never spins).
 const FREE_CONFLICTS_BEFORE_PAUSE: u32 = 3;
@@ -166,6 +185,11 @@ pub struct Waiter {
     pending: Option<Pending>,
     unanswered: u32,
     free_conflicts: u32,
+    /// Registers in the record's queue (the store keeps one).
+    queueing: bool,
+    reserved: Option<Reservation>,
+    /// The last record read or answered, for [`Waiter::leave_op`].
+    last: Option<LockRecord>,
 }
 
 impl Waiter {
@@ -193,6 +217,48 @@ impl Waiter {
             pending: None,
             unanswered: 0,
             free_conflicts: 0,
+            queueing: false,
+            reserved: None,
+            last: None,
+        })
+    }
+
+    /// Registers in the record's hand-off queue while waiting (only for
+    /// stores that keep one, [`crate::store::LockStore::queues`]). Without
+    /// it the waiter still respects a queue others keep: it never takes a
+    /// released record out of turn before a whole lease of waiting.
+    pub fn with_queue(mut self, queueing: bool) -> Waiter {
+        self.queueing = queueing;
+        self
+    }
+
+    /// The write that unregisters this waiter from the queue, when it gives
+    /// up waiting: `None` if the last record it saw does not have it. (A
+    /// stale place is refused with the current record; build it again from
+    /// that, see [`Waiter::leave_op_from`].)
+    pub fn leave_op(&self, new_rvn: RecordVersion, wall: WallTime) -> Option<LockOp> {
+        self.last
+            .as_ref()
+            .and_then(|r| self.leave_op_from(r, new_rvn, wall))
+    }
+
+    /// The write that unregisters this waiter from `record`'s queue, if it is
+    /// in it.
+    pub fn leave_op_from(
+        &self,
+        record: &LockRecord,
+        new_rvn: RecordVersion,
+        wall: WallTime,
+    ) -> Option<LockOp> {
+        let at = u32::try_from(record.queue_position(self.owner)?).ok()?;
+        Some(LockOp {
+            key: self.key.clone(),
+            new_rvn,
+            at: wall,
+            kind: OpKind::Leave {
+                waiter: self.owner,
+                at,
+            },
         })
     }
 
@@ -245,17 +311,44 @@ impl Waiter {
         let from = match &self.known {
             None => return WaiterAction::Read,
             Some(Seen::Absent { floor }) => GrantFrom::Absent { floor: *floor },
-            Some(Seen::Record(r)) if r.released => GrantFrom::of(Some(r), FencingToken::NONE),
+            Some(Seen::Record(r)) if self.should_enqueue(r) => {
+                let op = LockOp {
+                    key: self.key.clone(),
+                    new_rvn,
+                    at: wall,
+                    kind: OpKind::Enqueue { waiter: self.owner },
+                };
+                self.known = None;
+                self.pending = Some(Pending {
+                    op: op.clone(),
+                    first_sent: now,
+                });
+                return WaiterAction::Send(op);
+            }
+            Some(Seen::Record(r)) if r.released && self.my_turn(r) => {
+                GrantFrom::of(Some(r), FencingToken::NONE)
+            }
             Some(Seen::Record(r)) => {
+                // Held, or released and reserved for another head: timed.
                 let due = r.expires()
-                    && self
-                        .observed
-                        .as_ref()
-                        .is_some_and(|o| o.record.rvn == r.rvn && now_waiter >= o.takeover_at);
+                    && if r.released {
+                        self.reserved
+                            .as_ref()
+                            .is_some_and(|v| v.rvn == r.rvn && now_waiter >= v.skip_at)
+                    } else {
+                        self.observed
+                            .as_ref()
+                            .is_some_and(|o| o.record.rvn == r.rvn && now_waiter >= o.takeover_at)
+                    };
                 if !due {
                     let mut until = now_waiter + self.backoff.poll_delay(jitter);
-                    if let Some(o) = self.observed.as_ref().filter(|_| r.expires()) {
-                        until = until.min(o.takeover_at.max(now_waiter));
+                    let timed = if r.released {
+                        self.reserved.as_ref().map(|v| v.skip_at)
+                    } else {
+                        self.observed.as_ref().map(|o| o.takeover_at)
+                    };
+                    if let Some(at) = timed.filter(|_| r.expires()) {
+                        until = until.min(at.max(now_waiter));
                     }
                     // The next poll reads again.
                     self.known = None;
@@ -272,7 +365,9 @@ impl Waiter {
             return WaiterAction::Exhausted(record);
         }
         let kind = match (from, &self.known) {
-            (GrantFrom::Version { rvn, token }, Some(Seen::Record(r))) if !r.released => {
+            (GrantFrom::Version { rvn, token }, Some(Seen::Record(r)))
+                if !r.released || !self.my_turn(r) =>
+            {
                 OpKind::Takeover {
                     observed: rvn,
                     token,
@@ -280,14 +375,26 @@ impl Waiter {
                     lease_ms: self.lease_ms,
                     holder: self.holder.clone(),
                     at_least: FencingToken::NONE,
+                    dequeue: Dequeue {
+                        me_at: self.place_in(r),
+                        // A released record out of turn: its head is skipped.
+                        skip: r.queue_head().filter(|_| r.released),
+                    },
                 }
             }
-            (from, _) => OpKind::Acquire {
+            (from, known) => OpKind::Acquire {
                 from,
                 owner: self.owner,
                 lease_ms: self.lease_ms,
                 holder: self.holder.clone(),
                 at_least: FencingToken::NONE,
+                dequeue: Dequeue {
+                    me_at: match known {
+                        Some(Seen::Record(r)) => self.place_in(r),
+                        _ => None,
+                    },
+                    skip: None,
+                },
             },
         };
         let op = LockOp {
@@ -330,6 +437,13 @@ impl Waiter {
             return WaiterStep::Continue;
         };
         match outcome.resolve(&pending.op) {
+            Outcome::Applied(record) if pending.op.kind.is_queue_write() => {
+                // Registered: wait for the turn with the record it wrote.
+                self.pending = None;
+                self.unanswered = 0;
+                self.learn(now_waiter, Seen::Record(record));
+                WaiterStep::Continue
+            }
             Outcome::Applied(record) => {
                 self.pending = None;
                 self.unanswered = 0;
@@ -382,7 +496,60 @@ impl Waiter {
             Seen::Record(r) if r.is_held() => self.observe(now_waiter, r.clone()),
             _ => self.observed = None,
         }
+        match &seen {
+            Seen::Record(r) if r.released && !self.my_turn(r) => self.reserve(now_waiter, r),
+            _ => self.reserved = None,
+        }
+        self.last = match &seen {
+            Seen::Record(r) => Some(r.clone()),
+            Seen::Absent { .. } => None,
+        };
         self.known = Some(seen);
+    }
+
+    /// This waiter's place in `record`'s queue, for a grant's [`Dequeue`].
+    fn place_in(&self, record: &LockRecord) -> Option<u32> {
+        record
+            .queue_position(self.owner)
+            .and_then(|i| u32::try_from(i).ok())
+    }
+
+    /// True if a release of `record` is this waiter's to take: nobody is
+    /// registered, or it is first.
+    fn my_turn(&self, record: &LockRecord) -> bool {
+        record.queue_head().is_none_or(|head| head == self.owner)
+    }
+
+    /// True if the waiter should register before waiting on `record`: it
+    /// queues, is not registered, there is room, and the record is not free
+    /// for it to take now.
+    fn should_enqueue(&self, record: &LockRecord) -> bool {
+        self.queueing
+            && record.queue_position(self.owner).is_none()
+            && record.queue.len() < LockRecord::MAX_QUEUE
+            && !(record.released && self.my_turn(record))
+    }
+
+    /// Times a released `record` reserved for another head: the head may be
+    /// skipped when the same version with the same head has been seen for
+    /// a whole lease (the record is released: no lease is at stake, only the
+    /// head's turn).
+    fn reserve(&mut self, now_waiter: MonoTime, record: &LockRecord) {
+        let Some(head) = record.queue_head() else {
+            self.reserved = None;
+            return;
+        };
+        let same = self
+            .reserved
+            .as_ref()
+            .is_some_and(|v| v.rvn == record.rvn && v.head == head);
+        if !same {
+            self.reserved = Some(Reservation {
+                rvn: record.rvn,
+                head,
+                skip_at: now_waiter + record.lease(),
+            });
+        }
     }
 
     fn observe(&mut self, now_waiter: MonoTime, record: LockRecord) {
@@ -449,6 +616,7 @@ mod tests {
             acquired_at: WallTime(0),
             heartbeat_at: WallTime(0),
             forced_by: None,
+            queue: Vec::new(),
         }
     }
     fn released(rvn: u128) -> LockRecord {
@@ -568,6 +736,7 @@ mod tests {
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             }
         );
         let rec = op.apply(Some(&held(7, 1000))).unwrap();
@@ -725,5 +894,147 @@ mod tests {
             Backoff::default(),
         );
         assert!(matches!(r, Err(ProtocolError::LeaseTooShort { .. })));
+    }
+
+    fn with_queue(mut r: LockRecord, queue: &[LeaseId]) -> LockRecord {
+        r.queue = queue.to_vec();
+        r
+    }
+    fn third() -> LeaseId {
+        LeaseId(uuid::Uuid::from_u128(3))
+    }
+
+    /// A queueing waiter registers once, then polls by reading; the
+    /// registration does not restart the timing of the holder's version.
+    #[test]
+    fn a_queueing_waiter_registers_then_reads() {
+        let mut w = waiter().with_queue(true);
+        w.handle_read(ms(0), Seen::Record(held(7, 1000)));
+        let op = sent(poll(&mut w, 0, 1));
+        assert_eq!(op.kind, OpKind::Enqueue { waiter: me() });
+        let registered = op.apply(Some(&held(7, 1000))).unwrap();
+        assert_eq!(
+            w.handle_outcome(ms(3), Outcome::Applied(registered.clone()), 0.5),
+            WaiterStep::Continue
+        );
+        assert!(matches!(poll(&mut w, 3, 2), WaiterAction::Wait { .. }));
+        assert_eq!(w.observation().unwrap().since, ms(0));
+        // A lost answer: the resend finds itself registered.
+        let mut w2 = waiter().with_queue(true);
+        w2.handle_read(ms(0), Seen::Record(held(7, 1000)));
+        let op2 = sent(poll(&mut w2, 0, 1));
+        assert!(matches!(
+            w2.handle_outcome(ms(1), Outcome::Unknown, 0.5),
+            WaiterStep::Wait { .. }
+        ));
+        assert_eq!(sent(poll(&mut w2, 200, 9)), op2);
+        assert_eq!(
+            w2.handle_outcome(ms(201), Outcome::Conflict(Some(registered)), 0.5),
+            WaiterStep::Continue
+        );
+        assert!(matches!(poll(&mut w2, 201, 3), WaiterAction::Wait { .. }));
+        // The takeover, when due, names the waiter's place.
+        w.handle_read(ms(1200), Seen::Record(with_queue(held(7, 1000), &[me()])));
+        let t = sent(poll(&mut w, 1200, 4));
+        assert!(matches!(
+            t.kind,
+            OpKind::Takeover {
+                dequeue: Dequeue {
+                    me_at: Some(0),
+                    skip: None
+                },
+                ..
+            }
+        ));
+    }
+
+    /// A released record reserved for another head is not taken before a
+    /// whole lease; then the head is skipped. The head itself acquires at once.
+    #[test]
+    fn a_reserved_release_waits_for_its_head_for_one_lease() {
+        let reserved = with_queue(released(7), &[third(), me()]);
+        let mut w = waiter().with_queue(true);
+        w.handle_read(ms(0), Seen::Record(reserved.clone()));
+        assert_eq!(poll(&mut w, 0, 1), WaiterAction::Wait { until: ms(30) });
+        w.handle_read(ms(999), Seen::Record(reserved.clone()));
+        assert_eq!(poll(&mut w, 999, 2), WaiterAction::Wait { until: ms(1000) });
+        w.handle_read(ms(1000), Seen::Record(reserved.clone()));
+        let skip = sent(poll(&mut w, 1000, 3));
+        assert!(matches!(
+            skip.kind,
+            OpKind::Takeover { dequeue: Dequeue { me_at: Some(1), skip: Some(h) }, .. } if h == third()
+        ));
+        assert_eq!(
+            skip.apply(Some(&reserved)).unwrap().queue,
+            Vec::<LeaseId>::new()
+        );
+        // Another head (the first left): the wait starts again.
+        let mut w = waiter().with_queue(true);
+        w.handle_read(ms(0), Seen::Record(reserved));
+        let next = with_queue(released(7), &[them(), me()]);
+        w.handle_read(ms(900), Seen::Record(next));
+        w.handle_read(
+            ms(1000),
+            Seen::Record(with_queue(released(7), &[them(), me()])),
+        );
+        assert!(matches!(poll(&mut w, 1000, 4), WaiterAction::Wait { .. }));
+        // The head acquires at once, naming its place.
+        let mut head = waiter().with_queue(true);
+        head.handle_read(
+            ms(0),
+            Seen::Record(with_queue(released(7), &[me(), third()])),
+        );
+        let op = sent(poll(&mut head, 0, 5));
+        assert!(matches!(
+            op.kind,
+            OpKind::Acquire {
+                dequeue: Dequeue {
+                    me_at: Some(0),
+                    skip: None
+                },
+                ..
+            }
+        ));
+    }
+
+    /// A waiter that does not register still respects the queue, and an
+    /// unregistered queueing waiter finding a reserved release registers.
+    #[test]
+    fn the_queue_is_respected_with_or_without_registering() {
+        let reserved = with_queue(released(7), &[third()]);
+        let mut plain = waiter();
+        plain.handle_read(ms(0), Seen::Record(reserved.clone()));
+        assert!(matches!(poll(&mut plain, 0, 1), WaiterAction::Wait { .. }));
+        let mut q = waiter().with_queue(true);
+        q.handle_read(ms(0), Seen::Record(reserved.clone()));
+        assert_eq!(
+            sent(poll(&mut q, 0, 2)).kind,
+            OpKind::Enqueue { waiter: me() }
+        );
+        // A free record with an empty queue is taken without registering.
+        let mut q = waiter().with_queue(true);
+        q.handle_read(ms(0), Seen::Record(released(7)));
+        assert!(matches!(
+            sent(poll(&mut q, 0, 3)).kind,
+            OpKind::Acquire { .. }
+        ));
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_leaves_from_its_place() {
+        let mut w = waiter().with_queue(true);
+        assert_eq!(w.leave_op(RecordVersion(1), WallTime(0)), None);
+        w.handle_read(
+            ms(0),
+            Seen::Record(with_queue(held(7, 1000), &[third(), me()])),
+        );
+        let leave = w.leave_op(RecordVersion(1), WallTime(0)).unwrap();
+        assert_eq!(
+            leave.kind,
+            OpKind::Leave {
+                waiter: me(),
+                at: 1
+            }
+        );
     }
 }

@@ -122,4 +122,7 @@ impl LockStore for MemoryStore {
     fn shared_name(&self) -> Option<String> {
         Some(format!("mem://#{}", self.instance))
     }
+    fn queues(&self) -> bool {
+        true
+    }
 }

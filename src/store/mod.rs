@@ -151,6 +151,14 @@ pub trait LockStore: Send + Sync + fmt::Debug {
     fn shared_name(&self) -> Option<String> {
         None
     }
+    /// True if the store keeps the hand-off queue in its records (it
+    /// performs [`crate::protocol::OpKind::Enqueue`] and `Leave`): waiters
+    /// of every process are then granted in arrival order (PROTOCOL.md,
+    /// "Hand-off queue"). Stores that do not refuse those ops as
+    /// [`StoreError::Misconfigured`], and their waiters are not ordered.
+    fn queues(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -179,6 +187,9 @@ impl<S: LockStore + ?Sized> LockStore for std::sync::Arc<S> {
     }
     fn shared_name(&self) -> Option<String> {
         (**self).shared_name()
+    }
+    fn queues(&self) -> bool {
+        (**self).queues()
     }
 }
 

@@ -140,6 +140,7 @@ mod tests {
             acquired_at: WallTime(1),
             heartbeat_at: WallTime(2),
             forced_by: None,
+            queue: Vec::new(),
         }
     }
 

@@ -266,6 +266,7 @@ fn acquire_from(key: &LockKey, owner: LeaseId, from: GrantFrom) -> LockOp {
             lease_ms: 20_000,
             holder: holder("acquirer"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     )
 }
@@ -281,6 +282,7 @@ fn takeover(key: &LockKey, observed: RecordVersion, token: FencingToken, owner: 
             lease_ms: 15_000,
             holder: holder("taker"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     )
 }

@@ -251,6 +251,7 @@ mod tests {
                 lease_ms: 1000,
                 holder: HolderInfo::named("t"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
         }
     }

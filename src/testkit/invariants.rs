@@ -171,6 +171,8 @@ pub fn check_owner_only_release(applied: &[(Option<LockRecord>, LockOp)]) -> Res
                 None,
             ) => false,
             (OpKind::Acquire { .. } | OpKind::Takeover { .. }, _) => true,
+            // The queue's writes release nothing (they keep the lease).
+            (OpKind::Enqueue { .. } | OpKind::Leave { .. }, _) => true,
         };
         if !ok {
             return Err(Violation {
@@ -257,6 +259,7 @@ mod tests {
             acquired_at: WallTime(0),
             heartbeat_at: WallTime(0),
             forced_by: None,
+            queue: Vec::new(),
         };
         let release = |owner, current| LockOp {
             key: key(),

@@ -21,7 +21,7 @@ use super::table::{
     attr, ensure_table, n, s, scan_all, write_once, Expr, Item, ItemReader, Table, TableSetup,
 };
 use crate::protocol::{
-    FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind,
+    Dequeue, FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind,
     RecordVersion, WallTime,
 };
 use crate::store::url::LockFormat;
@@ -70,6 +70,7 @@ const KEY_SCHEMA_HINT: &str = "a statelock lock table has the hash key `lockKey`
 /// | `lockedAt` / `lockedAtMs` | N | grant time (writer's wall clock), unix s / ms |
 /// | `lastHeartbeat` / `lastHeartbeatMs` | N | time of the last write, unix s / ms |
 /// | `forcedBy` | S | who forced the last release, when it was forced |
+/// | `queue` | L of S | the waiters registered for the key, in arrival order (lease ids; absent when none) |
 ///
 /// Wall-clock attributes are informational: no condition ever compares them.
 ///
@@ -478,6 +479,9 @@ impl LockStore for DynamoDbStore {
     fn shared_name(&self) -> Option<String> {
         Some(self.describe())
     }
+    fn queues(&self) -> bool {
+        true
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -557,7 +561,15 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
                 e.assign(attr::LOCKED_AT_MS, "atMs", n(op.at.as_millis())),
             ]);
             remove.push(e.n(attr::FORCED_BY));
-            match &op.kind {
+            let (OpKind::Acquire { dequeue: d, .. } | OpKind::Takeover { dequeue: d, .. }) =
+                &op.kind
+            else {
+                return (String::new(), String::new());
+            };
+            let acquire = matches!(op.kind, OpKind::Acquire { .. });
+            let (dequeue_condition, dequeued) = dequeue(e, *owner, d, acquire);
+            remove.extend(dequeued);
+            let grant_condition = match &op.kind {
                 OpKind::Takeover {
                     observed, token, ..
                 } => {
@@ -584,7 +596,8 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
                 // Absent: the record must not exist (the floor is checked in
                 // the same transaction, see `grant_absent`).
                 _ => format!("attribute_not_exists({})", e.n(attr::KEY)),
-            }
+            };
+            format!("{grant_condition} AND {dequeue_condition}")
         }
         OpKind::Heartbeat { owner, current }
         | OpKind::Release { owner, current }
@@ -618,9 +631,87 @@ fn build_update(e: &mut Expr, op: &LockOp) -> (String, String) {
             let wf = well_formed(e);
             format!("{rvn} = {observed} AND {wf}")
         }
+        // The queue's writes change nothing but the queue.
+        OpKind::Enqueue { waiter } => {
+            *e = Expr::default();
+            return enqueue(e, *waiter);
+        }
+        OpKind::Leave { waiter, at } => {
+            *e = Expr::default();
+            return leave(e, *waiter, *at);
+        }
     };
     let update = format!("SET {} REMOVE {}", set.join(", "), remove.join(", "));
     (update, condition)
+}
+
+/// The condition a grant puts on the queue, and the entries it removes
+/// (`REMOVE` paths), as [`crate::protocol::Dequeue`] defines them.
+fn dequeue(e: &mut Expr, owner: LeaseId, d: &Dequeue, acquire: bool) -> (String, Vec<String>) {
+    let queue = e.n(attr::QUEUE);
+    let me = e.v("queueMe", s(owner.to_string()));
+    let mut parts = Vec::new();
+    let mut removed = Vec::new();
+    match d.me_at {
+        Some(i) => {
+            parts.push(format!("{queue}[{i}] = {me}"));
+            removed.push(format!("{queue}[{i}]"));
+        }
+        None => parts.push(format!(
+            "(attribute_not_exists({queue}) OR NOT contains({queue}, {me}))"
+        )),
+    }
+    if let Some(head) = d.skip {
+        if head == owner {
+            // Never holds (a grantee cannot skip itself): a condition that
+            // no item satisfies.
+            parts.push(format!("attribute_not_exists({})", e.n(attr::KEY)));
+        }
+        let head = e.v("queueSkip", s(head.to_string()));
+        let released = e.n(attr::RELEASED);
+        let yes = e.v("skipReleased", AttributeValue::Bool(true));
+        parts.push(format!("{queue}[0] = {head} AND {released} = {yes}"));
+        removed.push(format!("{queue}[0]"));
+    }
+    if acquire && d.me_at != Some(0) {
+        let zero = e.v("queueEmpty", n(0));
+        parts.push(format!(
+            "(attribute_not_exists({queue}) OR size({queue}) = {zero})"
+        ));
+    }
+    (parts.join(" AND "), removed)
+}
+
+/// An enqueue's update and condition: appends `waiter` to the queue of an
+/// existing record that does not have it and has room.
+fn enqueue(e: &mut Expr, waiter: LeaseId) -> (String, String) {
+    let queue = e.n(attr::QUEUE);
+    let key = e.n(attr::KEY);
+    let me = e.v("queueMe", s(waiter.to_string()));
+    let one = e.v(
+        "queueAppend",
+        AttributeValue::L(vec![s(waiter.to_string())]),
+    );
+    let empty = e.v("queueNone", AttributeValue::L(Vec::new()));
+    let max = e.v("queueMax", n(LockRecord::MAX_QUEUE));
+    (
+        format!("SET {queue} = list_append(if_not_exists({queue}, {empty}), {one})"),
+        format!(
+            "attribute_exists({key}) AND (attribute_not_exists({queue}) OR \
+             (NOT contains({queue}, {me}) AND size({queue}) < {max}))"
+        ),
+    )
+}
+
+/// A leave's update and condition: removes the queue's entry `at`, which
+/// must be `waiter`.
+fn leave(e: &mut Expr, waiter: LeaseId, at: u32) -> (String, String) {
+    let queue = e.n(attr::QUEUE);
+    let me = e.v("queueMe", s(waiter.to_string()));
+    (
+        format!("REMOVE {queue}[{at}]"),
+        format!("{queue}[{at}] = {me}"),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -694,7 +785,28 @@ pub(crate) fn record_from_item(item: &Item) -> Result<LockRecord, StoreError> {
         acquired_at: WallTime(r.number(attr::LOCKED_AT_MS)?),
         heartbeat_at: WallTime(r.number(attr::HEARTBEAT_MS)?),
         forced_by: r.opt_string(attr::FORCED_BY)?.map(str::to_string),
+        queue: queue_from_attr(&r)?,
     })
+}
+
+/// The queue attribute: absent is empty; anything but a list of lease ids is
+/// [`StoreError::Corrupt`].
+fn queue_from_attr(r: &ItemReader<'_>) -> Result<Vec<LeaseId>, StoreError> {
+    match r.item.get(attr::QUEUE) {
+        None | Some(AttributeValue::Null(true)) => Ok(Vec::new()),
+        Some(AttributeValue::L(entries)) => entries
+            .iter()
+            .map(|entry| match entry {
+                AttributeValue::S(id) => uuid::Uuid::parse_str(id)
+                    .map(LeaseId)
+                    .map_err(|_| r.corrupt(format!("queue entry {id:?} is not a UUID"))),
+                other => Err(r.corrupt(format!("queue entry {other:?} is not a string"))),
+            })
+            .collect(),
+        Some(other) => Err(r.corrupt(format!(
+            "attribute \"queue\" should be a list, is {other:?}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -714,6 +826,10 @@ mod tests {
             acquired_at: WallTime(1_705_329_600_123),
             heartbeat_at: WallTime(1_705_329_601_456),
             forced_by: Some("ops".into()),
+            queue: vec![
+                LeaseId(uuid::Uuid::from_u128(8)),
+                LeaseId(uuid::Uuid::from_u128(9)),
+            ],
         }
     }
 
@@ -731,6 +847,10 @@ mod tests {
         item.insert(attr::HEARTBEAT_MS.into(), n(r.heartbeat_at.0));
         if let Some(f) = &r.forced_by {
             item.insert(attr::FORCED_BY.into(), s(f));
+        }
+        if !r.queue.is_empty() {
+            let ids = r.queue.iter().map(|w| s(w.to_string())).collect();
+            item.insert(attr::QUEUE.into(), AttributeValue::L(ids));
         }
         item
     }
@@ -771,6 +891,9 @@ mod tests {
             (attr::LEASE_MS, None),
             (attr::HEARTBEAT_MS, Some(n("1e400"))),
             (attr::KEY, Some(s(""))),
+            (attr::QUEUE, Some(s("[]"))),
+            (attr::QUEUE, Some(AttributeValue::L(vec![s("not-a-uuid")]))),
+            (attr::QUEUE, Some(AttributeValue::L(vec![n(1)]))),
         ];
         for (name, value) in cases {
             let mut item = good.clone();
@@ -799,6 +922,7 @@ mod tests {
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
             OpKind::Acquire {
                 from: GrantFrom::Absent {
@@ -808,6 +932,7 @@ mod tests {
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
             OpKind::Takeover {
                 observed: RecordVersion(1),
@@ -816,6 +941,7 @@ mod tests {
                 lease_ms: 1000,
                 holder: HolderInfo::named("me"),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
             OpKind::Heartbeat {
                 owner,
@@ -828,6 +954,37 @@ mod tests {
             OpKind::ForceUnlock {
                 observed: RecordVersion(1),
                 by: "ops".into(),
+            },
+            OpKind::Takeover {
+                observed: RecordVersion(1),
+                token: FencingToken(1),
+                owner,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+                at_least: FencingToken::NONE,
+                dequeue: Dequeue {
+                    me_at: Some(2),
+                    skip: Some(LeaseId(uuid::Uuid::from_u128(3))),
+                },
+            },
+            OpKind::Acquire {
+                from: GrantFrom::Version {
+                    rvn: RecordVersion(1),
+                    token: FencingToken(1),
+                },
+                owner,
+                lease_ms: 1000,
+                holder: HolderInfo::named("me"),
+                at_least: FencingToken::NONE,
+                dequeue: Dequeue {
+                    me_at: Some(0),
+                    skip: None,
+                },
+            },
+            OpKind::Enqueue { waiter: owner },
+            OpKind::Leave {
+                waiter: owner,
+                at: 1,
             },
         ];
         for kind in kinds {

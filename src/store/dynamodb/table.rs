@@ -407,6 +407,8 @@ pub(crate) mod attr {
     /// write now removes it.
     pub const EXPIRES_AT: &str = "expiresAt";
     pub const FORCED_BY: &str = "forcedBy";
+    /// The hand-off queue: a list of lease ids (absent: empty).
+    pub const QUEUE: &str = "queue";
 }
 
 /// Expression attribute names and values, registered as they are used (DynamoDB

@@ -485,6 +485,9 @@ impl LockStore for TerraformDynamoStore {
             // A Terraform lock has one version: the owner is all that
             // identifies it (see `our_info`).
             // Terraform locks carry no tokens: there is nothing to raise.
+            OpKind::Enqueue { .. } | OpKind::Leave { .. } => Err(StoreError::Misconfigured(
+                "Terraform-format locks keep no hand-off queue: their waiters are not ordered".into(),
+            )),
             OpKind::Rebase { .. } => Err(StoreError::Misconfigured(
                 "Terraform-format locks carry no fencing tokens: they cannot be re-based above a state fence".into(),
             )),
@@ -625,6 +628,7 @@ fn parse_info(key: &LockKey, info: &str) -> Result<(LockRecord, LockInfo), Store
         acquired_at: created,
         heartbeat_at: created,
         forced_by: None,
+        queue: Vec::new(),
     };
     Ok((record, parsed))
 }
@@ -719,6 +723,7 @@ mod tests {
                 lease_ms: 1000,
                 holder: holder.clone(),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
         };
         let info = info_for(&op, owner, &holder).unwrap();

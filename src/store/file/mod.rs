@@ -648,6 +648,9 @@ impl LockStore for FileStore {
     fn shared_name(&self) -> Option<String> {
         Some(self.describe())
     }
+    fn queues(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

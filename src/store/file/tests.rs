@@ -37,6 +37,7 @@ fn acquire_from(key: &LockKey, owner: LeaseId, from: GrantFrom) -> LockOp {
             lease_ms: 10_000,
             holder: HolderInfo::named("tester"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     }
 }

@@ -413,6 +413,11 @@ async fn read_member(member: Arc<dyn LockStore>, key: LockKey) -> Result<MemberR
 #[async_trait]
 impl LockStore for QuorumStore {
     async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+        if op.kind.is_queue_write() {
+            return Err(StoreError::Misconfigured(
+                "a quorum store keeps no hand-off queue: its waiters are not ordered".into(),
+            ));
+        }
         let ops = if view::names_a_view(op) {
             let view = self.named_view(op).await?;
             if op.is_grant() && view::quorum_token(&view, op).is_none() {

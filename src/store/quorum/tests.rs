@@ -21,6 +21,7 @@ fn acquire(current: Option<&LockRecord>, floor: FencingToken) -> LockOp {
             lease_ms: 10_000,
             holder: HolderInfo::named("t"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     }
 }

@@ -154,6 +154,7 @@ impl View {
                 acquired_at: crate::protocol::WallTime(0),
                 heartbeat_at: crate::protocol::WallTime(0),
                 forced_by: None,
+                queue: Vec::new(),
             },
         };
         record.token = self.max_token();
@@ -305,6 +306,7 @@ pub fn member_ops(view: &View, op: &LockOp) -> Vec<Option<LockOp>> {
                             lease_ms: *lease_ms,
                             holder: holder.clone(),
                             at_least,
+                            dequeue: Default::default(),
                         },
                         MemberRead::Record(r) if r.released => OpKind::Acquire {
                             from: GrantFrom::Version {
@@ -315,6 +317,7 @@ pub fn member_ops(view: &View, op: &LockOp) -> Vec<Option<LockOp>> {
                             lease_ms: *lease_ms,
                             holder: holder.clone(),
                             at_least,
+                            dequeue: Default::default(),
                         },
                         // A held member is taken over when the waiter timed
                         // it (it is the agreed version, or part of the split
@@ -339,6 +342,7 @@ pub fn member_ops(view: &View, op: &LockOp) -> Vec<Option<LockOp>> {
                                 lease_ms: *lease_ms,
                                 holder: holder.clone(),
                                 at_least,
+                                dequeue: Default::default(),
                             }
                         }
                         MemberRead::Record(_) => return None,

@@ -561,6 +561,9 @@ impl LockStore for S3LockStore {
     fn shared_name(&self) -> Option<String> {
         Some(self.describe())
     }
+    fn queues(&self) -> bool {
+        true
+    }
 }
 
 /// Opens the S3 store named by `url` (either format). Used by

@@ -439,6 +439,9 @@ impl LockStore for TerraformS3Store {
                 current => Err(StoreError::conflict(current.map(|l| l.record))),
             },
             // Terraform locks carry no tokens: there is nothing to raise.
+            OpKind::Enqueue { .. } | OpKind::Leave { .. } => Err(StoreError::Misconfigured(
+                "Terraform-format locks keep no hand-off queue: their waiters are not ordered".into(),
+            )),
             OpKind::Rebase { .. } => Err(StoreError::Misconfigured(
                 "Terraform-format locks carry no fencing tokens: they cannot be re-based above a state fence".into(),
             )),
@@ -584,6 +587,7 @@ fn parse_lockfile(key: &LockKey, body: &[u8]) -> Result<LockRecord, String> {
         acquired_at: created,
         heartbeat_at: created,
         forced_by: None,
+        queue: Vec::new(),
     })
 }
 
@@ -684,6 +688,7 @@ mod tests {
                 lease_ms: 1000,
                 holder: holder.clone(),
                 at_least: FencingToken::NONE,
+                dequeue: Default::default(),
             },
         };
         let body = lockfile_for(&op, owner, &holder, "bucket/app/terraform.tfstate").unwrap();

@@ -19,6 +19,7 @@ fn rec(owner: u128, token: u64, rvn: u128, released: bool) -> LockRecord {
         acquired_at: WallTime(0),
         heartbeat_at: WallTime(0),
         forced_by: None,
+        queue: Vec::new(),
     }
 }
 
@@ -50,6 +51,7 @@ fn grant(from: GrantFrom) -> LockOp {
             lease_ms: 2000,
             holder: HolderInfo::named("me"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     }
 }
@@ -63,6 +65,7 @@ fn takeover(of: &LockRecord) -> LockOp {
             lease_ms: 2000,
             holder: HolderInfo::named("me"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
         ..grant(GrantFrom::Absent {
             floor: FencingToken::NONE,
