@@ -387,6 +387,9 @@ impl LockStore for Noted {
     fn describe(&self) -> String {
         "noted".into()
     }
+    fn queues(&self) -> bool {
+        self.inner.queues()
+    }
 }
 
 fn noted_client(noted: &Arc<Noted>, clock: SkewedClock) -> LockClient {

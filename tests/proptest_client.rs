@@ -206,6 +206,9 @@ impl LockStore for LoggedStore {
     fn describe(&self) -> String {
         "logged-mem://".into()
     }
+    fn queues(&self) -> bool {
+        self.inner.queues()
+    }
 }
 
 struct Sut {

@@ -53,6 +53,9 @@ impl LockStore for Counting {
     fn shared_name(&self) -> Option<String> {
         self.inner.shared_name()
     }
+    fn queues(&self) -> bool {
+        self.inner.queues()
+    }
 }
 
 fn key() -> LockKey {

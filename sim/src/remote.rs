@@ -257,6 +257,10 @@ impl LockStore for RemoteLockStore {
     fn describe(&self) -> String {
         format!("sim://{}:{STORE_PORT}", self.rpc.to)
     }
+    /// The server is a memory store: it keeps the hand-off queue.
+    fn queues(&self) -> bool {
+        true
+    }
 }
 
 /// A [`StateBackend`] on the store host: the production

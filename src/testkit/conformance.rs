@@ -16,8 +16,8 @@
 
 use super::faults::LoseResponses;
 use crate::protocol::{
-    FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind, Outcome,
-    RecordVersion, WallTime, MAX_KEY_BYTES,
+    Dequeue, FencingToken, GrantFrom, HolderInfo, LeaseId, LockKey, LockOp, LockRecord, OpKind,
+    Outcome, RecordVersion, WallTime, MAX_KEY_BYTES,
 };
 use crate::store::{Listing, LockStore, StoreError};
 use async_trait::async_trait;
@@ -52,7 +52,13 @@ pub const CASES: &[&str] = &[
     "purge_raises_the_floor_and_tokens_continue",
     "rebase_raises_only_the_holders_token",
     "grants_install_at_least_the_token_named",
+    "the_queue_orders_grants_and_keeps_the_lease",
+    "the_queue_is_bounded_and_left_by_place",
 ];
+
+/// The cases of the hand-off queue: only for stores that keep one
+/// ([`LockStore::queues`]); the last of [`CASES`].
+pub const QUEUE_CASES: usize = 2;
 
 /// Mounts the conformance suite on a store: expands to one `#[test]` per case
 /// (named after the case), each running on its own multi-threaded tokio
@@ -110,6 +116,10 @@ macro_rules! lock_store_conformance {
     };
     ($make_store:expr $(,)?) => {
         $crate::lock_store_conformance!(@common ($make_store) concurrent_acquirers_exactly_one_wins);
+        $crate::lock_store_conformance!(@cases ($make_store)
+            the_queue_orders_grants_and_keeps_the_lease
+            the_queue_is_bounded_and_left_by_place
+        );
     };
 }
 
@@ -152,6 +162,10 @@ pub async fn run_all(store: SharedStore, prefix: &str) {
     grants_name_the_version_they_replace(store.clone(), &p(CASES[15])).await;
     rebase_raises_only_the_holders_token(store.clone(), &p(CASES[17])).await;
     grants_install_at_least_the_token_named(store.clone(), &p(CASES[18])).await;
+    if store.queues() {
+        the_queue_orders_grants_and_keeps_the_lease(store.clone(), &p(CASES[19])).await;
+        the_queue_is_bounded_and_left_by_place(store.clone(), &p(CASES[20])).await;
+    }
     // Last: it raises the store's token floor, which the cases above assume
     // to be 0.
     purge_raises_the_floor_and_tokens_continue(store, &p(CASES[16])).await;
@@ -211,6 +225,9 @@ impl<S: LockStore, G: Send + Sync> LockStore for WithGuard<S, G> {
     }
     fn describe(&self) -> String {
         self.store.describe()
+    }
+    fn queues(&self) -> bool {
+        self.store.queues()
     }
 }
 
@@ -1440,6 +1457,143 @@ pub async fn grants_install_at_least_the_token_named(store: SharedStore, prefix:
     )
     .await;
     assert_eq!(next.token, FencingToken(41), "tokens continue above it");
+}
+
+fn enqueue(key: &LockKey, waiter: LeaseId) -> LockOp {
+    op(key, OpKind::Enqueue { waiter })
+}
+
+fn with_dequeue(mut op: LockOp, me_at: Option<u32>, skip: Option<LeaseId>) -> LockOp {
+    if let OpKind::Acquire { dequeue, .. } | OpKind::Takeover { dequeue, .. } = &mut op.kind {
+        *dequeue = Dequeue { me_at, skip };
+    }
+    op
+}
+
+/// The hand-off queue (PROTOCOL.md, "Hand-off queue"): waiters register in
+/// order; a registration keeps the record's version, so the holder's
+/// heartbeat and release still land; a released record goes to the queue's
+/// head only (not to the releaser, a later waiter or a newcomer); a
+/// takeover removes its grantee; a head can be skipped only on a released
+/// record. A resent registration recognises itself.
+pub async fn the_queue_orders_grants_and_keeps_the_lease(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    assert!(
+        s.queues(),
+        "the queue cases run only on stores that keep one"
+    );
+    let k = key(prefix, "lock");
+    let (a, b, c, d) = (
+        LeaseId::random(),
+        LeaseId::random(),
+        LeaseId::random(),
+        LeaseId::random(),
+    );
+    let held = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
+    let q1 = applied(s, &enqueue(&k, a), Some(&held)).await;
+    assert_eq!(
+        (q1.rvn, &q1.queue),
+        (held.rvn, &vec![a]),
+        "an enqueue keeps the version"
+    );
+    let resend = enqueue(&k, a);
+    let answer = s.apply(&resend).await;
+    assert_eq!(
+        outcome_of(&resend, answer).resolve(&resend),
+        Outcome::Applied(q1.clone()),
+        "a resent enqueue recognises itself"
+    );
+    let q2 = applied(s, &enqueue(&k, b), Some(&q1)).await;
+    // The holder's writes land on the version it wrote and keep the queue.
+    let renewed = applied(s, &heartbeat_of(&held), Some(&q2)).await;
+    assert_eq!(renewed.queue, vec![a, b]);
+    let released = applied(s, &release_of(&renewed), Some(&renewed)).await;
+    // Only the head may take the released record.
+    let releaser_again = acquire(&k, held.owner, Some(&released));
+    conflicts(s, &releaser_again, Some(&released)).await;
+    conflicts(
+        s,
+        &acquire(&k, LeaseId::random(), Some(&released)),
+        Some(&released),
+    )
+    .await;
+    conflicts(
+        s,
+        &with_dequeue(acquire(&k, b, Some(&released)), Some(1), None),
+        Some(&released),
+    )
+    .await;
+    let granted = applied(
+        s,
+        &with_dequeue(acquire(&k, a, Some(&released)), Some(0), None),
+        Some(&released),
+    )
+    .await;
+    assert_eq!((granted.owner, &granted.queue), (a, &vec![b]));
+    assert_eq!(granted.token.0, held.token.0 + 1);
+    // A takeover names its grantee's place and removes it; it skips nobody
+    // on a held record.
+    conflicts(
+        s,
+        &with_dequeue(takeover_of(&granted, c), None, Some(b)),
+        Some(&granted),
+    )
+    .await;
+    let taken = applied(
+        s,
+        &with_dequeue(takeover_of(&granted, b), Some(0), None),
+        Some(&granted),
+    )
+    .await;
+    assert!(taken.queue.is_empty());
+    // A released record reserved for a head that does not act: skipped.
+    let q = applied(s, &enqueue(&k, c), Some(&taken)).await;
+    let q = applied(s, &enqueue(&k, d), Some(&q)).await;
+    let released = applied(s, &release_of(&q), Some(&q)).await;
+    conflicts(
+        s,
+        &with_dequeue(takeover_of(&released, d), Some(1), Some(d)),
+        Some(&released),
+    )
+    .await;
+    let skipped = applied(
+        s,
+        &with_dequeue(takeover_of(&released, d), Some(1), Some(c)),
+        Some(&released),
+    )
+    .await;
+    assert_eq!((skipped.owner, skipped.queue.len()), (d, 0));
+}
+
+/// A queue holds at most [`LockRecord::MAX_QUEUE`] waiters; a waiter leaves
+/// from the place it names (another place is refused), and a record that
+/// does not exist takes no registration.
+pub async fn the_queue_is_bounded_and_left_by_place(store: SharedStore, prefix: &str) {
+    let s = &*store;
+    let k = key(prefix, "lock");
+    conflicts(s, &enqueue(&k, LeaseId::random()), None).await;
+    let mut current = applied(s, &acquire(&k, LeaseId::random(), None), None).await;
+    let waiters: Vec<LeaseId> = (0..LockRecord::MAX_QUEUE)
+        .map(|_| LeaseId::random())
+        .collect();
+    for w in &waiters {
+        current = applied(s, &enqueue(&k, *w), Some(&current)).await;
+    }
+    conflicts(s, &enqueue(&k, LeaseId::random()), Some(&current)).await;
+    let leave = |waiter: LeaseId, at: u32| op(&k, OpKind::Leave { waiter, at });
+    conflicts(s, &leave(waiters[3], 2), Some(&current)).await;
+    let left = applied(s, &leave(waiters[3], 3), Some(&current)).await;
+    assert_eq!(left.queue.len(), LockRecord::MAX_QUEUE - 1);
+    assert!(!left.queue.contains(&waiters[3]));
+    assert_eq!(left.rvn, current.rvn, "a leave keeps the version");
+    let again = leave(waiters[3], 3);
+    let answer = s.apply(&again).await;
+    assert_eq!(
+        outcome_of(&again, answer).resolve(&again),
+        Outcome::Applied(left.clone()),
+        "a resent leave recognises itself"
+    );
+    applied(s, &enqueue(&k, LeaseId::random()), Some(&left)).await;
 }
 
 #[cfg(test)]

@@ -230,6 +230,9 @@ impl<S: LockStore> LockStore for LoseResponses<S> {
     fn describe(&self) -> String {
         format!("{} (with injected faults)", self.inner.describe())
     }
+    fn queues(&self) -> bool {
+        self.inner.queues()
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,9 @@ impl LockStore for CountingStore {
     fn shared_name(&self) -> Option<String> {
         self.inner.shared_name()
     }
+    fn queues(&self) -> bool {
+        self.inner.queues()
+    }
 }
 
 #[cfg(test)]
