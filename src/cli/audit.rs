@@ -32,7 +32,9 @@ dynamodb, s3, terraform-dynamodb, terraform-s3) and `store_url` the --store
 credential, an environment variable or the userinfo of a URL.
 
   event           fields
-  lock.acquired   key, token, lease_id, holder, store, how (acquire|takeover)
+  lock.acquired   key, token, lease_id, holder, store, how (acquire|takeover|
+                  skip: a released lock whose next registered waiter did
+                  not take it within a lease)
   lock.takeover   key, token, lease_id, holder, store, previous_holder,
                   previous_token, previous_lease_id (after lock.acquired)
   lock.released   key, token, lease_id, store, duration_ms

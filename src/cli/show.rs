@@ -27,13 +27,16 @@ const LOCK_STATUS_JSON: &str = "\
     key           string
     owner         string   the lease id (UUID)
     token         number   the fencing token (0: a format without tokens)
-    rvn           string   the record version (changes with every write)
+    rvn           string   the record version (changes with every write
+                           except a waiter's registration in the queue)
     lease_ms      number   the lease (18446744073709551615: never expires)
     released      bool
     holder        object   {locked_by, operation?, host?, pid?, metadata?}
     acquired_at   number   ms since the epoch, by the holder's wall clock
     heartbeat_at  number   ms since the epoch, by the holder's wall clock
     forced_by     string   present if the lock was force-unlocked
+    queue         array    present if waiters are registered: their lease
+                           ids, first in turn first
   held          bool     held (not released)
   liveness      string   released | never_expires | alive | unknown | stale
   unchanged_ms  number   how long this machine has seen the record unchanged
@@ -340,6 +343,13 @@ pub(crate) fn status_text(status: &LockStatus, now: WallTime) -> String {
     }
     if let Some(by) = &r.forced_by {
         field("forced by", by);
+    }
+    if let Some(next) = r.queue_head() {
+        let waiting = match r.queue.len() {
+            1 => "1 registered waiter".to_string(),
+            n => format!("{n} registered waiters"),
+        };
+        field("queue", &format!("{waiting}; next: lease {next}"));
     }
     if status.held && !r.expires() {
         out.push('\n');

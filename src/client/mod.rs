@@ -716,7 +716,12 @@ impl LockClient {
                     }
                 }
                 WaiterAction::Send(op) => {
-                    let how = op.kind.name();
+                    // A skip takes a released record whose head did not
+                    // take its turn: no lease is taken over.
+                    let how = match &op.kind {
+                        OpKind::Takeover { dequeue, .. } if dequeue.skip.is_some() => "skip",
+                        kind => kind.name(),
+                    };
                     // The record a takeover replaces, for the audit.
                     let previous = match &op.kind {
                         OpKind::Takeover { observed, .. } => waiter
