@@ -155,6 +155,7 @@ async fn store_acquire_release(store: &DynamoDbStore, key: LockKey) {
             lease_ms: 20_000,
             holder: HolderInfo::named("bench"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     };
     let granted = store

@@ -34,6 +34,7 @@ fn acquire_op(key: &LockKey, owner: LeaseId, current: Option<&LockRecord>) -> Lo
             lease_ms: 20_000,
             holder: HolderInfo::named("bench"),
             at_least: FencingToken::NONE,
+            dequeue: Default::default(),
         },
     }
 }

@@ -98,6 +98,10 @@ pub enum LockOpKind {
     Release,
     /// Release by an operator, conditional on the version seen.
     ForceUnlock,
+    /// A waiter's registration in the hand-off queue (keeps the version).
+    Enqueue,
+    /// A waiter leaving the hand-off queue (keeps the version).
+    Leave,
 }
 
 impl LockOpKind {
@@ -115,6 +119,8 @@ impl fmt::Display for LockOpKind {
             LockOpKind::Heartbeat => "heartbeat",
             LockOpKind::Release => "release",
             LockOpKind::ForceUnlock => "force-unlock",
+            LockOpKind::Enqueue => "enqueue",
+            LockOpKind::Leave => "leave",
         })
     }
 }

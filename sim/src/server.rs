@@ -194,6 +194,8 @@ pub fn describe_op(op: &LockOp) -> (LockOpKind, Option<u128>, Option<u128>) {
             Some(current.0),
         ),
         OpKind::ForceUnlock { observed, .. } => (LockOpKind::ForceUnlock, None, Some(observed.0)),
+        OpKind::Enqueue { waiter } => (LockOpKind::Enqueue, Some(waiter.0.as_u128()), None),
+        OpKind::Leave { waiter, .. } => (LockOpKind::Leave, Some(waiter.0.as_u128()), None),
     }
 }
 

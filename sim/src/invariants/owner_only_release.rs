@@ -36,7 +36,10 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
                 )),
                 Some(_) => None,
             },
-            LockOpKind::Acquire | LockOpKind::Takeover => None,
+            LockOpKind::Acquire
+            | LockOpKind::Takeover
+            | LockOpKind::Enqueue
+            | LockOpKind::Leave => None,
         };
         if let Some(problem) = problem {
             out.push(Violation::new(

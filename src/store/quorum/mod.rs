@@ -50,6 +50,8 @@ impl fmt::Debug for QuorumStore {
 }
 
 /// One member's answer for a key in [`QuorumStore::member_views`].
+// A few per operator command, moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberView {
     /// The member's record (or its absence, with its floor).
