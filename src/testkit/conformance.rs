@@ -1617,6 +1617,8 @@ mod tests {
         OwnRecordVersion,
         PurgeLeavesTheFloor,
         GrantIgnoresTheFloor,
+        GrantIgnoresTheQueue,
+        QueueWriteChangesTheVersion,
     }
 
     /// A store with one deliberate bug.
@@ -1657,7 +1659,17 @@ mod tests {
             {
                 *owner = r.owner;
             }
-            let mut next = match apply_reference(&lenient, current.as_ref()) {
+            let mut seen = current.clone();
+            if let (Bug::GrantIgnoresTheQueue, Some(r), true) = (self.bug, &mut seen, op.is_grant())
+            {
+                r.queue.clear();
+                if let OpKind::Acquire { dequeue, .. } | OpKind::Takeover { dequeue, .. } =
+                    &mut lenient.kind
+                {
+                    *dequeue = Dequeue::default();
+                }
+            }
+            let mut next = match apply_reference(&lenient, seen.as_ref()) {
                 Err(_) if self.bug == Bug::ConflictWithoutRecord => {
                     return Err(StoreError::conflict(None))
                 }
@@ -1666,6 +1678,9 @@ mod tests {
             match (self.bug, &current) {
                 (Bug::TokenKeptOnRegrant, Some(r)) => next.token = r.token,
                 (Bug::OwnRecordVersion, _) => next.rvn = RecordVersion::random(),
+                (Bug::QueueWriteChangesTheVersion, _) if op.kind.is_queue_write() => {
+                    next.rvn = RecordVersion::random()
+                }
                 _ => {}
             }
             if self.bug == Bug::DeletesOnRelease && next.released {
@@ -1708,6 +1723,9 @@ mod tests {
         fn describe(&self) -> String {
             format!("buggy://{:?}", self.bug)
         }
+        fn queues(&self) -> bool {
+            true
+        }
     }
 
     fn passes(store: SharedStore) -> bool {
@@ -1734,6 +1752,8 @@ mod tests {
             Bug::OwnRecordVersion,
             Bug::PurgeLeavesTheFloor,
             Bug::GrantIgnoresTheFloor,
+            Bug::GrantIgnoresTheQueue,
+            Bug::QueueWriteChangesTheVersion,
         ] {
             let store = Arc::new(Buggy {
                 bug,
@@ -1750,6 +1770,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CASES.len());
-        assert_eq!(CASES.len(), 19);
+        assert_eq!(CASES.len(), 21);
     }
 }
