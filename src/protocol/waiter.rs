@@ -9,9 +9,9 @@
 //! land only on that version.
 //!
 //! With the hand-off queue ([`Waiter::with_queue`]), a waiter that finds the
-//! key taken registers at the end of the record's queue (one conditional
-//! write that keeps the record's version), and a released record is granted
-//! to the queue's head. The others treat a released record reserved for
+//! key taken a second time (it has waited a poll interval) registers at the
+//! end of the record's queue (one conditional write that keeps the record's
+//! version), and a released record is granted to the queue's head. The others treat a released record reserved for
 //! another head like a held one: they time it, and skip the head only after
 //! it has left the same released version untaken for a whole lease. The
 //! queue decides only who may write first; every grant is still the
@@ -187,6 +187,10 @@ pub struct Waiter {
     free_conflicts: u32,
     /// Registers in the record's queue (the store keeps one).
     queueing: bool,
+    /// How many reads or answers found the key taken (held, or released for
+    /// another head): a waiter registers from the second on, so a wait
+    /// shorter than one poll interval costs no write.
+    taken_sightings: u32,
     reserved: Option<Reservation>,
     /// The last record read or answered, for [`Waiter::leave_op`].
     last: Option<LockRecord>,
@@ -218,6 +222,7 @@ impl Waiter {
             unanswered: 0,
             free_conflicts: 0,
             queueing: false,
+            taken_sightings: 0,
             reserved: None,
             last: None,
         })
@@ -500,6 +505,9 @@ impl Waiter {
             Seen::Record(r) if r.released && !self.my_turn(r) => self.reserve(now_waiter, r),
             _ => self.reserved = None,
         }
+        if matches!(&seen, Seen::Record(r) if r.is_held() || !self.my_turn(r)) {
+            self.taken_sightings = self.taken_sightings.saturating_add(1);
+        }
         self.last = match &seen {
             Seen::Record(r) => Some(r.clone()),
             Seen::Absent { .. } => None,
@@ -521,10 +529,12 @@ impl Waiter {
     }
 
     /// True if the waiter should register before waiting on `record`: it
-    /// queues, is not registered, there is room, and the record is not free
-    /// for it to take now.
+    /// queues, has found the key taken before (it has waited a poll
+    /// interval already), is not registered, there is room, and the record
+    /// is not free for it to take now.
     fn should_enqueue(&self, record: &LockRecord) -> bool {
         self.queueing
+            && self.taken_sightings >= 2
             && record.queue_position(self.owner).is_none()
             && record.queue.len() < LockRecord::MAX_QUEUE
             && !(record.released && self.my_turn(record))
@@ -910,7 +920,11 @@ mod tests {
     fn a_queueing_waiter_registers_then_reads() {
         let mut w = waiter().with_queue(true);
         w.handle_read(ms(0), Seen::Record(held(7, 1000)));
-        let op = sent(poll(&mut w, 0, 1));
+        // A wait shorter than a poll interval costs no write.
+        assert_eq!(poll(&mut w, 0, 1), WaiterAction::Wait { until: ms(30) });
+        assert_eq!(poll(&mut w, 30, 1), WaiterAction::Read);
+        w.handle_read(ms(30), Seen::Record(held(7, 1000)));
+        let op = sent(poll(&mut w, 30, 1));
         assert_eq!(op.kind, OpKind::Enqueue { waiter: me() });
         let registered = op.apply(Some(&held(7, 1000))).unwrap();
         assert_eq!(
@@ -921,6 +935,7 @@ mod tests {
         assert_eq!(w.observation().unwrap().since, ms(0));
         // A lost answer: the resend finds itself registered.
         let mut w2 = waiter().with_queue(true);
+        w2.handle_read(ms(0), Seen::Record(held(7, 1000)));
         w2.handle_read(ms(0), Seen::Record(held(7, 1000)));
         let op2 = sent(poll(&mut w2, 0, 1));
         assert!(matches!(
@@ -1007,8 +1022,10 @@ mod tests {
         assert!(matches!(poll(&mut plain, 0, 1), WaiterAction::Wait { .. }));
         let mut q = waiter().with_queue(true);
         q.handle_read(ms(0), Seen::Record(reserved.clone()));
+        assert!(matches!(poll(&mut q, 0, 2), WaiterAction::Wait { .. }));
+        q.handle_read(ms(30), Seen::Record(reserved.clone()));
         assert_eq!(
-            sent(poll(&mut q, 0, 2)).kind,
+            sent(poll(&mut q, 30, 2)).kind,
             OpKind::Enqueue { waiter: me() }
         );
         // A free record with an empty queue is taken without registering.
