@@ -880,7 +880,9 @@ impl LockClient {
             return;
         }
         let until = inner.clock.now_waiter() + ABANDON_BUDGET;
-        for _ in 0..3 {
+        // Every refusal carries the current queue, so each attempt names the
+        // place the waiter has now; places move while others leave too.
+        for _ in 0..=LockRecord::MAX_QUEUE {
             let op = match leave.take() {
                 Some(op) => op,
                 // Where it is now (an enqueue whose answer was lost, or a

@@ -77,6 +77,17 @@ impl Backoff {
     }
 }
 
+/// True if `record` was released at least its lease ago by the wall clocks
+/// (the releaser's stamp against `wall`, ours). Skipping a head is never a
+/// question of safety (the record is released: no lease is valid on it), so
+/// wall clocks may decide it: then a waiter that waits less than a lease, or
+/// a try, is not kept from a key by an entry a dead waiter left behind. A
+/// clock off by more than that only moves the skip earlier or later.
+fn released_a_lease_ago(record: &LockRecord, wall: WallTime) -> bool {
+    let age = wall.0.saturating_sub(record.heartbeat_at.0);
+    record.released && u64::try_from(age).is_ok_and(|age| age >= record.lease_ms)
+}
+
 fn clamp_jitter(jitter: f64) -> f64 {
     if jitter.is_finite() {
         jitter.clamp(0.0, 1.0)
@@ -340,6 +351,7 @@ impl Waiter {
                         self.reserved
                             .as_ref()
                             .is_some_and(|v| v.rvn == r.rvn && now_waiter >= v.skip_at)
+                            || released_a_lease_ago(r, wall)
                     } else {
                         self.observed
                             .as_ref()
@@ -1053,5 +1065,28 @@ mod tests {
                 at: 1
             }
         );
+    }
+
+    /// An entry left behind by a waiter that died must not keep waiters
+    /// that wait less than a lease (or a try) from the key: a release a
+    /// lease old by the wall clocks is skipped at once.
+    #[test]
+    fn a_release_a_lease_old_by_the_wall_clocks_skips_its_head_at_once() {
+        let reserved = with_queue(released(7), &[third()]);
+        let mut w = waiter();
+        w.handle_read(ms(0), Seen::Record(reserved.clone()));
+        let fresh = w.poll(ms(0), ms(0), RecordVersion(1), WallTime(999), 0.5);
+        assert!(matches!(fresh, WaiterAction::Wait { .. }), "{fresh:?}");
+        w.handle_read(ms(1), Seen::Record(reserved.clone()));
+        let op = sent(w.poll(ms(1), ms(1), RecordVersion(2), WallTime(1000), 0.5));
+        assert!(matches!(
+            op.kind,
+            OpKind::Takeover { dequeue: Dequeue { me_at: None, skip: Some(h) }, .. } if h == third()
+        ));
+        // A held record is never judged by the wall clocks.
+        let mut w = waiter();
+        w.handle_read(ms(0), Seen::Record(held(7, 1000)));
+        let action = w.poll(ms(0), ms(0), RecordVersion(3), WallTime(i64::MAX), 0.5);
+        assert!(matches!(action, WaiterAction::Wait { .. }), "{action:?}");
     }
 }
