@@ -242,6 +242,14 @@ impl SimConfig {
         if self.bug == StateBug::PerStoreToken && self.stores == 1 {
             return Err("invalid scenario: --bug per-store-token needs --stores 3".into());
         }
+        if self.bug == StateBug::QueueJump
+            && (self.stores != 1 || self.protocol != ProtocolVariant::Statelock || self.clients < 2)
+        {
+            return Err(
+                "invalid scenario: --bug queue-jump needs one store host (a quorum keeps no queue), --protocol statelock and at least 2 clients"
+                    .into(),
+            );
+        }
         if self.timing.tick.is_zero() {
             return Err("invalid scenario: the simulation step must be at least 1 ms".into());
         }
@@ -291,6 +299,12 @@ impl SimConfig {
     /// Total ops of the run.
     pub fn total_ops(&self) -> u64 {
         self.clients as u64 * u64::from(self.ops_per_client)
+    }
+
+    /// True if no fault is on (`--faults none`): no network or host fault,
+    /// no pause, exact clocks, no operator. Only then is `FifoGrant` judged.
+    pub fn fault_free(&self) -> bool {
+        self.faults == FaultSet::none()
     }
 
     /// True if the clients' lock store is a quorum of several store hosts.
@@ -400,6 +414,17 @@ mod tests {
         };
         assert!(bug.validate().is_err(), "the quorum bug needs a quorum");
         assert!(SimConfig { stores: 3, ..bug }.validate().is_ok());
+        let jump = SimConfig {
+            bug: StateBug::QueueJump,
+            faults: FaultSet::none(),
+            ..cfg.clone()
+        };
+        assert!(jump.validate().is_ok() && jump.fault_free());
+        assert!(!cfg.fault_free());
+        assert!(
+            SimConfig { stores: 3, ..jump }.validate().is_err(),
+            "a quorum keeps no queue to jump"
+        );
         assert!(SimConfig {
             stores: 3,
             protocol: ProtocolVariant::Naive,
