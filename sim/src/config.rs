@@ -189,6 +189,14 @@ impl SimConfig {
         self
     }
 
+    /// This configuration with another acquire wait: how long a client waits
+    /// for a lock before giving up on that op (and leaving the hand-off
+    /// queue).
+    pub fn with_acquire_wait(mut self, wait: Duration) -> Self {
+        self.timing.acquire_wait = wait;
+        self
+    }
+
     /// This configuration with another simulation step.
     pub fn with_tick(mut self, tick: Duration) -> Self {
         self.timing.tick = tick;
@@ -249,6 +257,9 @@ impl SimConfig {
                 "invalid scenario: --bug queue-jump needs one store host (a quorum keeps no queue), --protocol statelock and at least 2 clients"
                     .into(),
             );
+        }
+        if self.timing.acquire_wait.is_zero() {
+            return Err("invalid scenario: --acquire-wait-ms must be at least 1".into());
         }
         if self.timing.tick.is_zero() {
             return Err("invalid scenario: the simulation step must be at least 1 ms".into());
@@ -355,6 +366,12 @@ impl SimConfig {
         }
         if self.target_holders != d.target_holders {
             line.push_str(&format!(" target-holders={}", self.target_holders));
+        }
+        if self.timing.acquire_wait != d.timing.acquire_wait {
+            line.push_str(&format!(
+                " acquire-wait={}ms",
+                self.timing.acquire_wait.as_millis()
+            ));
         }
         line
     }
