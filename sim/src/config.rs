@@ -189,6 +189,14 @@ impl SimConfig {
         self
     }
 
+    /// This configuration with another acquire wait: how long a client waits
+    /// for a lock before giving up on that op (and leaving the hand-off
+    /// queue).
+    pub fn with_acquire_wait(mut self, wait: Duration) -> Self {
+        self.timing.acquire_wait = wait;
+        self
+    }
+
     /// This configuration with another simulation step.
     pub fn with_tick(mut self, tick: Duration) -> Self {
         self.timing.tick = tick;
@@ -242,6 +250,17 @@ impl SimConfig {
         if self.bug == StateBug::PerStoreToken && self.stores == 1 {
             return Err("invalid scenario: --bug per-store-token needs --stores 3".into());
         }
+        if self.bug == StateBug::QueueJump
+            && (self.stores != 1 || self.protocol != ProtocolVariant::Statelock || self.clients < 2)
+        {
+            return Err(
+                "invalid scenario: --bug queue-jump needs one store host (a quorum keeps no queue), --protocol statelock and at least 2 clients"
+                    .into(),
+            );
+        }
+        if self.timing.acquire_wait.is_zero() {
+            return Err("invalid scenario: --acquire-wait-ms must be at least 1".into());
+        }
         if self.timing.tick.is_zero() {
             return Err("invalid scenario: the simulation step must be at least 1 ms".into());
         }
@@ -293,6 +312,12 @@ impl SimConfig {
         self.clients as u64 * u64::from(self.ops_per_client)
     }
 
+    /// True if no fault is on (`--faults none`): no network or host fault,
+    /// no pause, exact clocks, no operator. Only then is `FifoGrant` judged.
+    pub fn fault_free(&self) -> bool {
+        self.faults == FaultSet::none()
+    }
+
     /// True if the clients' lock store is a quorum of several store hosts.
     pub fn quorum(&self) -> bool {
         self.stores > 1
@@ -341,6 +366,12 @@ impl SimConfig {
         }
         if self.target_holders != d.target_holders {
             line.push_str(&format!(" target-holders={}", self.target_holders));
+        }
+        if self.timing.acquire_wait != d.timing.acquire_wait {
+            line.push_str(&format!(
+                " acquire-wait={}ms",
+                self.timing.acquire_wait.as_millis()
+            ));
         }
         line
     }
@@ -400,6 +431,17 @@ mod tests {
         };
         assert!(bug.validate().is_err(), "the quorum bug needs a quorum");
         assert!(SimConfig { stores: 3, ..bug }.validate().is_ok());
+        let jump = SimConfig {
+            bug: StateBug::QueueJump,
+            faults: FaultSet::none(),
+            ..cfg.clone()
+        };
+        assert!(jump.validate().is_ok() && jump.fault_free());
+        assert!(!cfg.fault_free());
+        assert!(
+            SimConfig { stores: 3, ..jump }.validate().is_err(),
+            "a quorum keeps no queue to jump"
+        );
         assert!(SimConfig {
             stores: 3,
             protocol: ProtocolVariant::Naive,

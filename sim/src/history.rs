@@ -55,7 +55,7 @@ pub enum Guarded {
 }
 
 /// A lock record as the checkers see it (statelock or naive).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordView {
     /// The lease (or naive lock id) that holds or last held it.
     pub owner: u128,
@@ -65,6 +65,9 @@ pub struct RecordView {
     pub rvn: Option<u128>,
     /// Released (naive: deleted).
     pub released: bool,
+    /// The hand-off queue: the lease ids of the registered waiters, first
+    /// registered first (naive records have none).
+    pub queue: Vec<u128>,
 }
 
 impl fmt::Display for RecordView {
@@ -75,6 +78,10 @@ impl fmt::Display for RecordView {
         }
         if self.released {
             f.write_str(" released")?;
+        }
+        if !self.queue.is_empty() {
+            let ids: Vec<String> = self.queue.iter().map(|w| short(*w)).collect();
+            write!(f, " queue [{}]", ids.join(" "))?;
         }
         f.write_str("}")
     }
@@ -98,9 +105,11 @@ pub enum LockOpKind {
     Release,
     /// Release by an operator, conditional on the version seen.
     ForceUnlock,
-    /// A waiter's registration in the hand-off queue (keeps the version).
+    /// A waiter registers at the end of the record's hand-off queue (the
+    /// record's version, owner and token stay).
     Enqueue,
-    /// A waiter leaving the hand-off queue (keeps the version).
+    /// A waiter that gives up leaves the queue (the record's version, owner
+    /// and token stay).
     Leave,
 }
 
@@ -133,7 +142,8 @@ pub struct AppliedOp {
     /// The write.
     pub kind: LockOpKind,
     /// The owner the write was made for (heartbeat/release: the sender's
-    /// lease; grants: the new lease; force-unlock: none).
+    /// lease; grants: the new lease; enqueue/leave: the waiter's lease;
+    /// force-unlock: none).
     pub owner: Option<u128>,
     /// The record version the write was conditional on (heartbeat/release:
     /// the sender's current version; takeover/force-unlock: the observed one).

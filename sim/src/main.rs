@@ -121,8 +121,11 @@ struct Scenario {
     supervisor: SupervisorVariant,
     /// A planted bug: `no-seal` (holders never seal; a save raises the fence
     /// when it lands), `unfenced-save` (a save checks only the version read,
-    /// not the fence) or, with --stores 3, `per-store-token` (each quorum
-    /// member installs its own next token); use with --expect-violations.
+    /// not the fence), with --stores 3 `per-store-token` (each quorum
+    /// member installs its own next token), or `queue-jump` (client 0
+    /// ignores the hand-off queue and skips its head at once; caught by
+    /// FifoGrant, judged only with --faults none); use with
+    /// --expect-violations.
     #[arg(long, default_value = "none")]
     bug: StateBug,
     /// Share of ops whose work between read and write is long (renewed by
@@ -140,6 +143,10 @@ struct Scenario {
     /// Simulated milliseconds per simulation step.
     #[arg(long, default_value_t = 1)]
     tick_ms: u64,
+    /// How long a client waits for a lock before giving up on the op (and
+    /// leaving the hand-off queue), in simulated milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    acquire_wait_ms: u64,
 }
 
 impl Scenario {
@@ -164,6 +171,7 @@ impl Scenario {
         .with_rho_ppm(self.rho_ppm)
         .with_clock_drift_ppm(self.clock_drift_ppm)
         .with_tick(Duration::from_millis(self.tick_ms))
+        .with_acquire_wait(Duration::from_millis(self.acquire_wait_ms))
         .with_margin(self.margin_ms.map(Duration::from_millis))
     }
 }
@@ -273,6 +281,10 @@ fn main() -> ExitCode {
                 s.sim_time.as_secs_f64()
             );
             println!(
+                "hand-off queue: registered {} left {} grants to the head {} heads skipped {}",
+                s.enqueued, s.left, s.turn_grants, s.skips
+            );
+            println!(
                 "supervised commands {} unfenced writes {} asked to stop {} killed {} frozen past the kill time {}",
                 s.commands,
                 s.command_writes,
@@ -363,6 +375,9 @@ fn scenario_flags(cfg: &SimConfig) -> String {
     }
     if cfg.timing.tick != d.timing.tick {
         s += &format!(" --tick-ms {}", cfg.timing.tick.as_millis());
+    }
+    if cfg.timing.acquire_wait != d.timing.acquire_wait {
+        s += &format!(" --acquire-wait-ms {}", cfg.timing.acquire_wait.as_millis());
     }
     s
 }

@@ -2,15 +2,16 @@
 //! writes the document through the backend itself, with weaker rules than
 //! the production `FencedStore::save` — only the version read, and (for
 //! `no-seal`) the fence raised when the save lands instead of by a seal
-//! before it; and a quorum member that ignores the quorum's token
-//! ([`PerStoreToken`]).
+//! before it; a quorum member that ignores the quorum's token
+//! ([`PerStoreToken`]); and a client that ignores the hand-off queue
+//! ([`QueueJump`]).
 //!
 //! Nothing here runs unless a bug is asked for; the production path never
 //! calls it.
 
 use async_trait::async_trait;
 use statelock::protocol::{
-    FencingToken, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
+    Dequeue, FencingToken, GrantFrom, LockKey, LockOp, LockRecord, OpKind, RecordVersion, WallTime,
 };
 use statelock::state::backend::{PutFailure, PutIf, StateBackend};
 use statelock::state::layout::StatePaths;
@@ -128,5 +129,114 @@ impl LockStore for PerStoreToken {
 
     fn describe(&self) -> String {
         self.0.describe()
+    }
+}
+
+/// `--bug queue-jump`: the lock store of one client that ignores the
+/// hand-off queue. Its client is shown every record without its queue and is
+/// told the store keeps none, so it never registers and takes any released
+/// record it sees as its own turn; an acquire the store refuses for the turn
+/// alone (the record is still the one it read, released, with another
+/// waiter first) is sent again at once as a takeover that skips the queue's
+/// head — a write the store accepts, as it cannot tell whether the head left
+/// the record untaken for a whole lease. The production client is unchanged.
+#[derive(Debug)]
+pub struct QueueJump(pub Arc<dyn LockStore>);
+
+/// `record` as a client that ignores the queue sees it.
+fn without_queue(mut record: LockRecord) -> LockRecord {
+    record.queue.clear();
+    record
+}
+
+fn hide_queue(result: Result<LockRecord, StoreError>) -> Result<LockRecord, StoreError> {
+    match result {
+        Ok(record) => Ok(without_queue(record)),
+        Err(StoreError::Conflict { current }) => {
+            Err(StoreError::conflict(current.map(|r| without_queue(*r))))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The takeover that jumps the queue of `current` for `op`, an acquire the
+/// store refused: `None` unless `current` is the very record the acquire
+/// named, released, and another waiter heads its queue.
+fn skip_the_head(op: &LockOp, current: &LockRecord) -> Option<LockOp> {
+    let OpKind::Acquire {
+        from: GrantFrom::Version { rvn, token },
+        owner,
+        lease_ms,
+        holder,
+        at_least,
+        ..
+    } = &op.kind
+    else {
+        return None;
+    };
+    let head = current.queue_head()?;
+    let refused_for_the_turn =
+        current.rvn == *rvn && current.token == *token && current.released && head != *owner;
+    refused_for_the_turn.then(|| LockOp {
+        kind: OpKind::Takeover {
+            observed: *rvn,
+            token: *token,
+            owner: *owner,
+            lease_ms: *lease_ms,
+            holder: holder.clone(),
+            at_least: *at_least,
+            dequeue: Dequeue {
+                me_at: current
+                    .queue_position(*owner)
+                    .and_then(|i| u32::try_from(i).ok()),
+                skip: Some(head),
+            },
+        },
+        ..op.clone()
+    })
+}
+
+#[async_trait]
+impl LockStore for QueueJump {
+    async fn apply(&self, op: &LockOp) -> Result<LockRecord, StoreError> {
+        let result = self.0.apply(op).await;
+        if let Err(StoreError::Conflict {
+            current: Some(current),
+        }) = &result
+        {
+            if let Some(jump) = skip_the_head(op, current) {
+                return hide_queue(self.0.apply(&jump).await);
+            }
+        }
+        hide_queue(result)
+    }
+
+    async fn get(&self, key: &LockKey) -> Result<Option<LockRecord>, StoreError> {
+        Ok(self.0.get(key).await?.map(without_queue))
+    }
+
+    async fn list(&self) -> Result<Listing, StoreError> {
+        self.0.list().await
+    }
+
+    async fn token_floor(&self) -> Result<FencingToken, StoreError> {
+        self.0.token_floor().await
+    }
+
+    async fn purge(
+        &self,
+        key: &LockKey,
+        observed: RecordVersion,
+    ) -> Result<LockRecord, StoreError> {
+        self.0.purge(key, observed).await
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+
+    /// Its client never registers.
+    fn queues(&self) -> bool {
+        false
     }
 }

@@ -21,7 +21,7 @@
 
 use crate::config::SimConfig;
 use crate::history::{Actor, Recorder, What};
-use crate::planted::PerStoreToken;
+use crate::planted::{PerStoreToken, QueueJump};
 use crate::scenario::StateBug;
 use crate::wire::{
     read_frame, store_host, write_frame, Envelope, Request, Response, STORE_HOST, STORE_PORT,
@@ -349,6 +349,21 @@ impl StateBackend for RemoteStateBackend {
     fn describe(&self) -> String {
         format!("sim://{}:{STORE_PORT}/state", self.rpc.to)
     }
+}
+
+/// The lock store client `id` of a run of `cfg` uses through `rpc`: the
+/// one of [`lock_store`], wrapped in [`QueueJump`] for client 0 with
+/// `--bug queue-jump`.
+pub fn client_lock_store(
+    rpc: &Rpc,
+    cfg: &SimConfig,
+    id: usize,
+) -> Result<Arc<dyn LockStore>, StoreError> {
+    let store = lock_store(rpc, cfg)?;
+    if cfg.bug == StateBug::QueueJump && id == 0 {
+        return Ok(Arc::new(QueueJump(store)));
+    }
+    Ok(store)
 }
 
 /// The lock store a client (or the operator) of a run of `cfg` uses through

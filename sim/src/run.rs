@@ -7,7 +7,7 @@ use crate::config::SimConfig;
 use crate::context::{ClientCtx, Shared};
 use crate::faults::Injector;
 use crate::history::{
-    excerpt, Actor, CommandEvent, Event, LockOpKind, Recorder, SaveOutcome, What,
+    excerpt, Actor, AppliedOp, CommandEvent, Event, LockOpKind, Recorder, SaveOutcome, What,
 };
 use crate::invariants::{check_all, CheckContext, Invariant, Violation};
 use crate::operator::{operator_main, OperatorCtx};
@@ -54,6 +54,16 @@ pub struct Stats {
     pub network_faults: u64,
     /// Operator force-unlocks applied (once per quorum op).
     pub forced: u64,
+    /// Waiters registered in a hand-off queue (enqueues applied).
+    pub enqueued: u64,
+    /// Waiters that gave up and left a queue (leaves applied).
+    pub left: u64,
+    /// Grants to the head of a non-empty queue: the waiter's turn came.
+    pub turn_grants: u64,
+    /// Grants of a released record past the head of its queue (the head
+    /// left it untaken for a whole lease and was skipped; also counted as
+    /// takeovers).
+    pub skips: u64,
     /// Supervised commands started.
     pub commands: u64,
     /// Unfenced writes by supervised commands.
@@ -83,13 +93,16 @@ impl Stats {
         // same new record (same owner, token and version): count it once.
         let mut writes = std::collections::BTreeSet::new();
         for e in events {
+            if let What::LockApplied { op, .. } = &e.what {
+                s.count_queue_use(op);
+            }
             match &e.what {
                 What::AcquireStart { .. } => s.ops += 1,
                 What::Acquired { .. } => s.grants += 1,
                 What::LockApplied { op, .. }
                     if matches!(op.kind, LockOpKind::Takeover | LockOpKind::ForceUnlock) =>
                 {
-                    let next = op.next.map(|n| (n.owner, n.token, n.rvn));
+                    let next = op.next.as_ref().map(|n| (n.owner, n.token, n.rvn));
                     if writes.insert((op.key.as_str(), op.kind == LockOpKind::Takeover, next)) {
                         if op.kind == LockOpKind::Takeover {
                             s.takeovers += 1;
@@ -130,6 +143,26 @@ impl Stats {
         s
     }
 
+    /// Counts what an applied lock write did with the hand-off queue (a
+    /// quorum keeps no queue, so each write is one op).
+    fn count_queue_use(&mut self, op: &AppliedOp) {
+        match op.kind {
+            LockOpKind::Enqueue => self.enqueued += 1,
+            LockOpKind::Leave => self.left += 1,
+            kind if kind.is_grant() => {
+                let Some(prev) = op.prev.as_ref().filter(|p| !p.queue.is_empty()) else {
+                    return;
+                };
+                if op.owner.is_some() && prev.queue.first() == op.owner.as_ref() {
+                    self.turn_grants += 1;
+                } else if prev.released {
+                    self.skips += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Adds another run's counts.
     pub fn add(&mut self, o: &Stats) {
         self.ops += o.ops;
@@ -146,6 +179,10 @@ impl Stats {
         self.crashes += o.crashes;
         self.network_faults += o.network_faults;
         self.forced += o.forced;
+        self.enqueued += o.enqueued;
+        self.left += o.left;
+        self.turn_grants += o.turn_grants;
+        self.skips += o.skips;
         self.commands += o.commands;
         self.command_writes += o.command_writes;
         self.commands_terminated += o.commands_terminated;
@@ -326,6 +363,7 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
                             token: l.generation,
                             rvn: None,
                             released: false,
+                            queue: Vec::new(),
                         })
                 }
             };
@@ -338,6 +376,7 @@ pub fn run_seed(cfg: &SimConfig, seed: u64, keep_events: bool) -> RunReport {
     let events = rec.take();
     let ctx = CheckContext {
         liveness_bound: liveness_bound(&cfg),
+        fault_free: cfg.fault_free(),
     };
     let violations = check_all(&events, &ctx)
         .into_iter()

@@ -307,7 +307,8 @@ impl FromStr for SupervisorVariant {
 /// A planted bug, for sweeps that must catch it. The state bugs write the
 /// document through the backend themselves instead of through the
 /// production `FencedStore::save`; the quorum bug changes what each member
-/// of a quorum lock store is sent.
+/// of a quorum lock store is sent; the queue bug changes what one client's
+/// lock store shows and sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateBug {
     /// No bug: the production seal and save.
@@ -323,6 +324,13 @@ pub enum StateBug {
     /// next token (the grants sent to the members lose their `at_least`), so
     /// two members can hand out the same token to different majorities.
     PerStoreToken,
+    /// Client 0 ignores the hand-off queue: it never registers, and it takes
+    /// a released record whoever heads the queue — refused for the turn
+    /// alone, it sends the grant again as a skip of the head, at once
+    /// (the protocol skips only a head that left the record untaken for a
+    /// whole lease). The store accepts such a skip; `FifoGrant` must catch
+    /// it in runs without faults.
+    QueueJump,
 }
 
 impl StateBug {
@@ -339,6 +347,7 @@ impl fmt::Display for StateBug {
             StateBug::NoSeal => "no-seal",
             StateBug::UnfencedSave => "unfenced-save",
             StateBug::PerStoreToken => "per-store-token",
+            StateBug::QueueJump => "queue-jump",
         })
     }
 }
@@ -351,8 +360,9 @@ impl FromStr for StateBug {
             "no-seal" => Ok(StateBug::NoSeal),
             "unfenced-save" => Ok(StateBug::UnfencedSave),
             "per-store-token" => Ok(StateBug::PerStoreToken),
+            "queue-jump" => Ok(StateBug::QueueJump),
             other => Err(format!(
-                "unknown bug {other:?}: use none, no-seal, unfenced-save or per-store-token"
+                "unknown bug {other:?}: use none, no-seal, unfenced-save, per-store-token or queue-jump"
             )),
         }
     }
@@ -369,6 +379,7 @@ mod tests {
             StateBug::NoSeal,
             StateBug::UnfencedSave,
             StateBug::PerStoreToken,
+            StateBug::QueueJump,
         ] {
             assert_eq!(b.to_string().parse::<StateBug>(), Ok(b));
         }

@@ -158,6 +158,7 @@ pub fn view(r: &LockRecord) -> RecordView {
         token: r.token.0,
         rvn: Some(r.rvn.0),
         released: r.released,
+        queue: r.queue.iter().map(|w| w.0.as_u128()).collect(),
     }
 }
 
@@ -167,6 +168,7 @@ fn naive_view(l: &NaiveLock) -> RecordView {
         token: l.generation,
         rvn: None,
         released: false,
+        queue: Vec::new(),
     }
 }
 
@@ -194,6 +196,8 @@ pub fn describe_op(op: &LockOp) -> (LockOpKind, Option<u128>, Option<u128>) {
             Some(current.0),
         ),
         OpKind::ForceUnlock { observed, .. } => (LockOpKind::ForceUnlock, None, Some(observed.0)),
+        // The queue's writes are conditional on the waiter's place, not on
+        // a version.
         OpKind::Enqueue { waiter } => (LockOpKind::Enqueue, Some(waiter.0.as_u128()), None),
         OpKind::Leave { waiter, .. } => (LockOpKind::Leave, Some(waiter.0.as_u128()), None),
     }

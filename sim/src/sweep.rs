@@ -266,8 +266,8 @@ pub fn sweep(opts: &SweepOptions) -> SweepSummary {
 /// (`--drift beyond`, or `--clock-drift-ppm` above `--rho-ppm`: the
 /// protocol's assumption is broken by design); `SupervisedExclusion` with the
 /// planted supervisor bug; those that rest on unique tokens with the planted
-/// quorum bug or `store-wipe` (lost acknowledged writes); all for naive,
-/// which guarantees nothing.
+/// quorum bug or `store-wipe` (lost acknowledged writes); `FifoGrant` with
+/// the planted queue bug; all for naive, which guarantees nothing.
 pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
     if cfg.protocol == ProtocolVariant::Naive {
         return Invariant::ALL.to_vec();
@@ -298,6 +298,7 @@ pub fn allowed_violations(cfg: &SimConfig) -> Vec<Invariant> {
     }
     match cfg.bug {
         StateBug::None | StateBug::PerStoreToken => {}
+        StateBug::QueueJump => allowed.push(Invariant::FifoGrant),
         StateBug::NoSeal => allowed.push(Invariant::SealFencesStaleWriters),
         StateBug::UnfencedSave => allowed.extend([
             Invariant::SealFencesStaleWriters,
@@ -318,6 +319,8 @@ fn allowed_because(cfg: &SimConfig, inv: Invariant) -> Option<&'static str> {
     ) && cfg.bug.is_state_bug();
     if cfg.bug == StateBug::PerStoreToken {
         Some("planted quorum bug")
+    } else if inv == Invariant::FifoGrant {
+        Some("planted queue bug")
     } else if cfg.lost_writes() {
         Some("a store host lost acknowledged writes")
     } else if state_bug {
@@ -429,6 +432,14 @@ impl fmt::Display for SweepSummary {
             thousands(st.commands_killed),
             thousands(st.commands_frozen_late)
         )?;
+        writeln!(
+            f,
+            "  hand-off queue       {} registered, {} left, {} grants to the head, {} heads skipped",
+            thousands(st.enqueued),
+            thousands(st.left),
+            thousands(st.turn_grants),
+            thousands(st.skips)
+        )?;
         writeln!(f, "  violations           seeds")?;
         for inv in Invariant::ALL {
             let seeds = self.violating.get(&inv).map(Vec::as_slice).unwrap_or(&[]);
@@ -444,6 +455,9 @@ impl fmt::Display for SweepSummary {
             }
             if let Some(why) = allowed_because(&self.cfg, inv) {
                 let _ = write!(line, "  [allowed: {why}]");
+            }
+            if inv == Invariant::FifoGrant && !self.cfg.fault_free() {
+                let _ = write!(line, "  [judged only without faults]");
             }
             writeln!(f, "{line}")?;
         }

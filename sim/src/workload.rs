@@ -31,7 +31,7 @@ use crate::context::{ClientCtx, Session, StateRead};
 use crate::history::{Guarded, SaveOutcome, What};
 use crate::naive::NaiveSession;
 use crate::planted::{buggy_save, FenceRule};
-use crate::remote::{lock_store, RemoteStateBackend, Rpc};
+use crate::remote::{client_lock_store, RemoteStateBackend, Rpc};
 use crate::rng::{derive, stream, SimRng};
 use crate::scenario::{Fault, ProtocolVariant, StateBug};
 use crate::wire::client_host;
@@ -188,7 +188,7 @@ impl Session for StatelockSession {
         );
         doc.metadata.last_updated_by = Some(by);
         let rule = match self.bug {
-            StateBug::None | StateBug::PerStoreToken => {
+            StateBug::None | StateBug::PerStoreToken | StateBug::QueueJump => {
                 if read.document.is_none() {
                     return SaveOutcome::Rejected(format!(
                         "{key} has no state: it was never sealed"
@@ -340,7 +340,7 @@ pub async fn client_main(ctx: Arc<ClientCtx>) -> turmoil::Result {
     );
     match ctx.cfg.protocol {
         ProtocolVariant::Statelock => {
-            let client = LockClient::builder(lock_store(&rpc, &ctx.cfg)?)
+            let client = LockClient::builder(client_lock_store(&rpc, &ctx.cfg, ctx.id)?)
                 .clock(clock)
                 .seed(derive(ctx.seed, "lock-client", id, sub))
                 .protocol(ctx.cfg.protocol_config)

@@ -6,8 +6,10 @@
 //! the last process pause. The bound passed in adds slack for the requests in
 //! flight and is scaled by the slowest clock rate (see `run::liveness_bound`).
 //!
-//! The protocol promises no fairness between *live* contenders (there is no
-//! queue), so what is checked is that a waiter is never blocked: from the
+//! Under faults the protocol promises no order between *live* contenders
+//! (the hand-off queue's order, `FifoGrant`, is judged only in runs without
+//! faults: a head that does not act in time is skipped), so what is
+//! checked is that a waiter is never blocked: from the
 //! moment it waits after faults stop, the key is granted — to it or to
 //! another client — at least once per bound, and its own wait ends (granted
 //! or given up) before the run does. A dead, paused, partitioned or ghost

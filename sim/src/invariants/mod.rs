@@ -1,6 +1,8 @@
 //! The invariants of PROTOCOL.md, one file each, named as there (plus
 //! `SupervisedExclusion`, the promise of `statelock exec`'s stop schedule,
-//! and `SealFencesStaleWriters`, the promise of the state store's seal). Each checker
+//! `SealFencesStaleWriters`, the promise of the state store's seal, and
+//! `FifoGrant`, the hand-off queue's order, judged only in runs without
+//! faults). Each checker
 //! is a pure function of a run's [`Event`] trace and returns the violations it
 //! found (at most [`MAX_PER_CHECK`]), each pointing at the events that show it.
 //!
@@ -9,6 +11,7 @@
 
 pub mod eventual_acquire;
 pub mod fencing_monotonic;
+pub mod fifo_grant;
 pub mod mutual_exclusion;
 pub mod no_lost_update;
 pub mod owner_only_release;
@@ -28,6 +31,9 @@ pub struct CheckContext {
     /// EventualAcquire's bound: how long, after faults stop, a waiter may go
     /// without the key being granted to anyone.
     pub liveness_bound: Duration,
+    /// The run had no faults at all (`--faults none`): `FifoGrant` is
+    /// judged only then.
+    pub fault_free: bool,
 }
 
 /// Runs every checker.
@@ -41,6 +47,7 @@ pub fn check_all(events: &[Event], ctx: &CheckContext) -> Vec<Violation> {
     out.extend(owner_only_release::check(events));
     out.extend(eventual_acquire::check(events, ctx.liveness_bound));
     out.extend(supervised_exclusion::check(events));
+    out.extend(fifo_grant::check(events, ctx.fault_free));
     out
 }
 

@@ -36,6 +36,8 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
                 )),
                 Some(_) => None,
             },
+            // Grants are audited by TokenMonotonic and FifoGrant; the
+            // queue's writes release nothing (they keep the lease).
             LockOpKind::Acquire
             | LockOpKind::Takeover
             | LockOpKind::Enqueue

@@ -20,6 +20,7 @@ pub fn rec(owner: u128, token: u64, rvn: u128, released: bool) -> RecordView {
         token,
         rvn: Some(rvn),
         released,
+        queue: Vec::new(),
     }
 }
 

@@ -58,7 +58,7 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
         match (&op.next, op.kind.is_grant()) {
             (Some(next), true) => {
                 let floor = max_granted.get(&(store, key)).copied().unwrap_or(0);
-                let prev_token = op.prev.map(|p| p.token).unwrap_or(0);
+                let prev_token = op.prev.as_ref().map_or(0, |p| p.token);
                 if next.token <= floor || next.token <= prev_token {
                     push(
                         &mut out,
@@ -101,13 +101,15 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
             }
             (None, _) => {}
         }
-        last.insert((store, key), (op.next, i));
+        last.insert((store, key), (op.next.clone(), i));
     }
     for (i, e) in events.iter().enumerate() {
         let What::FinalRecord { store, key, record } = &e.what else {
             continue;
         };
-        let logged = last.get(&(*store, key.as_str())).and_then(|(r, _)| *r);
+        let logged = last
+            .get(&(*store, key.as_str()))
+            .and_then(|(r, _)| r.clone());
         if logged != *record {
             push(
                 &mut out,

@@ -30,11 +30,15 @@ pub enum Invariant {
     /// A supervised command's unfenced writes all happen before the first
     /// write of any later grant of its key.
     SupervisedExclusion,
+    /// Without faults, a registered waiter is granted before any waiter
+    /// registered after it: every grant goes to the head of the hand-off
+    /// queue (or the queue is empty).
+    FifoGrant,
 }
 
 impl Invariant {
     /// Every invariant, in report order.
-    pub const ALL: [Invariant; 8] = [
+    pub const ALL: [Invariant; 9] = [
         Invariant::MutualExclusion,
         Invariant::TokenMonotonic,
         Invariant::FencingMonotonic,
@@ -43,6 +47,7 @@ impl Invariant {
         Invariant::OwnerOnlyRelease,
         Invariant::EventualAcquire,
         Invariant::SupervisedExclusion,
+        Invariant::FifoGrant,
     ];
 
     /// The name used in PROTOCOL.md, specs/ and reports.
@@ -56,6 +61,7 @@ impl Invariant {
             Invariant::OwnerOnlyRelease => "OwnerOnlyRelease",
             Invariant::EventualAcquire => "EventualAcquire",
             Invariant::SupervisedExclusion => "SupervisedExclusion",
+            Invariant::FifoGrant => "FifoGrant",
         }
     }
 }
