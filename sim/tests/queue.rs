@@ -8,9 +8,8 @@
 //! whoever heads the queue, skipping the head at once) breaks `FifoGrant`
 //! and nothing else, on the same seeds.
 //!
-//! Two seeds where waiters that give up at the same moment leave an entry
-//! behind are kept as regression tests (ignored until the client's leave
-//! is fixed; see the comments there).
+//! Two seeds where waiters that gave up at the same moment used to leave an
+//! entry behind are kept as regression tests (see the comments there).
 
 mod common;
 
@@ -117,19 +116,19 @@ fn without_faults_waiters_that_give_up_leave_the_queue() {
     assert_eq!((st.skips, st.takeovers), (0, 0), "{st:?}");
 }
 
-/// Seed 121, 2 ops per client, an acquire wait of 600 ms, no fault: four
-/// waiters give up within 13 ms of each other, as c4 releases after long
-/// work. c3's three leaves are
-/// refused, each because an entry ahead of its own left first (a leave
-/// names the place it read), and the client stops after the third refusal
-/// — although that refusal shows its entry, now at the head. The entry
+/// Regression, seed 121, 2 ops per client, an acquire wait of 600 ms, no
+/// fault: four waiters give up within 13 ms of each other, as c4 releases
+/// after long work. c3's leaves are refused, each because an entry ahead of
+/// its own left first (a leave names the place it read). The client used to
+/// stop after the third refusal — although that refusal showed its entry,
+/// now at the head (it now tries again at the place each refusal shows,
+/// within its budget). The entry
 /// stays; the released record is reserved for a waiter that is gone, the
 /// key sits idle for a whole lease (0.62 s to 1.03 s) with five live
 /// waiters registered behind it, and c0,
 /// registered after it, finally skips it: a grant past a registered waiter
 /// in a run without faults.
 #[test]
-#[ignore = "fails today: a waiter that gives up stops trying to leave after three refused leaves, even when the last refusal shows its entry"]
 fn waiters_giving_up_at_once_all_leave_the_queue_seed_121() {
     let cfg = SimConfig {
         ops_per_client: 2,
@@ -152,16 +151,17 @@ fn waiters_giving_up_at_once_all_leave_the_queue_seed_121() {
     assert!(every_registration_ends(&r.stats), "{:?}", r.stats);
 }
 
-/// Seed 33, 16 ops per client, an acquire wait of 200 ms (half a lease),
-/// no fault: the same entry left behind (c3's, at 0.43 s) heads the queue
+/// Regression, seed 33, 16 ops per client, an acquire wait of 200 ms (half
+/// a lease), no fault: before the fix above, the same entry left behind (c3's, at 0.43 s) heads the queue
 /// when the holder releases at 0.72 s. Each waiter times the reservation
 /// from its own first read and gives up before a lease has passed, so none
 /// ever skips the entry: the key is never granted again (1 grant in 80
 /// ops, 3.3 s of simulated time with waiters at the key all along).
 /// `EventualAcquire` does not see it: every wait ends, given up, within
-/// its bound.
+/// its bound. (A release a lease old by the wall clocks now also skips its
+/// head at once, so an entry a crash leaves behind cannot wedge short
+/// waits either.)
 #[test]
-#[ignore = "fails today: an entry left behind by a waiter that gave up wedges the key for every wait shorter than a lease"]
 fn an_entry_left_behind_does_not_wedge_the_key_seed_33() {
     let cfg = fault_free().with_acquire_wait(Duration::from_millis(200));
     let r = run_seed(&cfg, 33, false);
