@@ -84,6 +84,12 @@ sim=target/release/statelock-sim
 "$sim" sweep --seeds "0..$bug_seeds" --bug unfenced-save --expect-violations
 # a supervisor that kills too late must be caught by SupervisedExclusion
 "$sim" sweep --seeds "0..$bug_seeds" --supervisor late-kill --expect-violations
+# without faults every grant goes to the head of the hand-off queue
+# (FifoGrant), also with waiters that give up and leave
+"$sim" sweep --seeds "0..$bug_seeds" --faults none
+"$sim" sweep --seeds "0..$bug_seeds" --faults none --acquire-wait-ms 300
+# a client that jumps the queue must be caught by FifoGrant
+"$sim" sweep --seeds "0..$bug_seeds" --faults none --bug queue-jump --expect-violations
 # the quorum lock over three store hosts, one of them faulty at a time
 "$sim" sweep --seeds "0..$quorum_seeds" --stores 3 --faults all
 # members that install their own next token must be caught by TokenMonotonic

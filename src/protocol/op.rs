@@ -288,8 +288,13 @@ impl LockOp {
                 r.rvn == *observed
                     && r.token == *token
                     && dequeue.holds(&r.queue, *owner, false)
-                    // Only a released record is reserved for a head.
+                    // Only a released record is reserved for a head, and
+                    // taking one out of turn must name the head it skips.
                     && (dequeue.skip.is_none() || r.released)
+                    && (!r.released
+                        || r.queue.is_empty()
+                        || dequeue.skip.is_some()
+                        || dequeue.me_at == Some(0))
             }
             (OpKind::Enqueue { waiter }, Some(r)) => {
                 !r.queue.contains(waiter) && r.queue.len() < LockRecord::MAX_QUEUE

@@ -1475,7 +1475,8 @@ fn with_dequeue(mut op: LockOp, me_at: Option<u32>, skip: Option<LeaseId>) -> Lo
 /// heartbeat and release still land; a released record goes to the queue's
 /// head only (not to the releaser, a later waiter or a newcomer); a
 /// takeover removes its grantee; a head can be skipped only on a released
-/// record. A resent registration recognises itself.
+/// record, and a released record is taken out of turn only by naming the
+/// head it skips. A resent registration recognises itself.
 pub async fn the_queue_orders_grants_and_keeps_the_lease(store: SharedStore, prefix: &str) {
     let s = &*store;
     assert!(
@@ -1553,6 +1554,12 @@ pub async fn the_queue_orders_grants_and_keeps_the_lease(store: SharedStore, pre
     conflicts(
         s,
         &with_dequeue(takeover_of(&released, d), Some(1), Some(d)),
+        Some(&released),
+    )
+    .await;
+    conflicts(
+        s,
+        &with_dequeue(takeover_of(&released, d), Some(1), None),
         Some(&released),
     )
     .await;

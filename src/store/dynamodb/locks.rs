@@ -673,6 +673,16 @@ fn dequeue(e: &mut Expr, owner: LeaseId, d: &Dequeue, acquire: bool) -> (String,
         parts.push(format!("{queue}[0] = {head} AND {released} = {yes}"));
         removed.push(format!("{queue}[0]"));
     }
+    if !acquire && d.skip.is_none() && d.me_at != Some(0) {
+        // A released record with a queue is taken out of turn only by
+        // naming the head it skips.
+        let released = e.n(attr::RELEASED);
+        let no = e.v("takeHeld", AttributeValue::Bool(false));
+        let zero = e.v("queueEmpty", n(0));
+        parts.push(format!(
+            "({released} = {no} OR attribute_not_exists({queue}) OR size({queue}) = {zero})"
+        ));
+    }
     if acquire && d.me_at != Some(0) {
         let zero = e.v("queueEmpty", n(0));
         parts.push(format!(
