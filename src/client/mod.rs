@@ -730,7 +730,14 @@ impl LockClient {
                             .map(|o| o.record.clone()),
                         _ => None,
                     };
-                    let answer = self.bounded(inner.store.apply(&op), wait.calls_until, cancel);
+                    // A registration's answer is awaited a little past the
+                    // deadline: leaving while it is still on its way could
+                    // let it land after the leave, an entry nobody acts for.
+                    let until = match wait.calls_until {
+                        Some(u) if op.kind.is_queue_write() => Some(u + ABANDON_BUDGET),
+                        u => u,
+                    };
+                    let answer = self.bounded(inner.store.apply(&op), until, cancel);
                     let answer = match answer.await {
                         Bounded::Done(answer) => answer,
                         Bounded::TimedOut => {
