@@ -553,14 +553,20 @@ QuitTo == IF OneShot \/ faults THEN "done" ELSE "away"
 (* the Leave and leave an entry nobody acts for.  "answered": it first     *)
 (* waits for the answer to its Enqueue (so the Enqueue has landed before  *)
 (* the Leave is sent), unless it stopped waiting for that answer (lost or *)
-(* late, a fault: see SendAcquire).  It may want the lock again later.    *)
+(* late, a fault: see SendAcquire).  It may want the lock again later.  A *)
+(* waiter that is not in the queue gives up without a Leave (while faults *)
+(* last that is a waiter that pauses for ever: nothing to add).           *)
+MayBeQueued(c) == InQueue(c, rec.q) \/ EnqMsg(c) \in lnet
+
 Quit(c) ==
     /\ MaxQueue > 0 /\ GrantsLeft
     /\ cl[c].phase \in {"idle", "wait"}
     /\ LeaveRule = "answered" => ~cl[c].enqOut
-    /\ InQueue(c, rec.q) \/ EnqMsg(c) \in lnet
-    /\ NetworkHasRoom
-    /\ lnet' = lnet \cup {LeaveMsg(c)}
+    /\ IF MayBeQueued(c)
+       THEN /\ NetworkHasRoom
+            /\ lnet' = lnet \cup {LeaveMsg(c)}
+       ELSE /\ ~faults
+            /\ UNCHANGED lnet
     /\ cl' = [cl EXCEPT ![c] = [Idle EXCEPT !.phase = QuitTo,
                                             !.backoff = cl[c].backoff]]
     /\ UNCHANGED <<rec, reg, rnet, snet, forces, faults, wallOff, elapsed,
