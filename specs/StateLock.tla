@@ -5,6 +5,12 @@
 (*   - The lock store holds one lock record (owner, token, rvn, released)  *)
 (*     and applies linearizable conditional writes: acquire, takeover,     *)
 (*     heartbeat, release, force-unlock.                                   *)
+(*   - With MaxQueue > 0 the record also holds the fair hand-off queue: a  *)
+(*     sequence of waiter ids in arrival order.  Enqueue and Leave write   *)
+(*     it without changing the rvn; an acquire of a released record needs  *)
+(*     an empty queue or to be its head; a waiter that has seen a released *)
+(*     record reserved for the same head for one lease (SkipWait) on its   *)
+(*     own clock may skip that head.                                       *)
 (*   - The state store holds one state register (version, fence).  A      *)
 (*     holder seals it right after its grant (fence := max(fence, token), *)
 (*     a message of its own that may be delayed or lost) and writes only  *)
@@ -24,7 +30,9 @@
 (*   "naive"      the seed design: a waiter takes over when "expiresAt <   *)
 (*                now" by its own wall clock (expiresAt = the writer's     *)
 (*                wall clock + lease), and state writes are unconditional; *)
-(*   "drift"      the protocol, with clock rates outside rho.              *)
+(*   "drift"      the protocol, with clock rates outside rho;              *)
+(*   "barge"      a planted bug: the acquire of a released record ignores  *)
+(*                the queue (FifoGrant must fail).                         *)
 (*                                                                         *)
 (* Three representation choices keep the state space small; each is exact *)
 (* or errs on the side of more behaviours (see README.md):                *)
@@ -62,7 +70,7 @@ EXTENDS Integers, Sequences, FiniteSets
 CONSTANTS
     Clients,         \* the client processes (model values)
     NoOne,           \* owner of an absent record (model value)
-    Variant,         \* "statelock" | "naive" | "drift"
+    Variant,         \* "statelock" | "naive" | "drift" | "barge"
     UnitsPerTick,    \* clock units per tick of real time at rate 1
     MinRate,         \* slowest a monotonic clock runs, clock units per tick
     MaxRate,         \* fastest a monotonic clock runs, clock units per tick
@@ -77,9 +85,25 @@ CONSTANTS
     TrackTokens,     \* FALSE: no tokens, grant history or state register
     OneShot,         \* TRUE: a client wants the lock until it has held it once
     FaultsStop,      \* TRUE: faults may stop for good (the liveness model)
-    LoseMessages     \* TRUE: the loss steps are part of the model
+    LoseMessages,    \* TRUE: the loss steps are part of the model
+    MaxQueue,        \* longest waiter queue of the record (0: no queue)
+    LeaveRule,       \* "answered" | "atOnce": when a waiter that gives up
+                     \* sends Leave (see Quit)
+    SkipRule,        \* "entry" | "client": what a skipping waiter times (see
+                     \* StoreQueue)
+    FaultFree,       \* TRUE: no faults from the first state, and clients
+                     \*       act within every tick (no pauses)
+    CrashWaiters,    \* TRUE: waiters may crash (even when faults are off)
+    LiveBound,       \* ticks within which every live client acquires
+                     \* (AcquiresInTime; 0: not checked)
+    SkipBound        \* ticks within which a released record reserved for a
+                     \* crashed head is granted (SkipInTime; 0: not checked)
 
-ASSUME Variant \in {"statelock", "naive", "drift"}
+ASSUME Variant \in {"statelock", "naive", "drift", "barge"}
+ASSUME MaxQueue \in Nat /\ LiveBound \in Nat /\ SkipBound \in Nat
+ASSUME LeaveRule \in {"answered", "atOnce"}
+ASSUME SkipRule \in {"entry", "client"}
+ASSUME Variant = "naive" => MaxQueue = 0
 ASSUME RhoDen > 0 /\ RhoNum \in 0..(RhoDen - 1)
 ASSUME (Lease * RhoNum) % RhoDen = 0
 ASSUME 0 < MinRate /\ MinRate <= MaxRate
@@ -100,6 +124,11 @@ TakeoverWait   == (Lease * (RhoDen + RhoNum)) \div RhoDen + Margin
 HeartbeatEvery == Lease \div 3
 ASSUME LeaseValidity > 0
 
+(* A waiter may skip the head a released record is reserved for once it   *)
+(* has seen the same released version with the same head for one lease on *)
+(* its own clock.                                                          *)
+SkipWait == Lease
+
 (* After n ticks a clock may show X elapsed if n * MaxRate >= X, and      *)
 (* surely does once n >= Cap(X).                                          *)
 Cap(X) == (X + MinRate - 1) \div MinRate
@@ -107,6 +136,7 @@ MayShow(n, X) == n * MaxRate >= X
 
 HolderCap == Cap(LeaseValidity)   \* "my lease is over"
 WaiterCap == Cap(TakeoverWait)    \* "I may take over"
+SkipCap   == Cap(SkipWait)        \* "I may skip the head"
 
 (* The values a timer may take at the next tick: one more, or straight   *)
 (* to the cap if the clock may already show the time elapsed; only the   *)
@@ -129,34 +159,48 @@ ExpFloor == CHOOSE f \in {o - 1 : o \in WallOffsets} :
 
 -----------------------------------------------------------------------------
 VARIABLES
-    rec,      \* the lock record: [owner, token, released, exp]
+    rec,      \* the lock record: [owner, token, released, exp, q]
     reg,      \* the state register: [ver, fence]
     cl,       \* each client's local state (see Idle)
-    lnet,     \* heartbeat, release and force-unlock requests on their way
+    lnet,     \* heartbeat, release, force-unlock, Enqueue and Leave requests
+              \* on their way
     rnet,     \* answers on their way
     snet,     \* state writes on their way
     forces,   \* force-unlocks issued
     faults,   \* faults may (still) happen
     wallOff,  \* each client's wall clock offset (naive variant)
     grants,   \* history: the token of every grant, in order
-    swrites   \* history: every accepted state write: [tok, pre, post, sealed]
+    swrites,  \* history: every accepted state write: [tok, pre, post, sealed]
+    elapsed   \* ticks, for the time bounds: [all: since the first state, up
+              \* to LiveBound; dead: since the record has been released and
+              \* reserved for a crashed head while some live client wants
+              \* it, up to SkipBound + 1]
 
 vars == <<rec, reg, cl, lnet, rnet, snet, forces, faults, wallOff, grants,
-          swrites>>
+          swrites, elapsed>>
 
 (* A client's local state.                                                *)
-(*   phase   idle: wants the lock; wait: saw it held (obsT runs); acq:    *)
-(*           its acquire landed, the answer is on its way; hold: holder;  *)
-(*           done: wants no more (OneShot); crashed: takes no more steps  *)
+(*   phase   idle: wants the lock; wait: saw it held, or released and     *)
+(*           reserved for another head (obsT runs); acq: its acquire      *)
+(*           landed, the answer is on its way; hold: holder; done: wants  *)
+(*           no more (OneShot, or gave up); crashed: takes no more steps; *)
+(*           away: gave up waiting, may want the lock again later         *)
 (*   obsT    waiter: ticks since t_obs (its observed rvn is current while *)
 (*           phase = "wait"; any write sends it back to "idle")           *)
+(*   obsH    waiter: NoOne while it times a held version (takeover); the  *)
+(*           head h while it times a released version reserved for h      *)
+(*           (skip)                                                       *)
+(*   enqOut  waiter: its Enqueue is on its way, answer not yet back (only *)
+(*           without faults, see SendAcquire)                             *)
 (*   tok     holder: its fencing token                                    *)
 (*   myCur   holder: my_rvn (its last confirmed write) is still current   *)
 (*   leaseT  holder: ticks since its last confirmed write                 *)
 (*   hbOut   holder: a heartbeat is out, answer not yet back              *)
-(*   backoff it sent a lock request in this tick (once faults stopped)    *)
-Idle == [phase |-> "idle", obsT |-> 0, tok |-> 0, myCur |-> FALSE,
-         leaseT |-> 0, hbOut |-> FALSE, backoff |-> FALSE]
+(*   backoff it sent a lock request (or read) in this tick (once faults  *)
+(*           stopped)                                                     *)
+Idle == [phase |-> "idle", obsT |-> 0, obsH |-> NoOne, enqOut |-> FALSE,
+         tok |-> 0, myCur |-> FALSE, leaseT |-> 0, hbOut |-> FALSE,
+         backoff |-> FALSE]
 
 InitVersion == 0
 
@@ -167,24 +211,28 @@ Believes(c) == cl[c].phase = "hold" /\ cl[c].leaseT < HolderCap
 
 -----------------------------------------------------------------------------
 Init ==
-    /\ rec = [owner |-> NoOne, token |-> 0, released |-> TRUE, exp |-> ExpFloor]
+    /\ rec = [owner |-> NoOne, token |-> 0, released |-> TRUE, exp |-> ExpFloor,
+              q |-> <<>>]
     /\ reg = [ver |-> InitVersion, fence |-> 0]
     /\ cl = [c \in Clients |-> Idle]
     /\ lnet = {}
     /\ rnet = {}
     /\ snet = {}
     /\ forces = 0
-    /\ faults = TRUE
+    /\ faults = ~FaultFree
     /\ wallOff \in IF Variant = "naive" THEN [Clients -> WallOffsets]
                                         ELSE {[c \in Clients |-> 0]}
     /\ grants = <<>>
     /\ swrites = <<>>
+    /\ elapsed = [all |-> 0, dead |-> 0]
 
 -----------------------------------------------------------------------------
 (* Every write of the lock record gives it a new rvn: whatever remembered  *)
 (* the old one is no longer current.                                       *)
 Outdated(s) ==
-    IF s.phase = "wait" THEN [s EXCEPT !.phase = "idle", !.obsT = 0, !.myCur = FALSE]
+    IF s.phase = "wait"
+    THEN [s EXCEPT !.phase = "idle", !.obsT = 0, !.obsH = NoOne,
+                   !.myCur = FALSE]
     ELSE [s EXCEPT !.myCur = FALSE]
 OutdatedClients == [c \in Clients |-> Outdated(cl[c])]
 (* An answer from the store, to a grant or a heartbeat.  token: the      *)
@@ -203,11 +251,14 @@ Awaits(s, a) ==
 
 (* A request whose condition can no longer hold is dropped at once unless *)
 (* its sender waits for the answer (a heartbeat of the current lease): it *)
-(* would fail without effect whenever it arrived.                         *)
+(* would fail without effect whenever it arrived.  Queue requests name no *)
+(* version: they stay.                                                     *)
+QueueOps(S) == {m \in S : m.op \in {"enq", "leave"}}
 OutdatedRequests(S, next) ==
     {[m EXCEPT !.cur = FALSE] :
         m \in {x \in S : x.op = "hb" /\ Awaits(next[x.from],
                                                 Answer(x.from, "hb", TRUE, x.tok))}}
+    \cup QueueOps(S)
 OutdatedAnswers == {[a EXCEPT !.cur = FALSE] : a \in rnet}
 
 DropAnswersTo(c) == rnet' = {a \in rnet : a.to # c}
@@ -225,45 +276,104 @@ MaySend(c) == faults \/ ~cl[c].backoff
 NetworkHasRoom == Cardinality(lnet) < MaxInFlight
 
 -----------------------------------------------------------------------------
-(* Acquire and take over.                                                  *)
+(* Acquire, take over and skip.                                            *)
 (*                                                                         *)
-(* One conditional write: record absent or released, or (takeover) the     *)
-(* rvn the waiter observed is still current and it has seen it for         *)
-(* TakeoverWait on its own clock; naive: "expiresAt < :now" by the         *)
-(* sender's wall clock.  The request reaches the store in the step that    *)
-(* sends it and only the answer travels: with t_send counted from the      *)
-(* store's write, nothing in an acquire request depends on when it was     *)
-(* sent, so a request that travelled is the same as one sent later by a   *)
-(* client that paused meanwhile, and one that lands after its sender gave *)
-(* up is one sent just before giving up.  On a failure the store returns   *)
-(* the record (ALL_OLD) and the waiter records (rvn, t_obs), keeping       *)
-(* t_obs if it already knew that rvn; the model lets it see the record the *)
-(* moment the store answers (a later arrival would only make t_obs later, *)
-(* the waiter more cautious).                                              *)
+(* One conditional write: record absent or released (and, with the queue, *)
+(* its queue empty or headed by the acquirer), or (takeover) the rvn the  *)
+(* waiter observed is still current and it has seen it for TakeoverWait  *)
+(* on its own clock, or (skip) the released rvn it observed is still      *)
+(* current and has been reserved for the same head h for SkipWait on its  *)
+(* own clock; naive: "expiresAt < :now" by the sender's wall clock.  The  *)
+(* request reaches the store in the step that sends it and only the       *)
+(* answer travels: with t_send counted from the store's write, nothing in *)
+(* an acquire request depends on when it was sent, so a request that      *)
+(* travelled is the same as one sent later by a client that paused        *)
+(* meanwhile, and one that lands after its sender gave up is one sent just *)
+(* before giving up.  On a failure the store returns the record (ALL_OLD) *)
+(* and the waiter records (rvn, t_obs), keeping t_obs if it already knew  *)
+(* that rvn (and, for a released rvn, the same head); the model lets it    *)
+(* see the record the moment the store answers (a later arrival would     *)
+(* only make t_obs later, the waiter more cautious).  (The built client   *)
+(* reads first and writes only when the write can succeed; a read that    *)
+(* shows it cannot is the failure here.)                                   *)
+(*                                                                         *)
+(* The queue.  A waiter that reads the record held, or released and        *)
+(* reserved for another head, and is not in the queue (which is not full) *)
+(* sends Enqueue, a request that travels (StoreQueue).  It waits for the  *)
+(* answer before it reads again (enqOut).  While faults last it may stop  *)
+(* waiting for that answer at any moment (lost or late), so the model has *)
+(* it stop at once: it may go on, or pause, which is waiting.  A grant      *)
+(* removes the grantee from the queue, a skip also the skipped head.      *)
+(* Queue writes keep the rvn.                                               *)
+InQueue(c, q) == \E i \in DOMAIN q : q[i] = c
+Without(q, S) == SelectSeq(q, LAMBDA x : x \notin S)
+HeadIs(h) == rec.q # <<>> /\ Head(rec.q) = h
+
+(* The head a released record is reserved for (NoOne: none, or held). *)
+ReservedFor == IF rec.released /\ rec.q # <<>> THEN Head(rec.q) ELSE NoOne
+
+FreeFor(c) ==
+    /\ rec.released
+    /\ rec.q = <<>> \/ Head(rec.q) = c \/ Variant = "barge"
+TakeoverDue(c) ==
+    /\ Variant # "naive"
+    /\ cl[c].phase = "wait" /\ cl[c].obsH = NoOne /\ cl[c].obsT = WaiterCap
+SkipDue(c) ==
+    /\ cl[c].phase = "wait" /\ cl[c].obsH # NoOne /\ cl[c].obsT = SkipCap
+    /\ HeadIs(cl[c].obsH)
+
 AcquireCond(c) ==
-    \/ rec.released
-    \/ Variant # "naive" /\ cl[c].phase = "wait" /\ cl[c].obsT = WaiterCap
+    \/ FreeFor(c)
+    \/ TakeoverDue(c)
+    \/ SkipDue(c)
     \/ Variant = "naive" /\ rec.exp < wallOff[c]
+
+(* Once the grant bound is reached nobody can acquire again, and the queue *)
+(* decides only who acquires: the queue can change nothing the properties *)
+(* look at any more.  So the model stops it there (as it stops the state  *)
+(* register at MaxStateWrites): the last grant empties it and drops the   *)
+(* queue requests on their way, and no more are sent.                      *)
+GrantsLeft == ~TrackTokens \/ Len(grants) < MaxGrants
+LastGrant == TrackTokens /\ Len(grants) + 1 = MaxGrants
+
+EnqMsg(c) == [from |-> c, op |-> "enq", cur |-> FALSE, tok |-> 0]
+LeaveMsg(c) == [from |-> c, op |-> "leave", cur |-> FALSE, tok |-> 0]
 
 SendAcquire(c) ==
     /\ cl[c].phase \in {"idle", "wait"}
+    /\ ~cl[c].enqOut
     /\ MaySend(c)
     /\ IF AcquireCond(c)
-       THEN LET tok == IF TrackTokens THEN rec.token + 1 ELSE 0 IN
+       THEN LET tok == IF TrackTokens THEN rec.token + 1 ELSE 0
+                gone == IF ~FreeFor(c) /\ SkipDue(c) THEN {c, Head(rec.q)}
+                        ELSE {c}
+            IN
             /\ ~TrackTokens \/ Len(grants) < MaxGrants
             /\ rec' = [owner |-> c, token |-> tok, released |-> FALSE,
                        exp |-> IF Variant = "naive" THEN wallOff[c] + Lease
-                               ELSE ExpFloor]
+                               ELSE ExpFloor,
+                       q |-> IF LastGrant THEN <<>> ELSE Without(rec.q, gone)]
             /\ grants' = IF TrackTokens THEN Append(grants, tok) ELSE grants
             /\ cl' = [OutdatedClients EXCEPT ![c] =
                         [Idle EXCEPT !.phase = "acq", !.backoff = ~faults]]
             /\ rnet' = OutdatedAnswers \cup {Answer(c, "grant", TRUE, tok)}
-            /\ lnet' = OutdatedRequests(lnet, OutdatedClients)
-       ELSE /\ cl' = [cl EXCEPT ![c] =
+            /\ lnet' = LET l == OutdatedRequests(lnet, OutdatedClients) IN
+                       IF LastGrant THEN l \ QueueOps(l) ELSE l
+            /\ elapsed' = [elapsed EXCEPT !.dead = 0]
+       ELSE LET h == ReservedFor
+                same == cl[c].phase = "wait" /\ cl[c].obsH = h
+                enq == /\ ~InQueue(c, rec.q) /\ Len(rec.q) < MaxQueue
+                       /\ NetworkHasRoom /\ GrantsLeft
+            IN
+            /\ cl' = [cl EXCEPT ![c] =
                         [@ EXCEPT !.phase = IF Variant = "naive" THEN "idle"
                                             ELSE "wait",
+                                  !.obsT = IF same THEN @ ELSE 0,
+                                  !.obsH = h,
+                                  !.enqOut = enq /\ ~faults,
                                   !.backoff = ~faults]]
-            /\ UNCHANGED <<rec, grants, rnet, lnet>>
+            /\ lnet' = IF enq THEN lnet \cup {EnqMsg(c)} ELSE lnet
+            /\ UNCHANGED <<rec, grants, rnet, elapsed>>
     /\ UNCHANGED <<reg, snet, forces, faults, wallOff, swrites>>
 
 (* The grant's answer arrives.  The lease runs from the store's write;    *)
@@ -288,8 +398,8 @@ ReceiveGrant(c) ==
                                     ifMatch |-> InitVersion]}
                    ELSE snet
         /\ DropAnswersTo(c)
-        /\ UNCHANGED <<rec, reg, lnet, forces, faults, wallOff, grants,
-                       swrites>>
+        /\ UNCHANGED <<rec, reg, lnet, forces, faults, wallOff, elapsed,
+                       grants, swrites>>
 
 (* The client times out waiting for the grant's answer and stops waiting  *)
 (* (its next attempt is a new request).  While faults last it may do so   *)
@@ -300,8 +410,8 @@ GiveUp(c) ==
     /\ faults \/ \A a \in rnet : a.to # c
     /\ cl' = [cl EXCEPT ![c] = [Idle EXCEPT !.backoff = cl[c].backoff]]
     /\ DropAnswersTo(c)
-    /\ UNCHANGED <<rec, reg, lnet, snet, forces, faults, wallOff, grants,
-                   swrites>>
+    /\ UNCHANGED <<rec, reg, lnet, snet, forces, faults, wallOff, elapsed,
+                   grants, swrites>>
 
 -----------------------------------------------------------------------------
 (* Heartbeat, release, force-unlock: requests that travel (join lnet and  *)
@@ -310,6 +420,7 @@ GiveUp(c) ==
 (* Heartbeat every lease/3 by the holder's clock: owner == me && rvn ==   *)
 (* my_rvn.                                                                 *)
 Heartbeat(c) ==
+    /\ ~(FaultFree /\ OneShot)
     /\ Believes(c)
     /\ MayShow(cl[c].leaseT, HeartbeatEvery)
     /\ ~cl[c].hbOut
@@ -318,8 +429,8 @@ Heartbeat(c) ==
     /\ lnet' = lnet \cup {[from |-> c, op |-> "hb", cur |-> cl[c].myCur,
                            tok |-> cl[c].tok]}
     /\ cl' = [cl EXCEPT ![c] = [@ EXCEPT !.hbOut = TRUE, !.backoff = ~faults]]
-    /\ UNCHANGED <<rec, reg, rnet, snet, forces, faults, wallOff, grants,
-                   swrites>>
+    /\ UNCHANGED <<rec, reg, rnet, snet, forces, faults, wallOff, elapsed,
+                   grants, swrites>>
 
 (* Release: owner == me && rvn == my_rvn.  The client stops believing at   *)
 (* once and does not wait for the answer.                                  *)
@@ -332,7 +443,8 @@ Release(c) ==
                            tok |-> cl[c].tok]}
     /\ cl' = [cl EXCEPT ![c] = [AfterHold(@) EXCEPT !.backoff = ~faults]]
     /\ DropAnswersTo(c)
-    /\ UNCHANGED <<rec, reg, snet, forces, faults, wallOff, grants, swrites>>
+    /\ UNCHANGED <<rec, reg, snet, forces, faults, wallOff, elapsed, grants,
+                   swrites>>
 
 (* The operator reads the record, confirms that its holder is gone (the   *)
 (* CLI asks for that) and force-unlocks, conditional on the rvn it read.   *)
@@ -348,7 +460,8 @@ OperatorForce ==
     /\ lnet' = lnet \cup {[from |-> rec.owner, op |-> "force", cur |-> TRUE,
                            tok |-> rec.token]}
     /\ forces' = forces + 1
-    /\ UNCHANGED <<rec, reg, cl, rnet, snet, faults, wallOff, grants, swrites>>
+    /\ UNCHANGED <<rec, reg, cl, rnet, snet, faults, wallOff, elapsed, grants,
+                   swrites>>
 
 (* The store applies a request.  Heartbeat and release: owner == sender,   *)
 (* not released, rvn == the sender's my_rvn.  Force-unlock: rvn == the     *)
@@ -359,6 +472,7 @@ ApplyCond(m) ==
 
 StoreLock(m) ==
     /\ m \in lnet
+    /\ m.op \in {"hb", "rel", "force"}
     /\ IF ApplyCond(m)
        THEN /\ rec' = IF m.op = "hb"
                       THEN [rec EXCEPT !.exp = IF Variant = "naive"
@@ -377,7 +491,93 @@ StoreLock(m) ==
                        THEN rnet \cup {Answer(m.from, "hb", FALSE, m.tok)}
                        ELSE rnet
             /\ UNCHANGED <<rec, cl>>
-    /\ UNCHANGED <<reg, snet, forces, faults, wallOff, grants, swrites>>
+    /\ UNCHANGED <<reg, snet, forces, faults, wallOff, elapsed, grants,
+                   swrites>>
+
+(* The store applies a queue request.  Enqueue: the sender is not in the *)
+(* queue and the queue is not full; effect: append it.  Leave: remove the *)
+(* sender.  Neither names an rvn nor changes it, and neither touches the  *)
+(* owner, token or released flag.  Its answer reaches the sender at once  *)
+(* (a later answer is a sender that paused meanwhile; a lost one, a       *)
+(* sender that gave up waiting).                                          *)
+(*                                                                         *)
+(* What a skipping waiter times (SkipRule).  "client": the head's client   *)
+(* id, and the skip is conditioned on Head(queue) = that id.  A head that  *)
+(* leaves, registers again and is the head again (the entries ahead of its *)
+(* new entry gone) has the same id, so a waiter that did not read in       *)
+(* between keeps timing it from its first sighting, and may skip it soon   *)
+(* after it became the head again (traces/queue-skip-aba.txt).  "entry":   *)
+(* every registration is an entry with a fresh id, the waiter times the    *)
+(* head entry and the skip is conditioned on that entry id.  Like an rvn,  *)
+(* an entry id is only ever asked "is it still the head?", which holds     *)
+(* until the entry is removed (a head changes only so: entries are         *)
+(* appended at the tail), so the model keeps no ids: removing an entry     *)
+(* sends every waiter that timed it back to "idle", and its next read      *)
+(* restarts t_obs.  (A grant does so for every waiter anyway: it writes a  *)
+(* new rvn.)                                                               *)
+Unseen(h) ==
+    [d \in Clients |-> IF cl[d].phase = "wait" /\ cl[d].obsH = h
+                      THEN Outdated(cl[d]) ELSE cl[d]]
+
+StoreQueue(m) ==
+    /\ m \in lnet
+    /\ m.op \in {"enq", "leave"}
+    /\ rec' = [rec EXCEPT !.q =
+                 IF m.op = "leave" THEN Without(@, {m.from})
+                 ELSE IF ~InQueue(m.from, @) /\ Len(@) < MaxQueue
+                      THEN Append(@, m.from)
+                      ELSE @]
+    /\ lnet' = lnet \ {m}
+    /\ LET seen == IF /\ SkipRule = "entry" /\ m.op = "leave"
+                      /\ InQueue(m.from, rec.q)
+                   THEN Unseen(m.from) ELSE cl
+       IN cl' = IF m.op = "enq" THEN [seen EXCEPT ![m.from].enqOut = FALSE]
+                ELSE seen
+    /\ UNCHANGED <<reg, rnet, snet, forces, faults, wallOff, elapsed, grants,
+                   swrites>>
+
+(* Where a waiter goes when it gives up: "done" (for good) while faults   *)
+(* last or when it wants the lock only once; otherwise "away", from where *)
+(* it may come back (Return) and wait again.  (A client that gives up and *)
+(* waits again while faults last adds no behaviour the safety properties  *)
+(* can see: the queue only decides which of the grants the model without   *)
+(* a queue allows happen, see README.md.)  In the crash models it does not *)
+(* come back: a wait that is given up and started again restarts the       *)
+(* waiter's own timers, which is not the delay SkipInTime bounds.          *)
+QuitTo == IF OneShot \/ faults THEN "done" ELSE "away"
+
+(* A waiter gives up: it sends Leave if it may be in the queue (it was in *)
+(* it when last read, or an Enqueue of its own is on its way) and stops   *)
+(* waiting.  LeaveRule "atOnce": it gives up at any moment, also while    *)
+(* its Enqueue's answer is outstanding; that Enqueue may then land after  *)
+(* the Leave and leave an entry nobody acts for.  "answered": it first     *)
+(* waits for the answer to its Enqueue (so the Enqueue has landed before  *)
+(* the Leave is sent), unless it stopped waiting for that answer (lost or *)
+(* late, a fault: see SendAcquire).  It may want the lock again later.  A *)
+(* waiter that is not in the queue gives up without a Leave (while faults *)
+(* last that is a waiter that pauses for ever: nothing to add).           *)
+MayBeQueued(c) == InQueue(c, rec.q) \/ EnqMsg(c) \in lnet
+
+Quit(c) ==
+    /\ MaxQueue > 0 /\ GrantsLeft
+    /\ cl[c].phase \in {"idle", "wait"}
+    /\ LeaveRule = "answered" => ~cl[c].enqOut
+    /\ IF MayBeQueued(c)
+       THEN /\ NetworkHasRoom
+            /\ lnet' = lnet \cup {LeaveMsg(c)}
+       ELSE /\ ~faults
+            /\ UNCHANGED lnet
+    /\ cl' = [cl EXCEPT ![c] = [Idle EXCEPT !.phase = QuitTo,
+                                            !.backoff = cl[c].backoff]]
+    /\ UNCHANGED <<rec, reg, rnet, snet, forces, faults, wallOff, elapsed,
+                   grants, swrites>>
+
+Return(c) ==
+    /\ ~CrashWaiters
+    /\ cl[c].phase = "away"
+    /\ cl' = [cl EXCEPT ![c].phase = "idle"]
+    /\ UNCHANGED <<rec, reg, lnet, rnet, snet, forces, faults, wallOff,
+                   elapsed, grants, swrites>>
 
 (* A heartbeat's answer arrives.  Confirmed (and the client's clock says   *)
 (* it is still in time): the lease now runs from that write, and my_rvn is *)
@@ -393,8 +593,8 @@ ReceiveBeat(c) ==
                                    !.hbOut = FALSE]
                     ELSE AfterHold(@)]
         /\ DropAnswersTo(c)
-        /\ UNCHANGED <<rec, reg, lnet, snet, forces, faults, wallOff, grants,
-                       swrites>>
+        /\ UNCHANGED <<rec, reg, lnet, snet, forces, faults, wallOff, elapsed,
+                       grants, swrites>>
 
 -----------------------------------------------------------------------------
 (* The state store (docs/PROTOCOL.md, "Fencing at the state store").      *)
@@ -431,7 +631,8 @@ WriteState(c) ==
             /\ snet' = snet \cup {[kind |-> "write", from |-> c,
                                     tok |-> cl[c].tok, ifMatch |-> reg.ver]}
             /\ UNCHANGED <<cl, rnet>>
-    /\ UNCHANGED <<rec, reg, lnet, forces, faults, wallOff, grants, swrites>>
+    /\ UNCHANGED <<rec, reg, lnet, forces, faults, wallOff, elapsed, grants,
+                   swrites>>
 
 (* The state store.  A seal raises the fence (a seal below the fence     *)
 (* would change nothing: it is dropped).                                   *)
@@ -465,21 +666,25 @@ StoreState(m) ==
                        ELSE {x \in snet \ {m} : Accepts(x, r)}
        ELSE /\ snet' = snet \ {m}
             /\ UNCHANGED <<reg, swrites>>
-    /\ UNCHANGED <<rec, cl, lnet, rnet, forces, faults, wallOff, grants>>
+    /\ UNCHANGED <<rec, cl, lnet, rnet, forces, faults, wallOff, elapsed,
+                   grants>>
 
 -----------------------------------------------------------------------------
 (* Faults *)
 
 (* A holder crashes: no more steps; its messages stay on their way.  (Any  *)
 (* other crash looks to everybody else like a pause that never ends,       *)
-(* which the model has anyway: a client need not take steps.)              *)
+(* which the model has anyway while faults last: a client need not take    *)
+(* steps.)  In the crash models (CrashWaiters), where clients do not pause, *)
+(* a waiter may crash at any moment, also while it is queued or its        *)
+(* Enqueue is on its way (which still lands).                              *)
 Crash(c) ==
-    /\ faults
-    /\ cl[c].phase = "hold"
+    /\ \/ faults /\ cl[c].phase = "hold"
+       \/ CrashWaiters /\ cl[c].phase \in {"idle", "wait"}
     /\ cl' = [cl EXCEPT ![c] = [Idle EXCEPT !.phase = "crashed"]]
     /\ DropAnswersTo(c)
-    /\ UNCHANGED <<rec, reg, lnet, snet, forces, faults, wallOff, grants,
-                   swrites>>
+    /\ UNCHANGED <<rec, reg, lnet, snet, forces, faults, wallOff, elapsed,
+                   grants, swrites>>
 
 (* Loss.  For safety a lost message is the same as one delayed for ever   *)
 (* (nothing waits for a message to be gone), so the safety models leave    *)
@@ -489,7 +694,8 @@ Lose ==
     /\ \/ \E m \in lnet : lnet' = lnet \ {m} /\ UNCHANGED <<rnet, snet>>
        \/ \E a \in rnet : rnet' = rnet \ {a} /\ UNCHANGED <<lnet, snet>>
        \/ \E m \in snet : snet' = snet \ {m} /\ UNCHANGED <<lnet, rnet>>
-    /\ UNCHANGED <<rec, reg, cl, forces, faults, wallOff, grants, swrites>>
+    /\ UNCHANGED <<rec, reg, cl, forces, faults, wallOff, elapsed, grants,
+                   swrites>>
 
 (* Liveness model: from some point on there are no more faults: no loss   *)
 (* or crash, and every message arrives within the tick it was sent in.    *)
@@ -497,8 +703,8 @@ StopFaults ==
     /\ FaultsStop
     /\ faults
     /\ faults' = FALSE
-    /\ UNCHANGED <<rec, reg, cl, lnet, rnet, snet, forces, wallOff, grants,
-                   swrites>>
+    /\ UNCHANGED <<rec, reg, cl, lnet, rnet, snet, forces, wallOff, elapsed,
+                   grants, swrites>>
 
 -----------------------------------------------------------------------------
 (* Real time advances by one tick.  Every client's clock runs on, paused   *)
@@ -506,6 +712,13 @@ StopFaults ==
 (* allows; a holder whose clock says the lease is over has lost it (the    *)
 (* guard's lease-lost signal).  The naive record's expiresAt comes one     *)
 (* tick of wall time closer.                                               *)
+(*                                                                         *)
+(* Without faults (FaultFree) nobody pauses: within every tick each        *)
+(* waiter reads the record (one read per tick: its poll interval is at     *)
+(* most a tick, half a lease), and each holder renews its lease (heartbeat *)
+(* confirmed, leaseT back to 0) or releases.  In the bounded-liveness      *)
+(* model (FaultFree and OneShot) a holder does not heartbeat: it releases *)
+(* in the tick after its grant.                                            *)
 TickMoves(s) ==
     CASE s.phase = "hold" ->
             LET adv == Advance(s.leaseT, LeaseValidity) IN
@@ -513,7 +726,8 @@ TickMoves(s) ==
                 IF adv[i] = HolderCap THEN AfterHold(s)
                 ELSE [s EXCEPT !.leaseT = adv[i], !.backoff = FALSE]]
       [] s.phase = "wait" ->
-            LET adv == Advance(s.obsT, TakeoverWait) IN
+            LET adv == Advance(s.obsT, IF s.obsH = NoOne THEN TakeoverWait
+                                       ELSE SkipWait) IN
             [i \in DOMAIN adv |-> [s EXCEPT !.obsT = adv[i], !.backoff = FALSE]]
       [] OTHER -> <<[s EXCEPT !.backoff = FALSE]>>
 
@@ -525,8 +739,21 @@ AgeMoves(next) ==
         f \in {g \in [rnet -> {1, 2}] :
                  \A a \in rnet : g[a] <= Len(Advance(a.age, LeaseValidity))}}
 
+Prompted(s) ==
+    CASE s.phase \in {"idle", "wait"} -> s.backoff
+      [] s.phase = "hold" -> s.leaseT = 0
+      [] OTHER -> TRUE
+
 Tick ==
     /\ faults \/ (lnet = {} /\ rnet = {} /\ snet = {})
+    /\ FaultFree => \A c \in Clients : Prompted(cl[c])
+    /\ elapsed' =
+         [all |-> Min(elapsed.all + 1, LiveBound),
+          dead |-> IF /\ SkipBound > 0
+                      /\ ReservedFor \in Clients
+                      /\ cl[ReservedFor].phase = "crashed"
+                      /\ \E c \in Clients : cl[c].phase \in {"idle", "wait"}
+                   THEN Min(elapsed.dead + 1, SkipBound + 1) ELSE 0]
     \* naive: ":now" is read from the wall clock when a request is sent;
     \* requests reach the store within the same tick (a restriction, so
     \* every violation found is a real one)
@@ -548,8 +775,10 @@ Next ==
         \/ SendAcquire(c) \/ ReceiveGrant(c) \/ GiveUp(c)
         \/ Heartbeat(c) \/ ReceiveBeat(c) \/ Release(c)
         \/ WriteState(c) \/ Crash(c)
+        \/ Quit(c) \/ Return(c)
     \/ OperatorForce
     \/ \E m \in lnet : StoreLock(m)
+    \/ \E m \in lnet : StoreQueue(m)
     \/ \E m \in snet : StoreState(m)
     \/ Lose
     \/ StopFaults
@@ -562,12 +791,12 @@ Spec == Init /\ [][Next]_vars
 (* in ClientProgress are enabled in different phases, so weak fairness of  *)
 (* their disjunction is weak fairness of each.                             *)
 ClientProgress(c) ==
-    SendAcquire(c) \/ ReceiveGrant(c) \/ ReceiveBeat(c) \/ GiveUp(c)
+    \/ SendAcquire(c) \/ ReceiveGrant(c) \/ ReceiveBeat(c) \/ GiveUp(c)
 
 Fairness ==
     /\ WF_vars(Tick)
     /\ WF_vars(StopFaults)
-    /\ WF_vars(\E m \in lnet : StoreLock(m))
+    /\ WF_vars(\E m \in lnet : StoreLock(m) \/ StoreQueue(m))
     /\ \A c \in Clients :
         /\ WF_vars(ClientProgress(c))
         /\ SF_vars(Release(c))
@@ -611,16 +840,58 @@ SealFencesStaleWriters ==
 (* alone implies all this is what makes it safe to rely on.               *)
 OwnerOnlyRelease ==
     \A m \in lnet :
-        ApplyCond(m) =>
+        m.op \in {"hb", "rel", "force"} /\ ApplyCond(m) =>
             /\ ~rec.released
             /\ rec.owner = m.from
             /\ rec.token = m.tok
 
 (* Liveness: once faults stop, a client that wants the lock gets it (or   *)
-(* has crashed).                                                          *)
+(* has crashed, or given up: done without holding is only reached by      *)
+(* giving up).                                                            *)
 Waiting(c) == cl[c].phase \in {"idle", "wait", "acq"}
 EventualAcquire ==
-    \A c \in Clients : Waiting(c) ~> (Believes(c) \/ cl[c].phase = "crashed")
+    \A c \in Clients :
+        Waiting(c) ~> (Believes(c) \/ cl[c].phase \in {"crashed", "done"})
+
+(* Fair hand-off: a registered waiter is granted before any later-        *)
+(* registered waiter.  The queue is the order of registration: an entry   *)
+(* is appended when an Enqueue lands and nothing reorders entries.  So at *)
+(* every grant (a client's acquire, takeover or skip landing) no client   *)
+(* that registered before the grantee may still be in the queue: if the  *)
+(* grantee is registered, nobody ahead of it; if it is not, nobody.       *)
+(* Holds in behaviours without faults (FaultFree).                         *)
+RegisteredBefore(d, c, q) ==
+    \E i \in DOMAIN q :
+        /\ q[i] = d
+        /\ \A j \in DOMAIN q : q[j] = c => i < j
+Granted(c) == cl'[c].phase = "acq" /\ cl[c].phase # "acq"
+FifoGrant ==
+    [][\A c \in Clients :
+         Granted(c) =>
+             \A d \in Clients \ {c} : ~RegisteredBefore(d, c, rec.q)]_vars
+
+(* The same among the waiters that are still waiting: at every grant, no  *)
+(* registered waiter that still waits (has not crashed or given up) is    *)
+(* passed over.  With crashes the skip passes over the crashed head, and   *)
+(* this asks whether the order of the live waiters behind it is kept.      *)
+LiveFifoGrant ==
+    [][\A c \in Clients :
+         Granted(c) =>
+             \A d \in Clients \ {c} :
+                 cl[d].phase \in {"idle", "wait"} =>
+                     ~RegisteredBefore(d, c, rec.q)]_vars
+
+(* Bounded liveness (FaultFree, OneShot, waiters that may crash): LiveBound *)
+(* ticks after the first state no live client is still waiting for the    *)
+(* lock; each holds it, has held it, or crashed.                           *)
+AcquiresInTime ==
+    LiveBound > 0 /\ elapsed.all = LiveBound => \A c \in Clients : ~Waiting(c)
+
+(* ... and a released record reserved for a crashed head is granted      *)
+(* (skipped) within SkipBound ticks while a live client wants the lock:   *)
+(* the time a crashed queued waiter can hold the key up.  (Only a grant    *)
+(* changes a crashed head: it cannot leave.)                               *)
+SkipInTime == elapsed.dead <= SkipBound
 
 -----------------------------------------------------------------------------
 (* More checks *)
@@ -628,10 +899,16 @@ EventualAcquire ==
 TypeOK ==
     /\ rec.owner \in Clients \cup {NoOne}
     /\ rec.released \in BOOLEAN
+    /\ rec.q \in Seq(Clients)
+    /\ Len(rec.q) <= MaxQueue
+    /\ \A i, j \in DOMAIN rec.q : i # j => rec.q[i] # rec.q[j]
     /\ \A c \in Clients :
-        /\ cl[c].phase \in {"idle", "wait", "acq", "hold", "done", "crashed"}
+        /\ cl[c].phase \in {"idle", "wait", "acq", "hold", "done", "crashed",
+                            "away"}
         /\ cl[c].leaseT \in 0..(HolderCap - 1)
-        /\ cl[c].obsT \in 0..WaiterCap
+        /\ cl[c].obsT \in 0..Max(WaiterCap, SkipCap)
+        /\ cl[c].obsH \in Clients \cup {NoOne}
+        /\ cl[c].enqOut => cl[c].phase \in {"idle", "wait"}
     /\ \A a \in rnet : a.age \in 0..HolderCap
 
 (* Stronger than MutualExclusion: whoever believes it holds is the owner  *)
@@ -661,4 +938,13 @@ NoStaleWriteRejected ==
 NoSealFencedWrite ==
     [][\A m \in snet \ snet' :
          ~(m.kind = "write" /\ m.ifMatch = reg'.ver /\ m.tok < reg'.fence)]_vars
+(* With the queue: the head of a released record's queue is granted      *)
+(* (NoHandOff), and a waiter skips the head a released record is reserved *)
+(* for (NoSkip).                                                           *)
+NoHandOff ==
+    [][~(/\ rec.released /\ ~rec'.released /\ rec.q # <<>>
+         /\ rec'.owner = Head(rec.q))]_vars
+NoSkip ==
+    [][~(/\ rec.released /\ ~rec'.released /\ rec.q # <<>>
+         /\ rec'.owner # Head(rec.q))]_vars
 =============================================================================

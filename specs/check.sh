@@ -64,19 +64,24 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
 # --- running one model -------------------------------------------------------
-# run NAME CFG EXPECT [MODULE]
+# run NAME CFG EXPECT [MODULE] [DEADLOCK]
 #   EXPECT is "pass" (TLC must finish with no error) or the exact TLC message
 #   that must be reported, e.g. "Invariant MutualExclusion is violated".
 #   MODULE is the model-checking wrapper (default MCStateLock).
+#   DEADLOCK "deadlock": TLC also reports a state without successors (the
+#   time-bounded models, where a stuck clock would make a bound hold
+#   vacuously); by default it does not.
 FAILED=0
 SUMMARY=()
 
 run() {
     local name="$1" cfg="$2" expect="$3" module="${4:-MCStateLock}"
+    local nodeadlock="-deadlock"
+    [[ "${5:-}" == "deadlock" ]] && nodeadlock=""
     local out="$WORK/$name.out" rc=0 start end secs verdict
     start="$(date +%s.%N)"
     ( cd "$SPECS" && timeout "$TIMEOUT" java -XX:+UseParallelGC -cp "$JAR" \
-        tlc2.TLC -workers "$WORKERS" -deadlock -nowarning \
+        tlc2.TLC -workers "$WORKERS" $nodeadlock -nowarning \
         -metadir "$WORK/meta-$name" -config "$cfg" "$module" ) \
         >"$out" 2>&1 || rc=$?
     end="$(date +%s.%N)"
@@ -115,10 +120,29 @@ run() {
 
 # A copy of a model's cfg whose checks are replaced by one sanity property
 # that TLC is expected to find violated (proof that the model is not vacuous).
+# BASE is a cfg in specs/ or a path made by one of these helpers.
 sanity_cfg() {
     local base="$1" check="$2" name="$3"
-    grep -vE '^(INVARIANT|PROPERTY)' "$SPECS/$base" > "$WORK/$name.cfg"
+    [[ "$base" == /* ]] || base="$SPECS/$base"
+    grep -vE '^(INVARIANT|PROPERTY)' "$base" > "$WORK/$name.cfg"
     echo "$check" >> "$WORK/$name.cfg"
+    echo "$WORK/$name.cfg"
+}
+
+# A copy of a model's cfg with some constants set otherwise:
+# variant_cfg BASE NAME CONSTANT=VALUE...
+variant_cfg() {
+    local base="$1" name="$2" kv
+    shift 2
+    [[ "$base" == /* ]] || base="$SPECS/$base"
+    cp "$base" "$WORK/$name.cfg.0"
+    for kv in "$@"; do
+        grep -qE "^ *${kv%%=*} = " "$WORK/$name.cfg.0" \
+            || die "variant_cfg: no constant ${kv%%=*} in $base"
+        sed -E "s/^( *${kv%%=*} = ).*$/\1${kv#*=}/" "$WORK/$name.cfg.0" > "$WORK/$name.cfg.1"
+        mv "$WORK/$name.cfg.1" "$WORK/$name.cfg.0"
+    done
+    mv "$WORK/$name.cfg.0" "$WORK/$name.cfg"
     echo "$WORK/$name.cfg"
 }
 
@@ -153,12 +177,58 @@ run drift StateLockDrift.cfg "Invariant MutualExclusion is violated"
 # ... but fencing still keeps the state history safe.
 run drift-fencing StateLockDriftFencing.cfg pass
 
-# 6. The quorum lock over three member stores (StateLockQuorum.tla), with
+# 6. The fair hand-off queue (MaxQueue > 0).
+#    a. Every safety property with the queue on, at smaller bounds than
+#       statelock (the run at statelock's bounds is in README.md).
+run statelock-queue "$(variant_cfg StateLock.cfg statelock-queue \
+        MaxQueue=1 MaxGrants=2 MaxStateWrites=1)" pass
+#    b. Without faults a registered waiter is granted before any
+#       later-registered waiter (FifoGrant) ...
+run fifo StateLockFifo.cfg pass MCStateLock deadlock
+#       ... and hand-offs to the head do happen,
+run fifo-handoff "$(sanity_cfg StateLockFifo.cfg 'PROPERTY NoHandOff' fifo-handoff)" \
+    "Action property NoHandOff is violated"
+#       while an acquire that ignores the queue (planted bug) breaks it.
+run fifo-barge "$(variant_cfg StateLockFifo.cfg fifo-barge 'Variant="barge"')" \
+    "Action property FifoGrant is violated"
+#       The first design breaks it too, without faults: a waiter that gives
+#       up sends Leave while its Enqueue is on its way, the Enqueue lands
+#       after the Leave, and the next hand-off waits for, then skips, an
+#       entry nobody acts for (traces/queue-ghost-entry.txt);
+run fifo-ghost "$(variant_cfg StateLockFifo.cfg fifo-ghost 'LeaveRule="atOnce"')" \
+    "Action property FifoGrant is violated"
+#       and a waiter that times the head's client id skips a live head that
+#       left, registered again and became the head again a moment ago
+#       (traces/queue-skip-aba.txt).
+run fifo-aba "$(variant_cfg StateLockFifo.cfg fifo-aba 'SkipRule="client"')" \
+    "Action property FifoGrant is violated"
+#    c. Waiters that crash: every live client acquires within LiveBound
+#       ticks, and a released record reserved for a crashed head is skipped
+#       within SkipBound ticks; one tick less is too few for each.
+run queue-crash StateLockQueueCrash.cfg pass MCStateLock deadlock
+run queue-crash-live5 "$(variant_cfg StateLockQueueCrash.cfg queue-crash-live5 LiveBound=5)" \
+    "Invariant AcquiresInTime is violated"
+run queue-crash-skip3 "$(variant_cfg StateLockQueueCrash.cfg queue-crash-skip3 SkipBound=3)" \
+    "Invariant SkipInTime is violated"
+#       The same skip bound with clients that want the lock again and
+#       again and room in the queue for all three ...
+REPEAT="$(variant_cfg StateLockQueueCrash.cfg queue-crash-again \
+        OneShot=FALSE LiveBound=0 MaxQueue=3)"
+run queue-crash-again "$REPEAT" pass MCStateLock deadlock
+#       ... where the skip does happen, and where the order of the live
+#       waiters behind a crashed head is not kept: any waiter may skip it
+#       (traces/queue-skip-order.txt).
+run queue-crash-skip "$(sanity_cfg "$REPEAT" 'PROPERTY NoSkip' queue-crash-skip)" \
+    "Action property NoSkip is violated"
+run queue-crash-order "$(sanity_cfg "$REPEAT" 'PROPERTY LiveFifoGrant' queue-crash-order)" \
+    "Action property LiveFifoGrant is violated"
+
+# 7. The quorum lock over three member stores (StateLockQuorum.tla), with
 #    the stale-member rule "below": every safety property holds.
 Q=MCStateLockQuorum
 run quorum StateLockQuorum.cfg pass $Q
 
-# 7. The quorum model is not vacuous: each of these must be reachable.
+# 8. The quorum model is not vacuous: each of these must be reachable.
 run q-sanity-agreed "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoAgreedTakeover' q-sanity-agreed)" \
     "Action property NoAgreedTakeover is violated" $Q
 run q-sanity-split "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoSplitTakeover' q-sanity-split)" \
@@ -170,21 +240,21 @@ run q-sanity-conflict "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoConflictRele
 run q-sanity-repair "$(sanity_cfg StateLockQuorum.cfg 'PROPERTY NoRepair' q-sanity-repair)" \
     "Action property NoRepair is violated" $Q
 
-# 8. The earlier stale-member rule ("atMost": a token no larger than the
+# 9. The earlier stale-member rule ("atMost": a token no larger than the
 #    agreed record's) takes over the holder's own heartbeat when the waiter
 #    read one member before the heartbeat reached it: mutual exclusion is
 #    lost (specs/traces/quorum-stale-heartbeat.txt).
 run quorum-stale StateLockQuorumStale.cfg "Invariant MutualExclusion is violated" $Q
 
-# 9. Liveness: from any state faults can leave behind, with at most one
-#    member down and no other faults, every waiting client acquires within
-#    LiveBound ticks; one tick less is too few (so time does advance).
+# 10. Liveness: from any state faults can leave behind, with at most one
+#     member down and no other faults, every waiting client acquires within
+#     LiveBound ticks; one tick less is too few (so time does advance).
 run quorum-liveness StateLockQuorumLiveness.cfg pass $Q
 sed -E 's/^( *LiveBound = )6\b.*/\15/' "$SPECS/StateLockQuorumLiveness.cfg" > "$WORK/q-liveness-tight.cfg"
 run q-liveness-tight "$WORK/q-liveness-tight.cfg" \
     "Invariant QuorumAcquiresInTime is violated" $Q
 
-# 10. Planted bug: each member hands out its own next token instead of
+# 11. Planted bug: each member hands out its own next token instead of
 #     1 + the largest token of the view; two grants get the same token.
 run quorum-perstore StateLockQuorumPerStore.cfg "Invariant TokenMonotonic is violated" $Q
 
