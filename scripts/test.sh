@@ -61,13 +61,15 @@ RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 \
 stage "simulator sweeps"
 # Sized to keep the whole suite within 30 minutes on 2 cores; scripts/soak.sh
 # runs the long sweeps.
-seeds=300
+seeds=240
 bug_seeds=60
+queue_seeds=30
 quorum_seeds=60
 quorum_bug_seeds=20
 if [[ -n "${STATELOCK_TEST_QUICK:-}" ]]; then
     seeds=100
     bug_seeds=30
+    queue_seeds=15
     quorum_seeds=20
     quorum_bug_seeds=10
 fi
@@ -86,10 +88,10 @@ sim=target/release/statelock-sim
 "$sim" sweep --seeds "0..$bug_seeds" --supervisor late-kill --expect-violations
 # without faults every grant goes to the head of the hand-off queue
 # (FifoGrant), also with waiters that give up and leave
-"$sim" sweep --seeds "0..$bug_seeds" --faults none
-"$sim" sweep --seeds "0..$bug_seeds" --faults none --acquire-wait-ms 300
+"$sim" sweep --seeds "0..$queue_seeds" --faults none
+"$sim" sweep --seeds "0..$queue_seeds" --faults none --acquire-wait-ms 300
 # a client that jumps the queue must be caught by FifoGrant
-"$sim" sweep --seeds "0..$bug_seeds" --faults none --bug queue-jump --expect-violations
+"$sim" sweep --seeds "0..$queue_seeds" --faults none --bug queue-jump --expect-violations
 # the quorum lock over three store hosts, one of them faulty at a time
 "$sim" sweep --seeds "0..$quorum_seeds" --stores 3 --faults all
 # members that install their own next token must be caught by TokenMonotonic
